@@ -1,0 +1,19 @@
+/** The `mailgate` command tree: one file per command group under commands/. */
+import { Command } from 'commander';
+import { accountCommand } from './commands/account.js';
+import { appPasswordCommand } from './commands/app-password.js';
+import { totpCommand } from './commands/totp.js';
+import { packageVersion } from './version.js';
+
+export function createProgram(): Command {
+  const program = new Command('mailgate')
+    .description('IMAP/POP3 authentication gateway with app passwords and two-step verification')
+    .version(packageVersion(), '-V, --version')
+    .option('-c, --config <file>', 'configuration file (default: $MAILGATE_CONFIG or config/mailgate.toml)')
+    .showSuggestionAfterError(true);
+
+  for (const command of [accountCommand(), totpCommand(), appPasswordCommand()]) {
+    program.addCommand(command);
+  }
+  return program;
+}

@@ -1,0 +1,102 @@
+/** Accounts: the people whose logins mailgate checks. */
+import { ErrorCodes, MailgateError } from '../errors.js';
+import type { AuditLog } from './audit.js';
+import type { Db } from './database.js';
+import type { Account, Clock, TotpState } from './types.js';
+import { normaliseUsername } from './username.js';
+
+interface AccountRow {
+  id: number;
+  username: string;
+  created_at: number;
+  totp_state: TotpState;
+  totp_changed_at: number | null;
+}
+
+const COLUMNS = 'id, username, created_at, totp_state, totp_changed_at';
+
+function toAccount(row: AccountRow): Account {
+  return {
+    id: row.id,
+    username: row.username,
+    createdAt: row.created_at,
+    totpState: row.totp_state,
+    totpChangedAt: row.totp_changed_at,
+  };
+}
+
+export class AccountRepository {
+  private readonly byName;
+  private readonly byId;
+  private readonly all;
+
+  constructor(
+    private readonly db: Db,
+    private readonly audit: AuditLog,
+    private readonly now: Clock,
+  ) {
+    this.byName = db.prepare(`SELECT ${COLUMNS} FROM accounts WHERE username = ?`);
+    this.byId = db.prepare(`SELECT ${COLUMNS} FROM accounts WHERE id = ?`);
+    this.all = db.prepare(`SELECT ${COLUMNS} FROM accounts ORDER BY username`);
+  }
+
+  add(rawUsername: string): Account {
+    const username = normaliseUsername(rawUsername);
+    return this.db
+      .transaction(() => {
+        if (this.byName.get(username)) {
+          throw new MailgateError(ErrorCodes.ACCOUNT_EXISTS, `account ${username} already exists`);
+        }
+        const now = this.now();
+        const info = this.db.prepare('INSERT INTO accounts (username, created_at) VALUES (?, ?)').run(username, now);
+        this.audit.record('account-added', { username });
+        return this.require(username, Number(info.lastInsertRowid));
+      })
+      .immediate();
+  }
+
+  /** The account, or null; a name that cannot be valid is simply not found. */
+  find(rawUsername: string): Account | null {
+    let username: string;
+    try {
+      username = normaliseUsername(rawUsername);
+    } catch {
+      return null;
+    }
+    const row = this.byName.get(username) as AccountRow | undefined;
+    return row ? toAccount(row) : null;
+  }
+
+  findById(id: number): Account | null {
+    const row = this.byId.get(id) as AccountRow | undefined;
+    return row ? toAccount(row) : null;
+  }
+
+  get(rawUsername: string): Account {
+    const username = normaliseUsername(rawUsername);
+    const account = this.find(username);
+    if (!account) throw new MailgateError(ErrorCodes.UNKNOWN_ACCOUNT, `no account ${username}`);
+    return account;
+  }
+
+  list(): Account[] {
+    return (this.all.all() as AccountRow[]).map(toAccount);
+  }
+
+  /** Removes the account and, through the foreign key, all its app passwords. */
+  remove(rawUsername: string): void {
+    this.db
+      .transaction(() => {
+        const account = this.get(rawUsername);
+        this.db.prepare('DELETE FROM accounts WHERE id = ?').run(account.id);
+        this.audit.record('account-removed', { username: account.username });
+      })
+      .immediate();
+  }
+
+  private require(username: string, id: number): Account {
+    const row = this.byId.get(id) as AccountRow | undefined;
+    if (!row) throw new MailgateError(ErrorCodes.UNKNOWN_ACCOUNT, `no account ${username}`);
+    return toAccount(row);
+  }
+}

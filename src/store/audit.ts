@@ -1,0 +1,73 @@
+/**
+ * The audit trail: who did what to which account, from where.
+ *
+ * It holds identifiers only (usernames, app-password ids, IPs, reasons), never
+ * a password, an app password, a TOTP secret or a code; test/store/audit.test.ts
+ * checks the raw rows for each secret the tests created.
+ */
+import type { Db } from './database.js';
+import type { Clock } from './types.js';
+
+export const AUDIT_EVENTS = [
+  'account-added',
+  'account-removed',
+  'created',
+  'revoked',
+  'revoked-all',
+  'totp-enrolled',
+  'totp-enabled',
+  'totp-disabled',
+  'login-ok',
+  'login-failed',
+] as const;
+export type AuditEvent = (typeof AUDIT_EVENTS)[number];
+
+export interface AuditEntry {
+  username?: string | null;
+  appPasswordId?: number | null;
+  ip?: string | null;
+  protocol?: string | null;
+  /** A short machine-readable reason or note, e.g. "wrong-password". */
+  detail?: string | null;
+}
+
+export interface AuditRow extends Required<AuditEntry> {
+  id: number;
+  at: number;
+  event: AuditEvent;
+}
+
+export class AuditLog {
+  private readonly insert;
+  private readonly recent;
+
+  constructor(
+    private readonly db: Db,
+    private readonly now: Clock,
+  ) {
+    this.insert = db.prepare(
+      'INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    );
+    this.recent = db.prepare(
+      `SELECT id, at, event, username, app_password_id AS appPasswordId, ip, protocol, detail
+         FROM audit WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?`,
+    );
+  }
+
+  record(event: AuditEvent, entry: AuditEntry = {}): void {
+    this.insert.run(
+      this.now(),
+      event,
+      entry.username ?? null,
+      entry.appPasswordId ?? null,
+      entry.ip ?? null,
+      entry.protocol ?? null,
+      entry.detail ?? null,
+    );
+  }
+
+  list(options: { username?: string; limit?: number } = {}): AuditRow[] {
+    const username = options.username ?? null;
+    return this.recent.all(username, username, options.limit ?? 100) as AuditRow[];
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Schema migrations, applied in order at open. `PRAGMA user_version` holds the
+ * number of the last one applied. Append new migrations; never edit a released one.
+ *
+ * Times are Unix milliseconds. Usernames in the audit table are copied, not
+ * referenced, so the trail survives an account's removal.
+ */
+
+export interface Migration {
+  version: number;
+  description: string;
+  sql: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    description: 'accounts, app passwords, audit',
+    sql: `
+      CREATE TABLE accounts (
+        id               INTEGER PRIMARY KEY,
+        username         TEXT NOT NULL UNIQUE,
+        created_at       INTEGER NOT NULL,
+        totp_state       TEXT NOT NULL DEFAULT 'none' CHECK (totp_state IN ('none', 'pending', 'enabled')),
+        totp_secret      BLOB,
+        totp_last_step   INTEGER,
+        totp_changed_at  INTEGER
+      );
+
+      CREATE TABLE app_passwords (
+        id                  INTEGER PRIMARY KEY,
+        account_id          INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        name                TEXT NOT NULL,
+        selector            TEXT NOT NULL,
+        hash                TEXT NOT NULL,
+        scopes              TEXT NOT NULL,
+        created_at          INTEGER NOT NULL,
+        expires_at          INTEGER,
+        revoked_at          INTEGER,
+        last_used_at        INTEGER,
+        last_used_ip        TEXT,
+        last_used_protocol  TEXT,
+        last_used_client    TEXT
+      );
+      CREATE INDEX app_passwords_by_selector ON app_passwords(account_id, selector);
+
+      CREATE TABLE audit (
+        id               INTEGER PRIMARY KEY,
+        at               INTEGER NOT NULL,
+        event            TEXT NOT NULL,
+        username         TEXT,
+        app_password_id  INTEGER,
+        ip               TEXT,
+        protocol         TEXT,
+        detail           TEXT
+      );
+      CREATE INDEX audit_by_time ON audit(at);
+    `,
+  },
+];
+
+export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

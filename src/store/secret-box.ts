@@ -1,0 +1,65 @@
+/**
+ * Encryption at rest for TOTP secrets (AES-256-GCM).
+ *
+ * A copy of the database alone must not let anyone mint one-time codes, so the
+ * key lives in a separate file. The account name is bound as associated data:
+ * a ciphertext copied onto another account's row does not decrypt.
+ */
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { ErrorCodes, MailgateError } from '../errors.js';
+
+export const KEY_BYTES = 32;
+const NONCE_BYTES = 12;
+const TAG_BYTES = 16;
+const FORMAT_VERSION = 1;
+
+/** Reads the store key, creating it (mode 0600) on first use. */
+export function loadOrCreateKey(file: string): Buffer {
+  try {
+    mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+    // 'wx' fails if the file exists, so two processes starting together
+    // cannot overwrite each other's fresh key.
+    writeFileSync(file, randomBytes(KEY_BYTES), { flag: 'wx', mode: 0o600 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+      throw new MailgateError(ErrorCodes.KEY_FILE, `cannot create key file ${file}: ${(err as Error).message}`);
+    }
+  }
+  let key: Buffer;
+  try {
+    key = readFileSync(file);
+  } catch (err) {
+    throw new MailgateError(ErrorCodes.KEY_FILE, `cannot read key file ${file}: ${(err as Error).message}`);
+  }
+  if (key.length !== KEY_BYTES) {
+    throw new MailgateError(ErrorCodes.KEY_FILE, `key file ${file} must hold exactly ${KEY_BYTES} bytes, it holds ${key.length}`);
+  }
+  return key;
+}
+
+export function seal(key: Buffer, plaintext: Buffer, associatedData: string): Buffer {
+  const nonce = randomBytes(NONCE_BYTES);
+  const cipher = createCipheriv('aes-256-gcm', key, nonce);
+  cipher.setAAD(Buffer.from(associatedData, 'utf8'));
+  const body = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+  return Buffer.concat([Buffer.from([FORMAT_VERSION]), nonce, body, cipher.getAuthTag()]);
+}
+
+export function open(key: Buffer, sealed: Buffer, associatedData: string): Buffer {
+  if (sealed.length < 1 + NONCE_BYTES + TAG_BYTES || sealed[0] !== FORMAT_VERSION) {
+    throw new MailgateError(ErrorCodes.KEY_FILE, 'an encrypted secret has an unknown format');
+  }
+  const nonce = sealed.subarray(1, 1 + NONCE_BYTES);
+  const tag = sealed.subarray(sealed.length - TAG_BYTES);
+  const body = sealed.subarray(1 + NONCE_BYTES, sealed.length - TAG_BYTES);
+  const decipher = createDecipheriv('aes-256-gcm', key, nonce);
+  decipher.setAAD(Buffer.from(associatedData, 'utf8'));
+  decipher.setAuthTag(tag);
+  try {
+    return Buffer.concat([decipher.update(body), decipher.final()]);
+  } catch {
+    throw new MailgateError(ErrorCodes.KEY_FILE, 'an encrypted secret does not decrypt with this key file (wrong key or tampered data)');
+  }
+}

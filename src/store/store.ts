@@ -1,0 +1,85 @@
+/**
+ * The store as the rest of mailgate sees it: one object that opens the
+ * database and key, and wires the repositories together.
+ */
+import type { Config } from '../config/schema.js';
+import { configPath } from '../config/load.js';
+import { AccountRepository } from './accounts.js';
+import { AppPasswordRepository } from './app-passwords.js';
+import { AuditLog } from './audit.js';
+import { openDatabase, type Db } from './database.js';
+import { PasswordHasher } from './hasher.js';
+import { loadOrCreateKey } from './secret-box.js';
+import { TotpService } from './totp.js';
+import type { Clock } from './types.js';
+import { CredentialVerifier } from './verifier.js';
+
+export interface StoreOptions {
+  path: string;
+  keyFile: string;
+  busyTimeoutMs?: number;
+  argon2: { memoryKib: number; iterations: number; parallelism: number };
+  hashConcurrency?: number;
+  hashQueue?: number;
+  maxAppPasswords: number;
+  totpIssuer?: string;
+  now?: Clock;
+}
+
+export class Store {
+  readonly accounts: AccountRepository;
+  readonly appPasswords: AppPasswordRepository;
+  readonly totp: TotpService;
+  readonly audit: AuditLog;
+  readonly hasher: PasswordHasher;
+  readonly verifier: CredentialVerifier;
+
+  private constructor(
+    readonly db: Db,
+    readonly path: string,
+    key: Buffer,
+    options: StoreOptions,
+  ) {
+    const now = options.now ?? Date.now;
+    this.hasher = new PasswordHasher({
+      ...options.argon2,
+      ...(options.hashConcurrency === undefined ? {} : { concurrency: options.hashConcurrency }),
+      ...(options.hashQueue === undefined ? {} : { maxQueue: options.hashQueue }),
+    });
+    this.audit = new AuditLog(db, now);
+    this.accounts = new AccountRepository(db, this.audit, now);
+    this.appPasswords = new AppPasswordRepository(db, this.accounts, this.audit, this.hasher, now, options.maxAppPasswords);
+    this.totp = new TotpService(db, this.accounts, this.audit, key, now, options.totpIssuer ?? 'mailgate');
+    this.verifier = new CredentialVerifier(this.accounts, this.appPasswords, this.audit, this.hasher, now);
+  }
+
+  static open(options: StoreOptions): Store {
+    // The key is read first: a store that cannot decrypt its secrets is useless,
+    // and failing before the database is created leaves nothing half-made.
+    const key = loadOrCreateKey(options.keyFile);
+    const db = openDatabase(options.path, options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs });
+    return new Store(db, options.path, key, options);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
+
+export function storeOptionsFromConfig(config: Config, overrides: Partial<StoreOptions> = {}): StoreOptions {
+  return {
+    path: configPath(config.store.path),
+    keyFile: configPath(config.store.key_file),
+    busyTimeoutMs: config.store.busy_timeout_ms,
+    argon2: {
+      memoryKib: config.auth.argon2_memory_kib,
+      iterations: config.auth.argon2_iterations,
+      parallelism: config.auth.argon2_parallelism,
+    },
+    maxAppPasswords: config.auth.max_app_passwords,
+    hashConcurrency: config.auth.hash_concurrency,
+    hashQueue: config.auth.hash_queue,
+    totpIssuer: config.totp.issuer,
+    ...overrides,
+  };
+}

@@ -1,0 +1,138 @@
+/**
+ * Two-step verification (TOTP, RFC 6238) for accounts.
+ *
+ * Defaults every authenticator app understands: SHA-1, 6 digits, 30 s steps,
+ * and one step of clock drift either way. A code is accepted at most once: the
+ * last accepted time step is stored and only later steps pass, and the update
+ * is conditional so two processes cannot both accept the same code.
+ */
+import { generateSecret, generateURI, verifySync } from 'otplib';
+import { ErrorCodes, MailgateError } from '../errors.js';
+import type { AccountRepository } from './accounts.js';
+import type { AuditLog } from './audit.js';
+import type { Db } from './database.js';
+import { open, seal } from './secret-box.js';
+import type { Account, Clock, TotpState } from './types.js';
+
+const PERIOD_SECONDS = 30;
+/** ±1 step: epochTolerance is in seconds. */
+const TOLERANCE_SECONDS = PERIOD_SECONDS;
+
+export interface Enrolment {
+  /** Base32, for typing into an app by hand. */
+  secret: string;
+  /** otpauth:// URI, for a QR code. */
+  uri: string;
+}
+
+export class TotpService {
+  constructor(
+    private readonly db: Db,
+    private readonly accounts: AccountRepository,
+    private readonly audit: AuditLog,
+    private readonly key: Buffer,
+    private readonly now: Clock,
+    private readonly issuer: string,
+  ) {}
+
+  status(username: string): TotpState {
+    return this.accounts.get(username).totpState;
+  }
+
+  /** Starts (or restarts) enrolment: a new secret, state `pending` until confirmed. */
+  enroll(username: string): Enrolment {
+    return this.db
+      .transaction(() => {
+        const account = this.accounts.get(username);
+        if (account.totpState === 'enabled') {
+          throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is already on for ${account.username}; disable it first`);
+        }
+        const secret = generateSecret({ length: 20 });
+        const sealed = seal(this.key, Buffer.from(secret, 'ascii'), account.username);
+        this.db
+          .prepare("UPDATE accounts SET totp_state = 'pending', totp_secret = ?, totp_last_step = NULL WHERE id = ?")
+          .run(sealed, account.id);
+        this.audit.record('totp-enrolled', { username: account.username });
+        return { secret, uri: generateURI({ issuer: this.issuer, label: account.username, secret }) };
+      })
+      .immediate();
+  }
+
+  /** Turns two-step verification on, if `code` is valid for the pending secret. */
+  confirm(username: string, code: string): Account {
+    return this.db
+      .transaction(() => {
+        const account = this.accounts.get(username);
+        if (account.totpState !== 'pending') {
+          throw new MailgateError(
+            ErrorCodes.TOTP_STATE,
+            account.totpState === 'enabled'
+              ? `two-step verification is already on for ${account.username}`
+              : `${account.username} has no pending enrolment; run "totp enroll" first`,
+          );
+        }
+        const step = this.acceptCode(account, code);
+        if (step === null) throw new MailgateError(ErrorCodes.TOTP_CODE, 'the code is not valid (check the phone clock and try the next code)');
+        this.db
+          .prepare("UPDATE accounts SET totp_state = 'enabled', totp_changed_at = ? WHERE id = ?")
+          .run(this.now(), account.id);
+        this.audit.record('totp-enabled', { username: account.username });
+        return this.accounts.get(account.username);
+      })
+      .immediate();
+  }
+
+  disable(username: string): Account {
+    return this.db
+      .transaction(() => {
+        const account = this.accounts.get(username);
+        if (account.totpState === 'none') {
+          throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is not on for ${account.username}`);
+        }
+        this.db
+          .prepare("UPDATE accounts SET totp_state = 'none', totp_secret = NULL, totp_last_step = NULL, totp_changed_at = ? WHERE id = ?")
+          .run(this.now(), account.id);
+        this.audit.record('totp-disabled', { username: account.username });
+        return this.accounts.get(account.username);
+      })
+      .immediate();
+  }
+
+  /**
+   * Checks a code for an account whose two-step verification is on, and
+   * consumes it: the same code (or an older one) is refused afterwards.
+   */
+  verify(username: string, code: string): boolean {
+    return this.db
+      .transaction(() => {
+        const account = this.accounts.find(username);
+        if (!account || account.totpState !== 'enabled') return false;
+        return this.acceptCode(account, code) !== null;
+      })
+      .immediate();
+  }
+
+  /** Validates and consumes a code; returns the accepted time step or null. */
+  private acceptCode(account: Account, code: string): number | null {
+    if (!/^\d{6}$/.test(code.trim())) return null;
+    const row = this.db.prepare('SELECT totp_secret, totp_last_step FROM accounts WHERE id = ?').get(account.id) as
+      | { totp_secret: Buffer | null; totp_last_step: number | null }
+      | undefined;
+    if (!row?.totp_secret) return null;
+    const secret = open(this.key, row.totp_secret, account.username).toString('ascii');
+    const epoch = Math.floor(this.now() / 1000);
+    const result = verifySync({
+      secret,
+      token: code.trim(),
+      epoch,
+      epochTolerance: TOLERANCE_SECONDS,
+      ...(row.totp_last_step === null ? {} : { afterTimeStep: row.totp_last_step }),
+    });
+    if (!result.valid) return null;
+    const step = Math.floor(epoch / PERIOD_SECONDS) + result.delta;
+    const consumed = this.db
+      .prepare('UPDATE accounts SET totp_last_step = ? WHERE id = ? AND (totp_last_step IS NULL OR totp_last_step < ?)')
+      .run(step, account.id, step);
+    return consumed.changes === 1 ? step : null;
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * The admin CLI, run as the built binary against a temporary database:
+ * output, exit codes (0 ok, 1 refused, 2 usage) and --json shapes.
+ */
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { generateSync } from 'otplib';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { runCli, writeCliConfig } from '../support/cli.js';
+import { makeTempDir, removeTempDir } from '../support/tmp.js';
+
+let dir: string;
+let config: string;
+let dbFile: string;
+
+beforeEach(async () => {
+  dir = await makeTempDir('cli');
+  config = writeCliConfig(dir);
+  dbFile = path.join(dir, 'data', 'mailgate.db');
+});
+afterEach(() => removeTempDir(dir));
+
+const cli = (...args: string[]) => runCli(['--config', config, ...args]);
+
+/** Everything in the database except the audit trail of reads, as one comparable string. */
+function snapshot(): string {
+  const db = new Database(dbFile, { readonly: true });
+  try {
+    return JSON.stringify(['accounts', 'app_passwords', 'audit'].map((t) => db.prepare(`SELECT * FROM ${t} ORDER BY id`).all()));
+  } finally {
+    db.close();
+  }
+}
+
+async function expectRefused(args: string[], code: 1 | 2, message: RegExp) {
+  const before = snapshot();
+  const result = await cli(...args);
+  expect(result.code, result.stderr).toBe(code);
+  expect(result.stderr).toMatch(message);
+  expect(result.stderr.trim().split('\n')).toHaveLength(1);
+  expect(result.stdout).toBe('');
+  expect(snapshot()).toBe(before);
+}
+
+describe('mailgate CLI', () => {
+  it('prints its version and help', async () => {
+    expect((await cli('--version')).stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+    const help = await cli('--help');
+    expect(help.code).toBe(0);
+    for (const cmd of ['account', 'totp', 'app-password']) expect(help.stdout).toContain(cmd);
+  });
+
+  it('adds, lists, shows and removes accounts', async () => {
+    const added = await cli('account', 'add', '  Alice@Example.ORG ', '--json');
+    expect(added.code, added.stderr).toBe(0);
+    expect(JSON.parse(added.stdout)).toMatchObject({ username: 'alice@example.org', totp: 'none', appPasswords: { active: 0, total: 0 } });
+    expect(JSON.parse(added.stdout).createdAt).toMatch(/^\d{4}-\d\d-\d\dT/);
+    expect((await cli('account', 'add', 'bob')).stdout).toBe('added account bob\n');
+
+    const list = await cli('account', 'list', '--json');
+    expect(JSON.parse(list.stdout).map((a: { username: string }) => a.username)).toEqual(['alice@example.org', 'bob']);
+    const table = await cli('account', 'list');
+    expect(table.stdout).toMatch(/^USER\s+CREATED\s+TOTP/);
+    expect(table.stdout).toContain('alice@example.org');
+
+    const show = await cli('account', 'show', 'ALICE@example.org', '--json');
+    expect(JSON.parse(show.stdout)).toMatchObject({ username: 'alice@example.org', totp: 'none' });
+
+    await expectRefused(['account', 'remove', 'bob'], 2, /--yes/);
+    const removed = await cli('account', 'remove', 'bob', '--yes');
+    expect(removed.code).toBe(0);
+    expect(JSON.parse((await cli('account', 'list', '--json')).stdout)).toHaveLength(1);
+  });
+
+  it('creates, lists and revokes app passwords', async () => {
+    await cli('account', 'add', 'alice');
+    const created = await cli('app-password', 'create', 'alice', '--name', 'Thunderbird', '--json');
+    expect(created.code, created.stderr).toBe(0);
+    const json = JSON.parse(created.stdout);
+    expect(Object.keys(json).sort()).toEqual(['expiresAt', 'id', 'name', 'password', 'scopes']);
+    expect(json).toMatchObject({ name: 'Thunderbird', scopes: ['imap', 'pop3'], expiresAt: null });
+    expect(json.password).toMatch(/^[a-z]{16}$/);
+
+    const human = await cli('app-password', 'create', 'alice', '--name', 'Phone', '--scope', 'pop3', '--expires', '90d');
+    expect(human.code).toBe(0);
+    expect(human.stdout).toMatch(/^\s+[a-z]{4} [a-z]{4} [a-z]{4} [a-z]{4}$/m);
+    expect(human.stdout).toMatch(/use it as the password in your mail program/i);
+
+    const list = await cli('app-password', 'list', 'alice', '--json');
+    const rows = JSON.parse(list.stdout);
+    expect(rows).toHaveLength(2);
+    expect(rows[1]).toMatchObject({ name: 'Phone', scopes: ['pop3'], status: 'active', lastUsed: null, revokedAt: null });
+    const days = (Date.parse(rows[1].expiresAt) - Date.parse(rows[1].createdAt)) / 86_400_000;
+    expect(days).toBeCloseTo(90, 1);
+    expect(list.stdout).not.toContain(json.password);
+
+    const table = await cli('app-password', 'list', 'alice');
+    expect(table.stdout).toMatch(/^ID\s+NAME\s+SCOPES\s+STATUS\s+CREATED\s+EXPIRES\s+LAST USED/);
+    expect(table.stdout).toContain('Thunderbird');
+
+    const revoked = await cli('app-password', 'revoke', 'alice', String(json.id));
+    expect(revoked.code).toBe(0);
+    expect(revoked.stdout).toContain('revoked app password');
+    await expectRefused(['app-password', 'revoke', 'alice', String(json.id)], 1, /already revoked/);
+
+    const all = await cli('app-password', 'revoke', 'alice', '--all');
+    expect(all.stdout).toBe('revoked 1 app password of alice\n');
+    const after = JSON.parse((await cli('app-password', 'list', 'alice', '--json')).stdout);
+    expect(after.map((r: { status: string }) => r.status)).toEqual(['revoked', 'revoked']);
+  });
+
+  it('enrols, confirms, reports and disables TOTP', async () => {
+    await cli('account', 'add', 'alice');
+    const enrol = await cli('totp', 'enroll', 'alice');
+    expect(enrol.code).toBe(0);
+    const secret = /secret: ([A-Z2-7]+)/.exec(enrol.stdout)![1]!;
+    expect(enrol.stdout).toMatch(/uri:\s+otpauth:\/\/totp\/mailgate:alice\?/);
+    expect(enrol.stdout).toMatch(/[▀▄█]{10}/); // the QR code, drawn with block characters
+    expect(JSON.parse((await cli('totp', 'status', 'alice', '--json')).stdout)).toEqual({ username: 'alice', totp: 'pending' });
+
+    const good = generateSync({ secret });
+    const wrong = String((Number(good) + 1) % 1_000_000).padStart(6, '0');
+    await expectRefused(['totp', 'confirm', 'alice', wrong], 1, /code is not valid/);
+
+    const confirmed = await cli('totp', 'confirm', 'alice', good);
+    expect(confirmed.code, confirmed.stderr).toBe(0);
+    expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: enabled\n');
+    await expectRefused(['totp', 'enroll', 'alice'], 1, /already on/);
+
+    expect((await cli('totp', 'disable', 'alice')).code).toBe(0);
+    expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: none\n');
+
+    const json = JSON.parse((await cli('totp', 'enroll', 'alice', '--json')).stdout);
+    expect(json.secret).toMatch(/^[A-Z2-7]+$/);
+    expect(json.uri).toContain(json.secret);
+  });
+
+  it('refuses bad input with one line and no change', async () => {
+    await cli('account', 'add', 'alice');
+    await cli('app-password', 'create', 'alice', '--name', 'a');
+    await expectRefused(['app-password', 'create', 'nobody', '--name', 'x'], 1, /no account nobody/);
+    await expectRefused(['app-password', 'create', 'alice', '--name', 'a'], 1, /already has an app password named "a"/);
+    await expectRefused(['app-password', 'create', 'alice', '--name', 'x', '--scope', 'smtp'], 2, /unknown scope "smtp"/);
+    await expectRefused(['app-password', 'create', 'alice', '--name', 'x', '--expires', '3 weeks'], 2, /bad duration/);
+    await expectRefused(['app-password', 'create', 'alice', '--name', 'x', '--expires', '0d'], 2, /bad duration/);
+    await expectRefused(['account', 'add', 'alice'], 1, /already exists/);
+    await expectRefused(['account', 'add', 'bad\u0001name'], 2, /control character/);
+    await expectRefused(['app-password', 'revoke', 'alice', '999'], 1, /has no app password 999/);
+    await expectRefused(['totp', 'confirm', 'alice', '123456'], 1, /no pending enrolment/);
+    await expectRefused(['app-password', 'create', 'alice'], 2, /--name/);
+    await expectRefused(['nonsense'], 2, /unknown command/);
+
+    await cli('app-password', 'create', 'alice', '--name', 'b');
+    await cli('app-password', 'create', 'alice', '--name', 'c');
+    await expectRefused(['app-password', 'create', 'alice', '--name', 'd'], 1, /already has 3 active app passwords/);
+  });
+
+  it('refuses with one line when the database is locked', async () => {
+    await cli('account', 'add', 'alice');
+    const holder = new Database(dbFile);
+    holder.exec('BEGIN EXCLUSIVE');
+    try {
+      const result = await cli('account', 'add', 'bob');
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/locked|busy/i);
+      expect(result.stderr.trim().split('\n')).toHaveLength(1);
+    } finally {
+      holder.exec('ROLLBACK');
+      holder.close();
+    }
+    expect(JSON.parse((await cli('account', 'list', '--json')).stdout)).toHaveLength(1);
+  });
+
+  it('refuses with one line when the database is unreadable', async () => {
+    await cli('account', 'add', 'alice');
+    writeFileSync(dbFile, Buffer.alloc(4096, 0x42));
+    const result = await cli('account', 'list');
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/^mailgate: database .* is unavailable: file is not a database\n$/);
+  });
+
+  it('names the file and key of a bad configuration, in one line, with a non-zero exit', async () => {
+    const bad = path.join(dir, 'bad.toml');
+    writeFileSync(bad, '[auth]\nargon2_iterations = "two"\n');
+    const result = await runCli(['account', 'list', '--config', bad]);
+    expect(result.code).not.toBe(0);
+    expect(result.stderr).toMatch(new RegExp(`^mailgate: ${bad.replace(/[.]/g, '\\.')}: auth\\.argon2_iterations: .+\\n$`));
+  });
+
+  it('takes the configuration from MAILGATE_CONFIG', async () => {
+    const result = await runCli(['account', 'add', 'carol'], { env: { MAILGATE_CONFIG: config } });
+    expect(result.code).toBe(0);
+    expect(JSON.parse((await cli('account', 'list', '--json')).stdout)[0].username).toBe('carol');
+  });
+});

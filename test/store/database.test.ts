@@ -1,0 +1,86 @@
+import { statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { afterEach, describe, expect, it } from 'vitest';
+import { openDatabase } from '../../src/store/database.js';
+import { MIGRATIONS, SCHEMA_VERSION } from '../../src/store/migrations.js';
+import { isMailgateError, ErrorCodes } from '../../src/errors.js';
+import { makeTempDir, removeTempDir } from '../support/tmp.js';
+
+let dirs: string[] = [];
+afterEach(async () => {
+  for (const d of dirs) await removeTempDir(d);
+  dirs = [];
+});
+
+async function tempDb(): Promise<string> {
+  const dir = await makeTempDir('db');
+  dirs.push(dir);
+  return path.join(dir, 'nested', 'folder', 'mailgate.db');
+}
+
+describe('openDatabase', () => {
+  it('creates the folder and a 0600 file, in WAL mode with foreign keys on', async () => {
+    const file = await tempDb();
+    const db = openDatabase(file);
+    try {
+      expect(statSync(file).mode & 0o777).toBe(0o600);
+      expect(statSync(path.dirname(file)).mode & 0o777).toBe(0o700);
+      expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+      expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+      expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('applies every migration once and is idempotent on reopen', async () => {
+    const file = await tempDb();
+    openDatabase(file).close();
+    const db = openDatabase(file);
+    try {
+      const tables = db.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").all() as { name: string }[];
+      expect(tables.map((t) => t.name)).toEqual(expect.arrayContaining(['accounts', 'app_passwords', 'audit']));
+      expect(MIGRATIONS.map((m) => m.version)).toEqual(MIGRATIONS.map((_, i) => i + 1));
+    } finally {
+      db.close();
+    }
+  });
+
+  it('migrates an older database forward', async () => {
+    const file = await tempDb();
+    openDatabase(file).close();
+    // Pretend the file predates every migration by rolling user_version back
+    // on an empty schema.
+    const raw = new Database(file);
+    raw.exec('DROP TABLE accounts; DROP TABLE app_passwords; DROP TABLE audit;');
+    raw.pragma('user_version = 0');
+    raw.close();
+    const db = openDatabase(file);
+    expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    db.close();
+  });
+
+  it('refuses a database from a newer mailgate with a clear error', async () => {
+    const file = await tempDb();
+    openDatabase(file).close();
+    const raw = new Database(file);
+    raw.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    raw.close();
+    let error: unknown;
+    try {
+      openDatabase(file);
+    } catch (err) {
+      error = err;
+    }
+    expect(isMailgateError(error, ErrorCodes.DB_NEWER)).toBe(true);
+    expect((error as Error).message).toMatch(/newer than this mailgate understands/);
+  });
+
+  it('reports a corrupt file as unavailable', async () => {
+    const file = await tempDb();
+    openDatabase(file).close();
+    writeFileSync(file, Buffer.alloc(8192, 0x41));
+    expect(() => openDatabase(file)).toThrowError(/unavailable/);
+  });
+});

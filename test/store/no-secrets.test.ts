@@ -1,0 +1,56 @@
+/**
+ * No secret may reach the audit table or the logs: app passwords, TOTP secrets
+ * and codes, and whatever wrong passwords users typed.
+ */
+import { readFileSync } from 'node:fs';
+import { Writable } from 'node:stream';
+import { generateSync } from 'otplib';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { createLogger } from '../../src/log/logger.js';
+import { makeTestStore, type TestStore } from '../support/store.js';
+
+let t: TestStore;
+beforeEach(async () => {
+  t = await makeTestStore();
+  t.store.accounts.add('alice');
+});
+afterEach(() => t.cleanup());
+
+describe('secrets stay out of the audit trail and logs', () => {
+  it('the audit table holds no password, app password, TOTP secret or code', async () => {
+    const created = await t.store.appPasswords.create('alice', { name: 'tb' });
+    const enrolment = t.store.totp.enroll('alice');
+    const code = generateSync({ secret: enrolment.secret });
+    t.store.totp.confirm('alice', code);
+    const typedWrong = 'my-old-main-password';
+    await t.store.verifier.verify('alice', created.password, { protocol: 'imap', clientIp: '127.0.0.1' });
+    await t.store.verifier.verify('alice', typedWrong, { protocol: 'pop3', clientIp: '127.0.0.1' });
+    t.store.appPasswords.revokeAll('alice');
+
+    const rows = JSON.stringify(t.store.db.prepare('SELECT * FROM audit').all());
+    const events = (t.store.db.prepare('SELECT event FROM audit ORDER BY id').all() as { event: string }[]).map((r) => r.event);
+    expect(events).toEqual(['account-added', 'created', 'totp-enrolled', 'totp-enabled', 'login-ok', 'login-failed', 'revoked-all']);
+    const secret = created.password.replace(/ /g, '');
+    for (const needle of [secret, secret.slice(4), created.password, enrolment.secret, code, typedWrong]) {
+      expect(rows).not.toContain(needle);
+    }
+    t.store.db.pragma('wal_checkpoint(TRUNCATE)');
+    const raw = readFileSync(t.options.path);
+    for (const needle of [secret, enrolment.secret, typedWrong]) expect(raw.includes(Buffer.from(needle))).toBe(false);
+  });
+
+  it('the logger redacts secret-named fields even when code passes them by mistake', () => {
+    const lines: string[] = [];
+    const sink = new Writable({
+      write(chunk, _enc, done) {
+        lines.push(String(chunk));
+        done();
+      },
+    });
+    const log = createLogger({ destination: sink, level: 'info' });
+    log.info({ password: 'hunter2', user: { pass: 'pw-nested' }, appPassword: 'abcd efgh', totpSecret: 'JBSWY3DP', payload: 'AGFsaWNl' }, 'oops');
+    const text = lines.join('');
+    expect(text).toContain('oops');
+    for (const secret of ['hunter2', 'pw-nested', 'abcd efgh', 'JBSWY3DP', 'AGFsaWNl']) expect(text).not.toContain(secret);
+  });
+});

@@ -1,0 +1,54 @@
+/** Runs the built `mailgate` binary as a child process, as an administrator would. */
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const BIN = path.join(ROOT, 'bin', 'mailgate.js');
+
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, ...args], {
+      cwd: options.cwd ?? ROOT,
+      env: { ...process.env, MAILGATE_CONFIG: '', ...options.env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs ?? 20_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stdout, stderr });
+    });
+  });
+}
+
+/** Writes a config file for the CLI with cheap argon2 settings and store paths inside `dir`. */
+export function writeCliConfig(dir: string, extra = ''): string {
+  const file = path.join(dir, 'mailgate.toml');
+  writeFileSync(
+    file,
+    `[store]
+path = "${path.join(dir, 'data', 'mailgate.db')}"
+key_file = "${path.join(dir, 'data', 'mailgate.key')}"
+busy_timeout_ms = 300
+
+[auth]
+argon2_memory_kib = 1024
+argon2_iterations = 1
+max_app_passwords = 3
+${extra}
+`,
+  );
+  return file;
+}
