@@ -8,6 +8,7 @@
 import { CommanderError } from 'commander';
 import { ConfigError } from '../config/load.js';
 import { MailgateError } from '../errors.js';
+import { TlsSetupError } from '../session/tls.js';
 import { createProgram } from './program.js';
 
 export const EXIT_OK = 0;
@@ -21,6 +22,7 @@ function describe(err: unknown): { message: string; code: number } {
     return { message: '', code: printed ? err.exitCode : EXIT_USAGE };
   }
   if (err instanceof ConfigError) return { message: err.message, code: EXIT_USAGE };
+  if (err instanceof TlsSetupError) return { message: err.message, code: EXIT_REFUSED };
   if (err instanceof MailgateError) return { message: err.message, code: err.isUsageError ? EXIT_USAGE : EXIT_REFUSED };
   if (err instanceof Error && err.name === 'SqliteError') {
     return { message: `the database refused the request: ${err.message}`, code: EXIT_REFUSED };

@@ -6,8 +6,11 @@
  * falling back to a default, which is the usual way a security setting gets lost.
  */
 import { z } from 'zod';
+import { LIMIT_DEFAULTS as L } from './limits.js';
 
 const port = z.number().int().min(1).max(65535);
+/** Listeners may use 0 to take any free port (tests do; the log says which). */
+const listenPort = z.number().int().min(0).max(65535);
 const nonNegativeInt = z.number().int().min(0);
 const positiveInt = z.number().int().min(1);
 
@@ -54,7 +57,7 @@ const tlsSchema = z
 const listenSchema = z.strictObject({
   protocol: z.enum(['imap', 'pop3']),
   host: z.string().min(1).default('127.0.0.1'),
-  port: port,
+  port: listenPort,
   tls: z.enum(['implicit', 'starttls']).default('implicit'),
 });
 
@@ -100,6 +103,19 @@ const timeoutsSchema = z
   })
   .prefault({});
 
+const limitsSchema = z
+  .strictObject({
+    max_connections: positiveInt.default(L.max_connections),
+    max_connections_per_ip: positiveInt.default(L.max_connections_per_ip),
+    max_bad_commands: positiveInt.default(L.max_bad_commands),
+    max_login_failures_per_connection: positiveInt.default(L.max_login_failures_per_connection),
+    imap_max_line_bytes: z.number().int().min(1024).max(1024 * 1024).default(L.imap_max_line_bytes),
+    imap_max_literal_bytes: z.number().int().min(256).max(1024 * 1024).default(L.imap_max_literal_bytes),
+    imap_max_nesting: z.number().int().min(1).max(64).default(L.imap_max_nesting),
+    pop3_max_line_bytes: z.number().int().min(255).max(64 * 1024).default(L.pop3_max_line_bytes),
+  })
+  .prefault({});
+
 export const configSchema = z
   .strictObject({
     store: storeSchema,
@@ -122,12 +138,13 @@ export const configSchema = z
       .prefault({}),
     policy: policySchema,
     timeouts: timeoutsSchema,
+    limits: limitsSchema,
   })
   .superRefine((config, ctx) => {
     const seen = new Set<string>();
     config.listen.forEach((listener, index) => {
       const key = `${listener.host}:${listener.port}`;
-      if (seen.has(key)) {
+      if (listener.port !== 0 && seen.has(key)) {
         ctx.addIssue({ code: 'custom', path: ['listen', index, 'port'], message: `${key} is used by two listeners` });
       }
       seen.add(key);

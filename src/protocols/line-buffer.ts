@@ -68,14 +68,25 @@ export class LineBuffer {
     return this.take(this.length);
   }
 
+  /** Removes the first `n` bytes, joining only the chunks they span. */
   private take(n: number): Buffer {
-    const joined = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.length);
-    const out = joined.subarray(0, n);
-    const rest = joined.subarray(n);
-    this.chunks = rest.length > 0 ? [rest] : [];
-    this.length = rest.length;
+    const parts: Buffer[] = [];
+    let need = n;
+    while (need > 0) {
+      const chunk = this.chunks[0]!;
+      if (chunk.length <= need) {
+        parts.push(chunk);
+        this.chunks.shift();
+        need -= chunk.length;
+      } else {
+        parts.push(chunk.subarray(0, need));
+        this.chunks[0] = chunk.subarray(need);
+        need = 0;
+      }
+    }
+    this.length -= n;
     this.resetScan();
-    return out;
+    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
   }
 
   private resetScan(): void {

@@ -1,0 +1,17 @@
+/**
+ * What mail programs show their users. Every credential failure gets the same
+ * words, so the answer never tells whether the account exists or has 2FA;
+ * the specific reason goes to the log only.
+ */
+
+export function loginFailedAlert(helpUrl: string): string {
+  const help = helpUrl ? `: ${helpUrl}` : '.';
+  return `Sign-in failed. If your account has 2-step verification, sign in with an app password, not your account password${help}`;
+}
+
+export const TEMPORARY_FAILURE = 'The mail service is temporarily unavailable; try again in a few minutes.';
+export const MAILBOX_IN_USE = 'The mailbox is in use by another session; try again later.';
+export const APP_PASSWORD_REVOKED = 'This app password was revoked or has expired; sign in again with a valid one.';
+export const SHUTTING_DOWN = 'The server is shutting down; reconnect in a moment.';
+export const TOO_MANY_ERRORS = 'Too many invalid commands.';
+export const IDLE_TIMEOUT = 'Disconnected for inactivity.';

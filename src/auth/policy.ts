@@ -1,0 +1,157 @@
+/**
+ * The account policy, in one place: given what a client typed, decide how (or
+ * whether) it may log in. Both protocols call this; nothing else decides.
+ *
+ *  - A known account with TOTP on logs in only with an active app password
+ *    scoped to the protocol.
+ *  - A known account without 2FA may use an app password, or its upstream
+ *    password when `main_password_without_2fa = "passthrough"`.
+ *  - An unknown account is refused, or passed through, per `unknown_users`.
+ *
+ * Every local refusal costs one argon2 verification (real or dummy), so time
+ * does not reveal whether an account exists or has 2FA.
+ */
+import type { Config } from '../config/schema.js';
+import { ErrorCodes, isMailgateError } from '../errors.js';
+import { canonicalAppPassword } from '../store/app-password-format.js';
+import type { Store } from '../store/store.js';
+import type { Account, AppPasswordInfo, Scope } from '../store/types.js';
+import { tryNormaliseUsername } from '../store/username.js';
+import type { UpstreamCredentials } from '../upstream/credentials.js';
+
+export interface AuthAttempt {
+  /** The username exactly as the client sent it. */
+  username: string;
+  password: Buffer;
+  protocol: Scope;
+  clientIp: string;
+  /** "name/version" from the client's ID, if any. */
+  client: string | null;
+}
+
+/** Why a login was refused or failed; for the log and fail2ban, never for the client. */
+export type RefusalReason =
+  | 'invalid-username'
+  | 'unknown-account'
+  | 'wrong-password'
+  | 'revoked'
+  | 'expired'
+  | 'out-of-scope'
+  | 'two-factor-required'
+  | 'main-password-disabled'
+  | 'upstream-rejected';
+
+export type TemporaryReason = 'store-unavailable' | 'hash-busy' | 'master-password-missing' | 'upstream-unavailable' | 'blocked';
+
+export type AuthDecision =
+  | { outcome: 'accept'; mode: 'app-password'; account: Account; appPassword: AppPasswordInfo; upstream: UpstreamCredentials }
+  /** Tentative: the upstream checks the password itself. */
+  | { outcome: 'accept'; mode: 'upstream-password'; account: Account | null; upstream: UpstreamCredentials }
+  | { outcome: 'refuse'; reason: RefusalReason; username: string }
+  | { outcome: 'temporary'; reason: TemporaryReason; username: string; detail?: string };
+
+export class AuthPolicy {
+  constructor(
+    private readonly store: Store,
+    private readonly config: Pick<Config, 'policy' | 'upstream'>,
+    private readonly masterPassword: Buffer | null,
+  ) {}
+
+  async decide(attempt: AuthAttempt): Promise<AuthDecision> {
+    try {
+      return await this.decideOrThrow(attempt);
+    } catch (err) {
+      const username = attempt.username;
+      if (isMailgateError(err, ErrorCodes.HASH_BUSY)) return { outcome: 'temporary', reason: 'hash-busy', username };
+      // Whatever else failed (the database locked, unreadable, gone), fail
+      // closed: nobody gets in on a store we cannot read.
+      return { outcome: 'temporary', reason: 'store-unavailable', username, detail: err instanceof Error ? err.message : String(err) };
+    }
+  }
+
+  private async decideOrThrow(attempt: AuthAttempt): Promise<AuthDecision> {
+    const password = attempt.password.toString('utf8');
+    const name = tryNormaliseUsername(attempt.username);
+    if (name === null) {
+      await this.store.hasher.verifyDummy(password);
+      return { outcome: 'refuse', reason: 'invalid-username', username: attempt.username };
+    }
+    const account = this.store.accounts.find(name);
+
+    if (!account) {
+      if (this.config.policy.unknown_users === 'passthrough') return this.passthrough(attempt, null);
+      await this.store.hasher.verifyDummy(password);
+      return { outcome: 'refuse', reason: 'unknown-account', username: name };
+    }
+
+    if (canonicalAppPassword(password) !== null) {
+      const result = await this.store.verifier.check(name, password, attempt.protocol);
+      if (result.ok) return this.master(result.account, result.appPassword);
+      // The password matched an app password that may not be used: say why in the log.
+      if (result.reason !== 'wrong-password' || account.totpState === 'enabled') {
+        return { outcome: 'refuse', reason: result.reason, username: name };
+      }
+      // Otherwise it may be a main password that happens to look like an app password.
+      return this.mainPassword(attempt, account, false);
+    }
+    return this.mainPassword(attempt, account, true);
+  }
+
+  private async mainPassword(attempt: AuthAttempt, account: Account, needDummyHash: boolean): Promise<AuthDecision> {
+    if (account.totpState === 'enabled') {
+      if (needDummyHash) await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
+      return { outcome: 'refuse', reason: 'two-factor-required', username: account.username };
+    }
+    if (this.config.policy.main_password_without_2fa === 'reject') {
+      if (needDummyHash) await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
+      return { outcome: 'refuse', reason: 'main-password-disabled', username: account.username };
+    }
+    return this.passthrough(attempt, account);
+  }
+
+  private passthrough(attempt: AuthAttempt, account: Account | null): AuthDecision {
+    // The upstream knows the user by the name the client typed (minus stray
+    // spaces); case may matter to it, so it is not lower-cased.
+    return {
+      outcome: 'accept',
+      mode: 'upstream-password',
+      account,
+      upstream: { kind: 'passthrough', user: attempt.username.trim(), password: attempt.password },
+    };
+  }
+
+  private master(account: Account, appPassword: AppPasswordInfo): AuthDecision {
+    if (!this.masterPassword) {
+      return { outcome: 'temporary', reason: 'master-password-missing', username: account.username };
+    }
+    const login = this.config.upstream.login;
+    return {
+      outcome: 'accept',
+      mode: 'app-password',
+      account,
+      appPassword,
+      upstream: {
+        kind: 'master',
+        user: account.username,
+        style: login.master_style,
+        masterUser: login.master_user,
+        masterPassword: this.masterPassword,
+        separator: login.separator,
+      },
+    };
+  }
+
+  /** Records the final outcome (after the upstream had its say) in the store. */
+  recordSuccess(attempt: AuthAttempt, decision: Extract<AuthDecision, { outcome: 'accept' }>): void {
+    const context = { protocol: attempt.protocol, clientIp: attempt.clientIp, client: attempt.client };
+    if (decision.mode === 'app-password') {
+      this.store.verifier.recordSuccess(decision.account, decision.appPassword, context);
+    } else if (decision.account) {
+      this.store.verifier.recordSuccess(decision.account, null, context);
+    }
+  }
+
+  recordFailure(attempt: AuthAttempt, username: string, reason: string): void {
+    this.store.verifier.recordFailure(username, reason, { protocol: attempt.protocol, clientIp: attempt.clientIp });
+  }
+}

@@ -1,0 +1,25 @@
+/**
+ * Every abuse limit's default, in one place, with why it is what it is.
+ * The schema (schema.ts) takes its defaults from here; docs/configuration.md
+ * and docs/security.md describe the same keys for operators.
+ */
+export const LIMIT_DEFAULTS = {
+  /** Sessions at once, all listeners. Each idle TLS session costs tens of KiB; 10,000 fits a small VM. */
+  max_connections: 10_000,
+  /** Unauthenticated connections per client IP (IPv6 /64). A household behind NAT with a few
+   * phones and laptops opening 2-5 connections each stays well below it; a scanner does not. */
+  max_connections_per_ip: 20,
+  /** Invalid commands before the session is closed. Real clients send none; scanners send many. */
+  max_bad_commands: 3,
+  /** Failed logins on one connection before it is closed. Thunderbird retries a wrong password
+   * three ways (AUTHENTICATE PLAIN, AUTHENTICATE LOGIN, LOGIN): all three get their answer. */
+  max_login_failures_per_connection: 3,
+  /** IMAP line: RFC 7162 recommends accepting at least 8192 octets. */
+  imap_max_line_bytes: 8192,
+  /** IMAP literal before login: usernames and passwords; RFC 7888 LITERAL- caps at 4096 too. */
+  imap_max_literal_bytes: 4096,
+  /** Parenthesis depth before login: only ID uses a list, one level deep. */
+  imap_max_nesting: 8,
+  /** POP3 command line: RFC 2449 caps commands at 255 octets; some slack for long SASL lines. */
+  pop3_max_line_bytes: 512,
+} as const;

@@ -1,0 +1,307 @@
+/**
+ * The IMAP side of a session before login (RFC 9051/3501): greeting,
+ * CAPABILITY, NOOP, LOGOUT, STARTTLS, ID, LOGIN and AUTHENTICATE. Everything
+ * else is refused with the client's tag. After login the shared Session
+ * relays bytes and this class is out of the picture.
+ */
+import { loginFailedAlert, MAILBOX_IN_USE, TEMPORARY_FAILURE, APP_PASSWORD_REVOKED, SHUTTING_DOWN, TOO_MANY_ERRORS, IDLE_TIMEOUT } from '../auth/messages.js';
+import { preloginCapabilities } from '../protocols/imap/capabilities.js';
+import { continuation, tagged, untagged, untaggedData } from '../protocols/imap/compiler.js';
+import { clientIdSummary, parseIdArgs } from '../protocols/imap/id.js';
+import { ImapParser, type ImapArg, type ImapParseEvent } from '../protocols/imap/parser.js';
+import { SaslExchange, SUPPORTED_SASL_MECHANISMS, type SaslStep } from '../protocols/sasl.js';
+import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
+import { loginImapUpstream } from '../upstream/imap-login.js';
+import { Session, type FarewellReason, type GatewayServices } from './session.js';
+import type { ListenConfig } from '../config/schema.js';
+import type { Socket } from 'node:net';
+
+type Command = Extract<ImapParseEvent, { type: 'command' }>;
+
+/** Commands of the authenticated and selected states: right command, wrong time. */
+const AFTER_LOGIN_COMMANDS = new Set([
+  'SELECT', 'EXAMINE', 'CREATE', 'DELETE', 'RENAME', 'SUBSCRIBE', 'UNSUBSCRIBE', 'LIST', 'LSUB', 'STATUS',
+  'APPEND', 'CHECK', 'CLOSE', 'UNSELECT', 'EXPUNGE', 'SEARCH', 'FETCH', 'STORE', 'COPY', 'MOVE', 'UID',
+  'IDLE', 'ENABLE', 'NAMESPACE', 'GETQUOTA', 'GETQUOTAROOT', 'SETQUOTA', 'GETACL', 'SETACL', 'MYRIGHTS',
+  'LISTRIGHTS', 'GETMETADATA', 'SETMETADATA', 'COMPRESS', 'NOTIFY', 'SORT', 'THREAD', 'ESEARCH', 'REPLACE',
+]);
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+export class ImapSession extends Session {
+  readonly protocol = 'imap' as const;
+  protected readonly parser: ImapParser;
+  private sasl: { tag: string; mechanism: string; exchange: SaslExchange } | null = null;
+
+  constructor(socket: Socket, listener: ListenConfig, services: GatewayServices) {
+    super(socket, listener, services);
+    const limits = services.config.limits;
+    this.parser = new ImapParser({
+      maxLineBytes: limits.imap_max_line_bytes,
+      maxLiteralBytes: limits.imap_max_literal_bytes,
+      maxNesting: limits.imap_max_nesting,
+    });
+  }
+
+  protected greet(): void {
+    this.write(untagged('OK', 'mailgate ready', `CAPABILITY ${this.capabilities().join(' ')}`));
+  }
+
+  protected refusal(): string {
+    return untagged('BYE', 'Too many connections; try again later.', 'UNAVAILABLE');
+  }
+
+  protected farewell(reason: FarewellReason): string {
+    switch (reason) {
+      case 'revoked':
+        return untagged('BYE', APP_PASSWORD_REVOKED, 'UNAVAILABLE');
+      case 'shutdown':
+        return untagged('BYE', SHUTTING_DOWN, 'UNAVAILABLE');
+      case 'idle':
+        return untagged('BYE', IDLE_TIMEOUT);
+      case 'errors':
+        return untagged('BYE', TOO_MANY_ERRORS);
+      case 'internal':
+        return untagged('BYE', TEMPORARY_FAILURE, 'UNAVAILABLE');
+    }
+  }
+
+  protected loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin): Promise<UpstreamLoginResult> {
+    const { config, upstreams, upstreamCapabilities } = this.services;
+    return loginImapUpstream({
+      target: upstreams.imap,
+      connectTimeoutMs: config.timeouts.upstream_connect_seconds * 1000,
+      responseTimeoutMs: config.timeouts.upstream_response_seconds * 1000,
+      forward: config.upstream.imap.forward_client_ip ? origin : null,
+      credentials,
+      onGreetingCapabilities: (caps) => {
+        upstreamCapabilities.imap = caps;
+      },
+    });
+  }
+
+  private capabilities(): string[] {
+    return preloginCapabilities({
+      starttlsOffered: this.listener.tls === 'starttls' && !this.secure,
+      loginAllowed: this.loginAllowed,
+      upstream: this.services.upstreamCapabilities.imap,
+      mechanisms: SUPPORTED_SASL_MECHANISMS,
+    });
+  }
+
+  protected processInput(): void {
+    while (this.state === 'prelogin') {
+      const event = this.parser.next();
+      if (!event) break;
+      this.handle(event);
+    }
+    this.resumeIfDrained();
+  }
+
+  private handle(event: ImapParseEvent): void {
+    switch (event.type) {
+      case 'literal-continuation':
+        this.write(continuation('Ready for literal data'));
+        return;
+      case 'sasl-response':
+        this.continueSasl(event.line);
+        return;
+      case 'error':
+        this.onParseError(event);
+        return;
+      case 'command':
+        this.touch();
+        this.dispatch(event);
+    }
+  }
+
+  private onParseError(event: Extract<ImapParseEvent, { type: 'error' }>): void {
+    this.sasl = null;
+    // An invalid tag is never echoed: it may be another protocol's bytes (ALPACA).
+    const line = event.tag ? tagged(event.tag, 'BAD', event.message) : untagged('BAD', event.message);
+    if (event.fatal) {
+      this.closeWith(line + untagged('BYE', 'Closing the connection after a protocol error.'), `protocol-error:${event.reason}`);
+      return;
+    }
+    this.write(line);
+    this.countBadCommand();
+  }
+
+  private dispatch(command: Command): void {
+    const { tag, name, args } = command;
+    switch (name) {
+      case 'CAPABILITY':
+        this.write(untaggedData(`CAPABILITY ${this.capabilities().join(' ')}`) + tagged(tag, 'OK', 'CAPABILITY completed'));
+        return;
+      case 'NOOP':
+        this.write(tagged(tag, 'OK', 'NOOP completed'));
+        return;
+      case 'LOGOUT':
+        this.closeWith(untagged('BYE', 'Logging out') + tagged(tag, 'OK', 'LOGOUT completed'), 'logout');
+        return;
+      case 'ID':
+        return this.idCommand(tag, args);
+      case 'STARTTLS':
+        return this.starttls(tag, args);
+      case 'LOGIN':
+        return this.loginCommand(tag, args);
+      case 'AUTHENTICATE':
+        return this.authenticate(tag, args);
+      default:
+        if (AFTER_LOGIN_COMMANDS.has(name)) this.write(tagged(tag, 'NO', 'Log in first.'));
+        else this.write(tagged(tag, 'BAD', 'Unknown command.'));
+        this.countBadCommand();
+    }
+  }
+
+  private idCommand(tag: string, args: ImapArg[]): void {
+    const parsed = parseIdArgs(args);
+    if (!parsed.ok) {
+      this.write(tagged(tag, 'BAD', parsed.message));
+      this.countBadCommand();
+      return;
+    }
+    // Remembered for the log and the app password's last use. Whatever the
+    // client says here (x-originating-ip included) is never forwarded upstream.
+    this.clientId = clientIdSummary(parsed.fields);
+    this.write(untaggedData('ID ("name" "mailgate")') + tagged(tag, 'OK', 'ID completed'));
+  }
+
+  private starttls(tag: string, args: ImapArg[]): void {
+    if (args.length > 0) {
+      this.write(tagged(tag, 'BAD', 'STARTTLS takes no arguments.'));
+      this.countBadCommand();
+      return;
+    }
+    if (this.listener.tls !== 'starttls' || this.secure) {
+      this.write(tagged(tag, 'BAD', this.secure ? 'The connection is already encrypted.' : 'STARTTLS is not offered here.'));
+      this.countBadCommand();
+      return;
+    }
+    this.write(tagged(tag, 'OK', 'Begin TLS negotiation now'));
+    this.startTls();
+  }
+
+  private refusePlaintext(tag: string): boolean {
+    if (this.loginAllowed) return false;
+    this.write(tagged(tag, 'NO', 'Use STARTTLS first: credentials are not accepted over an unencrypted connection.', 'PRIVACYREQUIRED'));
+    return true;
+  }
+
+  private loginCommand(tag: string, args: ImapArg[]): void {
+    if (this.refusePlaintext(tag)) return;
+    const [user, pass] = args;
+    if (args.length !== 2 || !isStringish(user) || !isStringish(pass)) {
+      this.write(tagged(tag, 'BAD', 'LOGIN needs a username and a password.'));
+      this.countBadCommand();
+      return;
+    }
+    const username = decodeUtf8(argBytes(user));
+    if (username === null) {
+      this.write(tagged(tag, 'BAD', 'The username is not valid UTF-8.'));
+      this.countBadCommand();
+      return;
+    }
+    this.runLogin(tag, username, argBytes(pass), 'login');
+  }
+
+  private authenticate(tag: string, args: ImapArg[]): void {
+    if (this.refusePlaintext(tag)) return;
+    const [mechanism, initial] = args;
+    if (args.length < 1 || args.length > 2 || mechanism?.kind !== 'atom' || (initial !== undefined && !isStringish(initial))) {
+      this.write(tagged(tag, 'BAD', 'AUTHENTICATE needs a mechanism and at most one initial response.'));
+      this.countBadCommand();
+      return;
+    }
+    const exchange = new SaslExchange(mechanism.value);
+    const initialResponse = initial === undefined ? undefined : argBytes(initial).toString('latin1');
+    this.sasl = { tag, mechanism: mechanism.value.toUpperCase(), exchange };
+    this.onSaslStep(exchange.start(initialResponse));
+  }
+
+  private continueSasl(line: Buffer): void {
+    if (!this.sasl) return;
+    this.onSaslStep(this.sasl.exchange.respond(line));
+  }
+
+  private onSaslStep(step: SaslStep): void {
+    const sasl = this.sasl!;
+    switch (step.type) {
+      case 'challenge':
+        this.write(continuation(step.data));
+        this.parser.expectSaslResponse();
+        return;
+      case 'done':
+        this.sasl = null;
+        this.runLogin(sasl.tag, step.credentials.username, step.credentials.password, `authenticate-${sasl.mechanism.toLowerCase()}`);
+        return;
+      case 'error':
+        this.sasl = null;
+        this.onSaslError(sasl.tag, step.reason);
+    }
+  }
+
+  private onSaslError(tag: string, reason: Extract<SaslStep, { type: 'error' }>['reason']): void {
+    switch (reason) {
+      case 'cancelled':
+        this.write(tagged(tag, 'BAD', 'Authentication cancelled.'));
+        return;
+      case 'unsupported-mechanism':
+        this.write(tagged(tag, 'NO', `Unsupported mechanism; use ${SUPPORTED_SASL_MECHANISMS.join(' or ')}.`));
+        return;
+      case 'authzid-mismatch':
+        this.write(tagged(tag, 'NO', 'Logging in as another user is not allowed.', 'AUTHORIZATIONFAILED'));
+        return;
+      case 'bad-base64':
+        this.write(tagged(tag, 'BAD', 'Invalid base64 in the authentication data.'));
+        break;
+      case 'malformed':
+      case 'too-long':
+        this.write(tagged(tag, 'BAD', 'Malformed authentication data.'));
+        break;
+    }
+    this.countBadCommand();
+  }
+
+  private runLogin(tag: string, username: string, password: Buffer, method: string): void {
+    this.login({ username, password, method })
+      .then((outcome) => {
+        if (outcome.ok) {
+          const caps = outcome.upstream.capabilities;
+          this.write(tagged(tag, 'OK', 'Logged in', `CAPABILITY ${caps.join(' ')}`));
+          this.startRelay(outcome.upstream);
+          return;
+        }
+        if (outcome.kind === 'temporary' || outcome.kind === 'in-use') {
+          const text = outcome.kind === 'in-use' ? MAILBOX_IN_USE : TEMPORARY_FAILURE;
+          this.write(tagged(tag, 'NO', text, outcome.kind === 'in-use' ? 'INUSE' : 'UNAVAILABLE'));
+        } else {
+          // The ALERT line is what Thunderbird shows the user; the tagged text it does not.
+          this.write(untagged('NO', loginFailedAlert(this.services.config.policy.help_url), 'ALERT'));
+          this.write(tagged(tag, 'NO', 'Authentication failed.', 'AUTHENTICATIONFAILED'));
+        }
+        if (this.failedLogins >= this.services.config.limits.max_login_failures_per_connection) {
+          this.closeWith(untagged('BYE', 'Too many failed logins.'), 'too-many-login-failures');
+          return;
+        }
+        this.resumePrelogin();
+      })
+      .catch((err: unknown) => this.internalError(err));
+  }
+}
+
+function isStringish(arg: ImapArg | undefined): arg is Extract<ImapArg, { kind: 'atom' | 'string' }> {
+  return arg?.kind === 'atom' || arg?.kind === 'string';
+}
+
+function argBytes(arg: Extract<ImapArg, { kind: 'atom' | 'string' }>): Buffer {
+  return arg.kind === 'atom' ? Buffer.from(arg.value, 'latin1') : arg.value;
+}
+
+function decodeUtf8(bytes: Buffer): string | null {
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    return null;
+  }
+}

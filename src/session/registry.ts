@@ -1,0 +1,85 @@
+/**
+ * The set of open sessions: how many there are (per client IP, for the
+ * connection limits), which account and app password each relayed session
+ * logged in with (for live revocation), and a way to end them all (shutdown).
+ */
+
+export interface SessionAuth {
+  accountId: number | null;
+  username: string;
+  appPasswordId: number | null;
+  mode: 'app-password' | 'upstream-password';
+  loginAt: number;
+}
+
+export interface TrackedSession {
+  readonly id: string;
+  readonly protocol: 'imap' | 'pop3';
+  /** The key connection limits count by (an IPv6 /64 counts as one). */
+  readonly clientKey: string;
+  /** Set once the session relays for an account. */
+  readonly auth: SessionAuth | null;
+  /** Ends the session, telling the client why when the protocol allows. */
+  terminate(reason: TerminationReason): void;
+}
+
+export type TerminationReason = 'revoked' | 'shutdown';
+
+export class SessionRegistry {
+  private readonly sessions = new Set<TrackedSession>();
+  /** Sessions not logged in yet, per client: the per-IP limit counts these only. */
+  private readonly unauthenticated = new Map<string, number>();
+  private readonly counted = new WeakSet<TrackedSession>();
+  private readonly emptyWaiters: Array<() => void> = [];
+
+  get size(): number {
+    return this.sessions.size;
+  }
+
+  add(session: TrackedSession): void {
+    this.sessions.add(session);
+    this.counted.add(session);
+    this.unauthenticated.set(session.clientKey, (this.unauthenticated.get(session.clientKey) ?? 0) + 1);
+  }
+
+  /** A session logged in: it no longer counts against its client's pre-login limit. */
+  markAuthenticated(session: TrackedSession): void {
+    this.uncount(session);
+  }
+
+  remove(session: TrackedSession): void {
+    if (!this.sessions.delete(session)) return;
+    this.uncount(session);
+    if (this.sessions.size === 0) for (const resolve of this.emptyWaiters.splice(0)) resolve();
+  }
+
+  private uncount(session: TrackedSession): void {
+    if (!this.counted.has(session)) return;
+    this.counted.delete(session);
+    const left = (this.unauthenticated.get(session.clientKey) ?? 1) - 1;
+    if (left <= 0) this.unauthenticated.delete(session.clientKey);
+    else this.unauthenticated.set(session.clientKey, left);
+  }
+
+  /** Sessions from this client (IP, or IPv6 /64) that have not logged in. */
+  unauthenticatedFor(clientKey: string): number {
+    return this.unauthenticated.get(clientKey) ?? 0;
+  }
+
+  /** Sessions that are relaying for an account. */
+  *authenticated(): IterableIterator<TrackedSession & { auth: SessionAuth }> {
+    for (const session of this.sessions) {
+      if (session.auth) yield session as TrackedSession & { auth: SessionAuth };
+    }
+  }
+
+  all(): TrackedSession[] {
+    return [...this.sessions];
+  }
+
+  /** Resolves when the last session has gone. */
+  whenEmpty(): Promise<void> {
+    if (this.sessions.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.emptyWaiters.push(resolve));
+  }
+}

@@ -1,0 +1,106 @@
+/**
+ * The gateway's own TLS: certificate loading (or first-run self-signed
+ * generation), the server context, and the server-side STARTTLS upgrade.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import type { Socket } from 'node:net';
+import path from 'node:path';
+import tls from 'node:tls';
+import { generate } from 'selfsigned';
+import type { Config } from '../config/schema.js';
+import { configPath } from '../config/load.js';
+import type { Logger } from '../log/logger.js';
+
+export class TlsSetupError extends Error {
+  override readonly name = 'TlsSetupError';
+}
+
+export interface ServerTls {
+  context: tls.SecureContext;
+  minVersion: tls.SecureVersion;
+  certFile: string;
+}
+
+/** ALPN ids a mail client may announce (RFC 7301 registry); anything else is refused (ALPACA). */
+export const ALLOWED_ALPN: Record<'imap' | 'pop3', string> = { imap: 'imap', pop3: 'pop3' };
+
+export async function loadServerTls(config: Config, log: Logger): Promise<ServerTls> {
+  const certFile = configPath(config.tls.cert);
+  const keyFile = configPath(config.tls.key);
+  const haveCert = existsSync(certFile);
+  const haveKey = existsSync(keyFile);
+  if (!haveCert || !haveKey) {
+    if (!config.tls.self_signed) {
+      throw new TlsSetupError(`TLS certificate ${haveCert ? keyFile : certFile} is missing and tls.self_signed is false`);
+    }
+    if (haveCert !== haveKey) {
+      throw new TlsSetupError(`only one of ${certFile} and ${keyFile} exists; remove it or provide both`);
+    }
+    await writeSelfSigned(certFile, keyFile);
+    log.warn({ cert: certFile }, 'generated a self-signed TLS certificate; mail programs will warn until a real one is configured');
+  }
+  let cert: Buffer;
+  let key: Buffer;
+  try {
+    cert = readFileSync(certFile);
+    key = readFileSync(keyFile);
+  } catch (err) {
+    throw new TlsSetupError(`cannot read TLS certificate or key: ${(err as Error).message}`);
+  }
+  const minVersion = config.tls.min_version;
+  try {
+    return { context: tls.createSecureContext({ cert, key, minVersion }), minVersion, certFile };
+  } catch (err) {
+    throw new TlsSetupError(`TLS certificate ${certFile} or key ${keyFile} is unusable: ${(err as Error).message}`);
+  }
+}
+
+async function writeSelfSigned(certFile: string, keyFile: string): Promise<void> {
+  const now = new Date();
+  const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
+    keyType: 'ec',
+    curve: 'P-256',
+    algorithm: 'sha256',
+    notBeforeDate: new Date(now.getTime() - 60_000),
+    notAfterDate: new Date(now.getTime() + 825 * 86_400_000),
+    extensions: [
+      { name: 'basicConstraints', cA: false },
+      { name: 'keyUsage', digitalSignature: true, keyEncipherment: true },
+      { name: 'extKeyUsage', serverAuth: true },
+      {
+        name: 'subjectAltName',
+        altNames: [
+          { type: 2, value: 'localhost' },
+          { type: 7, ip: '127.0.0.1' },
+          { type: 7, ip: '::1' },
+        ],
+      },
+    ],
+  });
+  mkdirSync(path.dirname(certFile), { recursive: true });
+  mkdirSync(path.dirname(keyFile), { recursive: true, mode: 0o700 });
+  // The key is written first and exclusively: if two processes race, one wins
+  // and the other fails loudly instead of pairing a cert with the wrong key.
+  writeFileSync(keyFile, pems.private, { mode: 0o600, flag: 'wx' });
+  writeFileSync(certFile, pems.cert, { mode: 0o644, flag: 'wx' });
+}
+
+export interface TlsServerOptions {
+  tls: ServerTls;
+  protocol: 'imap' | 'pop3';
+}
+
+/**
+ * Wraps an accepted (or STARTTLS-upgraded) socket in server-side TLS.
+ * ALPN: a client that names a protocol must name ours; `http/1.1` or any
+ * other id fails the handshake (cross-protocol attacks, ALPACA).
+ */
+export function wrapServerTls(socket: Socket, options: TlsServerOptions): tls.TLSSocket {
+  const alpn = ALLOWED_ALPN[options.protocol];
+  return new tls.TLSSocket(socket, {
+    isServer: true,
+    secureContext: options.tls.context,
+    requestCert: false,
+    ALPNCallback: ({ protocols }) => (protocols.includes(alpn) ? alpn : undefined),
+  });
+}

@@ -1,0 +1,185 @@
+/**
+ * Logging in to the upstream POP3 server for a client: greeting, CAPA, STLS
+ * if configured, XCLIENT with the client's address, then AUTH PLAIN or
+ * USER/PASS. The same refusals as the IMAP side: no STLS offered, STLS
+ * refused, or bytes injected after the STLS answer abort the login.
+ */
+import type { Socket } from 'node:net';
+import { encodeCommand, encodeUser } from '../protocols/pop3/compiler.js';
+import { encodeBase64 } from '../protocols/sasl.js';
+import { connectUpstream, upgradeUpstream, UpstreamError } from './connect.js';
+import { loginPair, saslPlainMessage, type UpstreamLoginResult } from './credentials.js';
+import type { ImapLoginRequest } from './imap-login.js';
+import { ResponseReader } from './response-reader.js';
+
+export type Pop3LoginRequest = Omit<ImapLoginRequest, 'onGreetingCapabilities'> & {
+  onCapabilities?: (capabilities: string[]) => void;
+};
+
+class Pop3Refused extends Error {
+  constructor(
+    readonly reason: string,
+    readonly code: string | null,
+  ) {
+    super(reason);
+  }
+}
+
+interface Reply {
+  ok: boolean;
+  line: string;
+  code: string | null;
+}
+
+function hasCapability(capabilities: readonly string[], keyword: string, argument?: string): boolean {
+  return capabilities.some((line) => {
+    const [name, ...args] = line.split(' ');
+    if (name!.toUpperCase() !== keyword) return false;
+    return argument === undefined || args.some((a) => a.toUpperCase() === argument);
+  });
+}
+
+class Pop3UpstreamDialogue {
+  private socket: Socket;
+  private reader: ResponseReader;
+
+  constructor(
+    socket: Socket,
+    private readonly request: Pop3LoginRequest,
+  ) {
+    this.socket = socket;
+    this.reader = new ResponseReader(socket, request.responseTimeoutMs);
+  }
+
+  async run(): Promise<UpstreamLoginResult> {
+    const greeting = await this.readReply();
+    if (!greeting.ok) throw new UpstreamError(`the upstream refused the connection: ${greeting.line.slice(0, 200)}`);
+    let capabilities = await this.capa();
+    if (this.request.target.tls === 'starttls') capabilities = await this.startTls(capabilities);
+    this.request.onCapabilities?.(capabilities);
+    if (this.request.forward && hasCapability(capabilities, 'XCLIENT')) await this.xclient();
+    const reply = await this.login(capabilities);
+    return { ok: true, socket: this.socket, confirmation: reply.line, capabilities, leftover: this.reader.detach() };
+  }
+
+  destroy(): void {
+    this.reader.detach();
+    this.socket.destroy();
+  }
+
+  private async capa(): Promise<string[]> {
+    await this.write(Buffer.from('CAPA\r\n'));
+    const reply = await this.readReply();
+    // CAPA is optional (RFC 2449); a server without it simply has no extensions.
+    if (!reply.ok) return [];
+    const lines: string[] = [];
+    for (;;) {
+      const line = await this.reader.readLine();
+      if (line === '.') return lines;
+      lines.push(line.startsWith('..') ? line.slice(1) : line);
+    }
+  }
+
+  private async startTls(capabilities: string[]): Promise<string[]> {
+    if (!hasCapability(capabilities, 'STLS')) {
+      throw new UpstreamError('the upstream does not offer STLS, but tls = "starttls" is configured');
+    }
+    await this.write(Buffer.from('STLS\r\n'));
+    const reply = await this.readReply();
+    if (!reply.ok) throw new UpstreamError(`the upstream refused STLS: ${reply.line.slice(0, 200)}`);
+    if (this.reader.pendingBytes > 0) throw new UpstreamError('the upstream sent data after its STLS answer (possible injection)');
+    const tlsSocket = await upgradeUpstream(this.socket, this.request.target, this.request.connectTimeoutMs);
+    this.socket = tlsSocket;
+    this.reader.switchTo(tlsSocket);
+    return this.capa();
+  }
+
+  private async xclient(): Promise<void> {
+    const origin = this.request.forward!;
+    const args = `ADDR=${origin.clientIp} PORT=${origin.clientPort} SESSION=${origin.sessionId}`;
+    // Values come from the socket and our own id generator, but check anyway:
+    // XCLIENT has no quoting.
+    if (!/^[A-Za-z0-9=.:_\- ]+$/.test(args)) throw new UpstreamError('client address unsuitable for XCLIENT');
+    await this.write(Buffer.from(`XCLIENT ${args}\r\n`, 'latin1'));
+    // As with IMAP ID, a refusal only costs the forwarded address.
+    await this.readReply();
+  }
+
+  private async login(capabilities: string[]): Promise<Reply> {
+    const credentials = this.request.credentials;
+    const saslPlain = hasCapability(capabilities, 'SASL', 'PLAIN');
+    const useSasl = (credentials.kind === 'master' && credentials.style === 'authzid') || (credentials.kind === 'passthrough' && saslPlain);
+    const reply = useSasl ? await this.authPlain() : await this.userPass();
+    if (reply.ok) return reply;
+    const text = reply.line.slice(0, 200);
+    // A locked mailbox or a temporary failure is the user's state, not our
+    // configuration: report it as such whoever logged in.
+    if (credentials.kind === 'passthrough' || reply.code === 'IN-USE' || reply.code === 'LOGIN-DELAY') throw new Pop3Refused(text, reply.code);
+    throw new UpstreamError(`the upstream refused the master login: ${text}`);
+  }
+
+  private async authPlain(): Promise<Reply> {
+    const message = saslPlainMessage(this.request.credentials);
+    if (!message) throw new UpstreamError('the credentials contain NUL and cannot be sent');
+    const encoded = encodeBase64(message);
+    message.fill(0);
+    // Initial response in the AUTH line (RFC 5034); 255 octets is the command
+    // limit, so longer credentials go in a continuation instead.
+    const line = `AUTH PLAIN ${encoded}\r\n`;
+    if (line.length <= 255) {
+      await this.write(Buffer.from(line, 'latin1'));
+      return this.readReply();
+    }
+    await this.write(Buffer.from('AUTH PLAIN\r\n', 'latin1'));
+    const first = await this.reader.readLine();
+    if (!first.startsWith('+')) return this.toReply(first);
+    await this.write(Buffer.from(`${encoded}\r\n`, 'latin1'));
+    return this.readReply();
+  }
+
+  private async userPass(): Promise<Reply> {
+    const { user, password } = loginPair(this.request.credentials);
+    const userLine = encodeUser(user);
+    const passLine = encodeCommand('PASS', password);
+    if (!Buffer.isBuffer(userLine) || !Buffer.isBuffer(passLine)) {
+      throw new Pop3Refused('the credentials cannot be expressed in a POP3 USER/PASS command', null);
+    }
+    await this.write(userLine);
+    const userReply = await this.readReply();
+    if (!userReply.ok) return userReply;
+    await this.write(passLine);
+    return this.readReply();
+  }
+
+  private async readReply(): Promise<Reply> {
+    return this.toReply(await this.reader.readLine());
+  }
+
+  private toReply(line: string): Reply {
+    if (line.startsWith('+OK')) return { ok: true, line, code: null };
+    if (line.startsWith('-ERR')) {
+      const code = /^-ERR \[([^\]]*)\]/.exec(line);
+      return { ok: false, line, code: code ? code[1]!.toUpperCase() : null };
+    }
+    throw new UpstreamError(`malformed upstream response: ${line.slice(0, 200)}`);
+  }
+
+  private write(data: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.socket.write(data, (err) => (err ? reject(new UpstreamError(`writing to the upstream failed: ${err.message}`)) : resolve()));
+    });
+  }
+}
+
+export async function loginPop3Upstream(request: Pop3LoginRequest): Promise<UpstreamLoginResult> {
+  let dialogue: Pop3UpstreamDialogue | null = null;
+  try {
+    dialogue = new Pop3UpstreamDialogue(await connectUpstream(request.target, request.connectTimeoutMs), request);
+    return await dialogue.run();
+  } catch (err) {
+    dialogue?.destroy();
+    if (err instanceof Pop3Refused) return { ok: false, kind: 'rejected', reason: err.reason, code: err.code };
+    const reason = err instanceof Error ? err.message : String(err);
+    return { ok: false, kind: 'unavailable', reason, code: null };
+  }
+}

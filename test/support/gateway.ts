@@ -1,0 +1,126 @@
+/**
+ * A real mailgate in front of a real Dovecot, for integration tests.
+ *
+ * The gateway runs in the test process (so tests can read its log stream and
+ * its store directly) with four loopback listeners on free ports: IMAP and
+ * POP3, each with implicit TLS and with STARTTLS. Its TLS certificate is the
+ * test PKI's, so clients verify it against `handle.caCert`.
+ */
+import { Writable } from 'node:stream';
+import path from 'node:path';
+import { parseConfig } from '../../src/config/load.js';
+import type { Config } from '../../src/config/schema.js';
+import { createLogger } from '../../src/log/logger.js';
+import { Gateway } from '../../src/server/gateway.js';
+import { Store } from '../../src/store/store.js';
+import type { Clock } from '../../src/store/types.js';
+import type { DovecotHandle } from './dovecot.js';
+import { FAST_ARGON2 } from './store.js';
+import { makeTempDir, removeTempDir } from './tmp.js';
+
+export interface GatewayHandle {
+  gateway: Gateway;
+  store: Store;
+  config: Config;
+  dir: string;
+  caCert: string;
+  ports: { imaps: number; imap: number; pop3s: number; pop3: number };
+  /** Every log line so far, parsed. */
+  logs(): Array<Record<string, unknown>>;
+  /** The raw log stream text, for searching secrets. */
+  logText(): string;
+  stop(): Promise<void>;
+}
+
+export interface GatewayTestOptions {
+  /** Deep-merged over the test defaults (TOML-shaped: { policy: { unknown_users: 'passthrough' } }). */
+  config?: Record<string, unknown>;
+  /** Upstream ports override (e.g. a dead port to test "upstream down"). */
+  upstreamImapPort?: number;
+  upstreamPop3Port?: number;
+  now?: Clock;
+}
+
+function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(extra)) {
+    const current = out[key];
+    out[key] =
+      value && typeof value === 'object' && !Array.isArray(value) && current && typeof current === 'object' && !Array.isArray(current)
+        ? merge(current as Record<string, unknown>, value as Record<string, unknown>)
+        : value;
+  }
+  return out;
+}
+
+export async function startGateway(dovecot: DovecotHandle, options: GatewayTestOptions = {}): Promise<GatewayHandle> {
+  const dir = await makeTempDir('gw');
+  const raw = merge(
+    {
+      store: { path: path.join(dir, 'mailgate.db'), key_file: path.join(dir, 'mailgate.key') },
+      auth: { argon2_memory_kib: FAST_ARGON2.memoryKib, argon2_iterations: FAST_ARGON2.iterations },
+      log: { level: 'debug' },
+      tls: { cert: dovecot.pki.serverCert, key: dovecot.pki.serverKey, self_signed: false },
+      listen: [
+        { protocol: 'imap', host: '127.0.0.1', port: 0, tls: 'implicit' },
+        { protocol: 'imap', host: '127.0.0.1', port: 0, tls: 'starttls' },
+        { protocol: 'pop3', host: '127.0.0.1', port: 0, tls: 'implicit' },
+        { protocol: 'pop3', host: '127.0.0.1', port: 0, tls: 'starttls' },
+      ],
+      upstream: {
+        imap: { host: '127.0.0.1', port: options.upstreamImapPort ?? dovecot.imapPort, tls: 'starttls', ca: dovecot.caCert },
+        pop3: { host: '127.0.0.1', port: options.upstreamPop3Port ?? dovecot.pop3Port, tls: 'starttls', ca: dovecot.caCert },
+        login: { master_user: dovecot.master.name, master_style: 'authzid' },
+      },
+      policy: { help_url: 'https://mail.example.test/app-passwords' },
+      timeouts: { upstream_connect_seconds: 3, upstream_response_seconds: 5 },
+    },
+    options.config ?? {},
+  );
+  const config = parseConfig(raw, 'test config');
+  const chunks: string[] = [];
+  const sink = new Writable({
+    write(chunk, _encoding, done) {
+      chunks.push(String(chunk));
+      done();
+    },
+  });
+  const log = createLogger({ level: 'debug', destination: sink });
+  const store = Store.open({
+    path: config.store.path,
+    keyFile: config.store.key_file,
+    argon2: FAST_ARGON2,
+    maxAppPasswords: config.auth.max_app_passwords,
+    ...(options.now ? { now: options.now } : {}),
+  });
+  let gateway: Gateway;
+  try {
+    gateway = await Gateway.start({ config, log, store, env: { MAILGATE_MASTER_PASSWORD: dovecot.master.password } });
+  } catch (err) {
+    store.close();
+    await removeTempDir(dir);
+    throw err;
+  }
+  const port = (protocol: 'imap' | 'pop3', tls: 'implicit' | 'starttls') =>
+    gateway.listeners.find((l) => l.config.protocol === protocol && l.config.tls === tls)?.port ?? 0;
+  return {
+    gateway,
+    store,
+    config,
+    dir,
+    caCert: dovecot.pki.caCert,
+    ports: { imaps: port('imap', 'implicit'), imap: port('imap', 'starttls'), pop3s: port('pop3', 'implicit'), pop3: port('pop3', 'starttls') },
+    logs: () =>
+      chunks
+        .join('')
+        .split('\n')
+        .filter(Boolean)
+        .map((line) => JSON.parse(line) as Record<string, unknown>),
+    logText: () => chunks.join(''),
+    async stop() {
+      await gateway.stop(0);
+      store.close();
+      await removeTempDir(dir);
+    },
+  };
+}
