@@ -15,9 +15,20 @@ import type { Config } from '../config/schema.js';
 import { ErrorCodes, isMailgateError } from '../errors.js';
 import { canonicalAppPassword } from '../store/app-password-format.js';
 import type { Store } from '../store/store.js';
+import type { StoreHandle } from '../store/store-handle.js';
 import type { Account, AppPasswordInfo, Scope } from '../store/types.js';
 import { tryNormaliseUsername } from '../store/username.js';
 import type { UpstreamCredentials } from '../upstream/credentials.js';
+import type { VerifyResult } from '../store/verifier.js';
+import type { LoginCache } from './login-cache.js';
+
+export type CacheLookup = 'hit' | 'miss' | 'stale' | 'known-failure';
+
+export interface PolicyOptions {
+  /** The verified-login cache; none means every app-password login runs argon2. */
+  cache?: LoginCache;
+  onCacheLookup?: (result: CacheLookup) => void;
+}
 
 export interface AuthAttempt {
   /** The username exactly as the client sent it. */
@@ -52,10 +63,15 @@ export type AuthDecision =
 
 export class AuthPolicy {
   constructor(
-    private readonly store: Store,
+    private readonly handle: StoreHandle,
     private readonly config: Pick<Config, 'policy' | 'upstream'>,
     private readonly masterPassword: Buffer | null,
+    private readonly options: PolicyOptions = {},
   ) {}
+
+  private get store(): Store {
+    return this.handle.get();
+  }
 
   async decide(attempt: AuthAttempt): Promise<AuthDecision> {
     try {
@@ -63,6 +79,7 @@ export class AuthPolicy {
     } catch (err) {
       const username = attempt.username;
       if (isMailgateError(err, ErrorCodes.HASH_BUSY)) return { outcome: 'temporary', reason: 'hash-busy', username };
+      this.handle.failed(err);
       // Whatever else failed (the database locked, unreadable, gone), fail
       // closed: nobody gets in on a store we cannot read.
       return { outcome: 'temporary', reason: 'store-unavailable', username, detail: err instanceof Error ? err.message : String(err) };
@@ -77,24 +94,66 @@ export class AuthPolicy {
       return { outcome: 'refuse', reason: 'invalid-username', username: attempt.username };
     }
     const account = this.store.accounts.find(name);
+    const canonical = canonicalAppPassword(password);
+    const cacheKey = canonical !== null && this.options.cache ? this.options.cache.keyFor(name, canonical) : null;
 
     if (!account) {
       if (this.config.policy.unknown_users === 'passthrough') return this.passthrough(attempt, null);
-      await this.store.hasher.verifyDummy(password);
+      // A repeated guess skips the dummy hash like a repeated guess on a real account would.
+      if (!(cacheKey && this.options.cache!.knownFailure(cacheKey) === 'unknown-account')) {
+        await this.store.hasher.verifyDummy(password);
+        if (cacheKey) this.options.cache!.rememberFailure(cacheKey, 'unknown-account');
+      }
       return { outcome: 'refuse', reason: 'unknown-account', username: name };
     }
 
-    if (canonicalAppPassword(password) !== null) {
-      const result = await this.store.verifier.check(name, password, attempt.protocol);
+    if (canonical !== null) {
+      const result = await this.checkAppPassword(account, name, canonical, attempt.protocol, cacheKey);
       if (result.ok) return this.master(result.account, result.appPassword);
       // The password matched an app password that may not be used: say why in the log.
       if (result.reason !== 'wrong-password' || account.totpState === 'enabled') {
-        return { outcome: 'refuse', reason: result.reason, username: name };
+        return { outcome: 'refuse', reason: result.reason === 'unknown-account' ? 'wrong-password' : result.reason, username: name };
       }
       // Otherwise it may be a main password that happens to look like an app password.
       return this.mainPassword(attempt, account, false);
     }
     return this.mainPassword(attempt, account, true);
+  }
+
+  /** An app password check through the verified-login cache. */
+  private async checkAppPassword(account: Account, name: string, canonical: string, protocol: Scope, cacheKey: string | null): Promise<VerifyResult> {
+    const cache = this.options.cache;
+    const report = this.options.onCacheLookup ?? (() => undefined);
+    if (cache && cacheKey) {
+      const hit = cache.verifiedLogin(cacheKey);
+      if (hit && hit.accountId === account.id) {
+        // Still read the row: a revocation from another process counts at once.
+        const again = this.store.verifier.recheck(hit.accountId, hit.appPasswordId, protocol, hit.totpChangedAt);
+        if (again?.ok) {
+          report('hit');
+          return again;
+        }
+        cache.forgetVerified(cacheKey);
+        report('stale');
+      } else {
+        const known = cache.knownFailure(cacheKey);
+        if (known === 'wrong-password' || known === 'revoked' || known === 'expired') {
+          report('known-failure');
+          return { ok: false, reason: known, account };
+        }
+        report('miss');
+      }
+    }
+    const result = await this.store.verifier.check(name, canonical, protocol);
+    if (cache && cacheKey) {
+      if (result.ok) {
+        cache.rememberVerified(cacheKey, { accountId: account.id, appPasswordId: result.appPassword.id, totpChangedAt: account.totpChangedAt });
+      } else if (result.reason === 'wrong-password' || result.reason === 'revoked' || result.reason === 'expired') {
+        // Final states: a generated password never becomes right, a revoked or expired one never comes back.
+        cache.rememberFailure(cacheKey, result.reason);
+      }
+    }
+    return result;
   }
 
   private async mainPassword(attempt: AuthAttempt, account: Account, needDummyHash: boolean): Promise<AuthDecision> {

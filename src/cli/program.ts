@@ -2,6 +2,7 @@
 import { Command } from 'commander';
 import { accountCommand } from './commands/account.js';
 import { appPasswordCommand } from './commands/app-password.js';
+import { blocksCommand } from './commands/blocks.js';
 import { serveCommand } from './commands/serve.js';
 import { totpCommand } from './commands/totp.js';
 import { packageVersion } from './version.js';
@@ -13,7 +14,7 @@ export function createProgram(): Command {
     .option('-c, --config <file>', 'configuration file (default: $MAILGATE_CONFIG or config/mailgate.toml)')
     .showSuggestionAfterError(true);
 
-  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand()]) {
+  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand()]) {
     program.addCommand(command);
   }
   return program;

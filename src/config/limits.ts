@@ -22,4 +22,20 @@ export const LIMIT_DEFAULTS = {
   imap_max_nesting: 8,
   /** POP3 command line: RFC 2449 caps commands at 255 octets; some slack for long SASL lines. */
   pop3_max_line_bytes: 512,
+
+  /** Failures counted per client IP (IPv6 /64) within this window. */
+  ip_failure_window_seconds: 600,
+  /** 10 distinct wrong passwords in 10 minutes from one address is no typo. */
+  ip_block_after: 10,
+  /** Per account: higher, since several devices and a shared NAT can each fail a few times. */
+  account_failure_window_seconds: 600,
+  account_block_after: 20,
+  /** How long a block lasts: long enough to make guessing pointless, short enough to heal by itself. */
+  block_seconds: 900,
+  /** First failure answered after 2 s, doubling (4, 8, ...): invisible to a human, ruinous for a guesser. */
+  failure_delay_base_ms: 2000,
+  /** Cap on the delay: beyond 15 s mail programs start timing out. */
+  failure_delay_max_ms: 15_000,
+  /** Credential checks in flight per client; the rest wait. A household's devices reconnecting at once fit. */
+  max_concurrent_logins_per_ip: 4,
 } as const;

@@ -5,6 +5,7 @@
  * Objects are strict so that a misspelt key is reported instead of silently
  * falling back to a default, which is the usual way a security setting gets lost.
  */
+import net from 'node:net';
 import { z } from 'zod';
 import { LIMIT_DEFAULTS as L } from './limits.js';
 
@@ -19,6 +20,7 @@ const storeSchema = z
     path: z.string().min(1).default('data/mailgate.db'),
     key_file: z.string().min(1).default('data/mailgate.key'),
     busy_timeout_ms: nonNegativeInt.default(5000),
+    gateway_busy_timeout_ms: nonNegativeInt.max(5000).default(100),
   })
   .prefault({});
 
@@ -30,6 +32,10 @@ const authSchema = z
     max_app_passwords: positiveInt.max(1000).default(25),
     hash_concurrency: nonNegativeInt.max(256).default(0),
     hash_queue: nonNegativeInt.default(64),
+    login_cache_ttl_seconds: nonNegativeInt.default(900),
+    login_cache_max_entries: nonNegativeInt.default(10_000),
+    failed_login_cache_ttl_seconds: nonNegativeInt.default(300),
+    failed_login_cache_max_entries: nonNegativeInt.default(10_000),
   })
   .prefault({});
 
@@ -59,7 +65,32 @@ const listenSchema = z.strictObject({
   host: z.string().min(1).default('127.0.0.1'),
   port: listenPort,
   tls: z.enum(['implicit', 'starttls']).default('implicit'),
+  proxy_protocol: z.boolean().default(false),
 });
+
+const cidr = z.string().refine((value) => {
+  const [address, prefix, extra] = value.split('/');
+  if (extra !== undefined || !address || net.isIP(address) === 0) return false;
+  if (prefix === undefined) return true;
+  const bits = Number(prefix);
+  return /^\d+$/.test(prefix) && bits <= (net.isIPv6(address) ? 128 : 32);
+}, 'expected an IP address or CIDR, like 10.0.0.0/8');
+
+const metricsSchema = z
+  .strictObject({
+    listen: z
+      .string()
+      .regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port, like 127.0.0.1:9925')
+      .or(z.literal(''))
+      .default(''),
+  })
+  .prefault({});
+
+const proxySchema = z
+  .strictObject({
+    trusted: z.array(cidr).default([]),
+  })
+  .prefault({});
 
 function upstreamSchema(defaultPort: number) {
   return z
@@ -100,6 +131,7 @@ const timeoutsSchema = z
     upstream_response_seconds: positiveInt.default(20),
     session_idle_seconds: positiveInt.default(35 * 60),
     shutdown_grace_seconds: nonNegativeInt.default(10),
+    revocation_check_seconds: positiveInt.max(60).default(2),
   })
   .prefault({});
 
@@ -113,6 +145,14 @@ const limitsSchema = z
     imap_max_literal_bytes: z.number().int().min(256).max(1024 * 1024).default(L.imap_max_literal_bytes),
     imap_max_nesting: z.number().int().min(1).max(64).default(L.imap_max_nesting),
     pop3_max_line_bytes: z.number().int().min(255).max(64 * 1024).default(L.pop3_max_line_bytes),
+    ip_failure_window_seconds: positiveInt.default(L.ip_failure_window_seconds),
+    ip_block_after: positiveInt.default(L.ip_block_after),
+    account_failure_window_seconds: positiveInt.default(L.account_failure_window_seconds),
+    account_block_after: positiveInt.default(L.account_block_after),
+    block_seconds: positiveInt.default(L.block_seconds),
+    failure_delay_base_ms: nonNegativeInt.default(L.failure_delay_base_ms),
+    failure_delay_max_ms: nonNegativeInt.default(L.failure_delay_max_ms),
+    max_concurrent_logins_per_ip: positiveInt.default(L.max_concurrent_logins_per_ip),
   })
   .prefault({});
 
@@ -123,12 +163,12 @@ export const configSchema = z
     totp: totpSchema,
     log: logSchema,
     tls: tlsSchema,
-    listen: z
-      .array(listenSchema)
-      .default([
-        { protocol: 'imap', host: '127.0.0.1', port: 1993, tls: 'implicit' },
-        { protocol: 'pop3', host: '127.0.0.1', port: 1995, tls: 'implicit' },
-      ]),
+    listen: z.array(listenSchema).prefault([
+      { protocol: 'imap', port: 1993, tls: 'implicit' },
+      { protocol: 'imap', port: 1143, tls: 'starttls' },
+      { protocol: 'pop3', port: 1995, tls: 'implicit' },
+      { protocol: 'pop3', port: 1110, tls: 'starttls' },
+    ]),
     upstream: z
       .strictObject({
         imap: upstreamSchema(143),
@@ -139,6 +179,8 @@ export const configSchema = z
     policy: policySchema,
     timeouts: timeoutsSchema,
     limits: limitsSchema,
+    proxy: proxySchema,
+    metrics: metricsSchema,
   })
   .superRefine((config, ctx) => {
     const seen = new Set<string>();

@@ -5,16 +5,23 @@
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
+import { AbuseGuard } from '../auth/abuse.js';
+import { LoginCache } from '../auth/login-cache.js';
 import { AuthPolicy } from '../auth/policy.js';
+import { RefusalTiming } from '../auth/refusal-timing.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import { configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { ImapSession } from '../session/imap-session.js';
 import { Pop3Session } from '../session/pop3-session.js';
+import { isTrusted, readProxyHeader, trustedProxies, type ProxiedOrigin } from '../session/proxy-header.js';
 import { SessionRegistry } from '../session/registry.js';
+import { RevocationWatcher } from '../session/revocation-watcher.js';
 import type { GatewayServices, Session } from '../session/session.js';
 import { loadServerTls } from '../session/tls.js';
-import { Store, storeOptionsFromConfig } from '../store/store.js';
+import { Metrics } from './metrics.js';
+import { storeOptionsFromConfig, type Store, type StoreOptions } from '../store/store.js';
+import { StoreHandle } from '../store/store-handle.js';
 import { upstreamTarget } from '../upstream/connect.js';
 import { probeImapCapabilities, probePop3Capabilities } from '../upstream/probe.js';
 
@@ -22,8 +29,8 @@ export interface GatewayOptions {
   config: Config;
   log: Logger;
   env?: NodeJS.ProcessEnv;
-  /** Overrides for the store (tests inject a clock). */
-  store?: Store;
+  /** Overrides for the store options (tests inject a clock or cheap argon2 settings). */
+  storeOptions?: Partial<StoreOptions>;
 }
 
 export interface BoundListener {
@@ -36,37 +43,92 @@ export class Gateway {
   readonly listeners: BoundListener[] = [];
   private readonly servers: net.Server[] = [];
   private stopping: Promise<void> | null = null;
+  readonly revocations: RevocationWatcher;
+  metricsAddress: { host: string; port: number } | null = null;
+  private readonly trustedProxies: net.BlockList;
 
-  private constructor(
-    readonly services: GatewayServices,
-    readonly store: Store,
-    private readonly ownsStore: boolean,
-  ) {}
+  private constructor(readonly services: GatewayServices) {
+    this.trustedProxies = trustedProxies(services.config.proxy.trusted);
+    this.revocations = new RevocationWatcher(
+      services.store,
+      services.registry,
+      services.log,
+      services.config.timeouts.revocation_check_seconds * 1000,
+    );
+  }
+
+  /** The store as it is now (it may be reopened after the database recovers). */
+  get store(): Store {
+    return this.services.store.get();
+  }
 
   static async start(options: GatewayOptions): Promise<Gateway> {
     const { config, log } = options;
-    const store = options.store ?? Store.open(storeOptionsFromConfig(config));
+    // better-sqlite3 is synchronous: a write waiting for a lock blocks the event
+    // loop, so the gateway waits far less than the CLI would.
+    const storeOptions = storeOptionsFromConfig(config, { busyTimeoutMs: config.store.gateway_busy_timeout_ms, ...options.storeOptions });
+    const store = new StoreHandle(storeOptions, log);
     try {
       const masterPassword = readMasterPassword(config, options.env ?? process.env);
       if (!masterPassword) {
         log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
       }
+      const limits = config.limits;
+      const registry = new SessionRegistry();
+      const metrics = new Metrics({
+        sessions: () => registry.counts(),
+        argon2: () => {
+          try {
+            return store.get().hasher.stats;
+          } catch {
+            return { verifications: 0, running: 0, queued: 0 };
+          }
+        },
+      });
       const services: GatewayServices = {
         config,
         log,
-        policy: new AuthPolicy(store, config, masterPassword),
+        store,
+        policy: new AuthPolicy(store, config, masterPassword, {
+          cache: new LoginCache(
+            {
+              ttlMs: config.auth.login_cache_ttl_seconds * 1000,
+              maxEntries: config.auth.login_cache_max_entries,
+              negativeTtlMs: config.auth.failed_login_cache_ttl_seconds * 1000,
+              negativeMaxEntries: config.auth.failed_login_cache_max_entries,
+            },
+            options.storeOptions?.now,
+          ),
+          onCacheLookup: (result) => metrics.loginCache.inc({ result }),
+        }),
+        guard: new AbuseGuard(
+          () => store.get(),
+          {
+            ip: { windowMs: limits.ip_failure_window_seconds * 1000, blockAfter: limits.ip_block_after, blockMs: limits.block_seconds * 1000 },
+            account: { windowMs: limits.account_failure_window_seconds * 1000, blockAfter: limits.account_block_after, blockMs: limits.block_seconds * 1000 },
+            delayBaseMs: limits.failure_delay_base_ms,
+            delayMaxMs: limits.failure_delay_max_ms,
+            maxConcurrentPerClient: limits.max_concurrent_logins_per_ip,
+          },
+          log,
+          options.storeOptions?.now,
+        ),
         serverTls: await loadServerTls(config, log),
-        registry: new SessionRegistry(),
+        registry,
+        metrics,
+        refusalTiming: new RefusalTiming(),
         upstreams: { imap: upstreamTarget(config.upstream.imap), pop3: upstreamTarget(config.upstream.pop3) },
         upstreamCapabilities: { imap: null, pop3: null },
       };
       services.admission = (session) => admit(services, session);
-      const gateway = new Gateway(services, store, !options.store);
+      const gateway = new Gateway(services);
       await gateway.probeUpstreams();
       for (const listener of config.listen) await gateway.listen(listener);
+      gateway.revocations.start();
+      if (config.metrics.listen) gateway.metricsAddress = await metrics.listen(config.metrics.listen, log);
       return gateway;
     } catch (err) {
-      if (!options.store) store.close();
+      store.close();
       throw err;
     }
   }
@@ -96,8 +158,32 @@ export class Gateway {
     // Keep-alive finds dead phones on long IDLEs; no Nagle for snappy command turns.
     socket.setKeepAlive(true, 60_000);
     socket.setNoDelay(true);
+    if (!listener.proxy_protocol) {
+      this.startSession(socket, listener, null);
+      return;
+    }
+    const peer = socket.remoteAddress ?? '';
+    if (!isTrusted(this.trustedProxies, peer)) {
+      this.services.log.warn({ peer, listener: `${listener.host}:${listener.port}` }, 'refused a connection to a PROXY listener from an untrusted peer');
+      socket.destroy();
+      return;
+    }
+    socket.on('error', () => socket.destroy());
+    readProxyHeader(socket, this.services.config.timeouts.tls_handshake_seconds * 1000).then(
+      (origin) => this.startSession(socket, listener, origin),
+      (err: Error) => {
+        this.services.log.warn({ peer, err: err.message }, 'bad PROXY header');
+        socket.destroy();
+      },
+    );
+  }
+
+  private startSession(socket: net.Socket, listener: ListenConfig, origin: ProxiedOrigin | null): void {
+    if (socket.destroyed) return;
     const session: Session =
-      listener.protocol === 'imap' ? new ImapSession(socket, listener, this.services) : new Pop3Session(socket, listener, this.services);
+      listener.protocol === 'imap'
+        ? new ImapSession(socket, listener, this.services, origin)
+        : new Pop3Session(socket, listener, this.services, origin);
     session.start();
   }
 
@@ -130,7 +216,11 @@ export class Gateway {
 
   private async shutdown(graceMs: number): Promise<void> {
     const { registry, log } = this.services;
-    await Promise.all(this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
+    this.revocations.stop();
+    // close() stops listening at once, but its callback only fires when every
+    // connection has ended: waiting for it would hold the grace period (and
+    // the shutdown) hostage to any client that stays connected.
+    for (const server of this.servers) server.close();
     log.info({ sessions: registry.size, graceMs }, 'stopped accepting connections');
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
@@ -140,7 +230,8 @@ export class Gateway {
       for (const session of registry.all()) session.terminate('shutdown');
       await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => setTimeout(resolve, 3000).unref())]);
     }
-    if (this.ownsStore) this.store.close();
+    await this.services.metrics.close();
+    this.services.store.close();
     log.info('stopped');
   }
 }
@@ -157,8 +248,13 @@ function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | nu
 
 /** Connection limits, checked once a session can be answered. */
 function admit(services: GatewayServices, session: Session): string | null {
-  const { registry, config } = services;
-  if (registry.size > config.limits.max_connections) return 'refused-global-limit';
-  if (registry.unauthenticatedFor(session.clientKey) > config.limits.max_connections_per_ip) return 'refused-per-ip-limit';
-  return null;
+  const { registry, config, metrics } = services;
+  const refusal =
+    registry.size > config.limits.max_connections
+      ? 'refused-global-limit'
+      : registry.unauthenticatedFor(session.clientKey) > config.limits.max_connections_per_ip
+        ? 'refused-per-ip-limit'
+        : null;
+  if (refusal) metrics.refusedConnections.inc({ reason: refusal });
+  return refusal;
 }

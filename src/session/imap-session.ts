@@ -12,6 +12,7 @@ import { ImapParser, type ImapArg, type ImapParseEvent } from '../protocols/imap
 import { SaslExchange, SUPPORTED_SASL_MECHANISMS, type SaslStep } from '../protocols/sasl.js';
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
 import { loginImapUpstream } from '../upstream/imap-login.js';
+import type { ProxiedOrigin } from './proxy-header.js';
 import { Session, type FarewellReason, type GatewayServices } from './session.js';
 import type { ListenConfig } from '../config/schema.js';
 import type { Socket } from 'node:net';
@@ -28,19 +29,22 @@ const AFTER_LOGIN_COMMANDS = new Set([
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
-export class ImapSession extends Session {
+export class ImapSession extends Session<ImapParser> {
   readonly protocol = 'imap' as const;
-  protected readonly parser: ImapParser;
   private sasl: { tag: string; mechanism: string; exchange: SaslExchange } | null = null;
 
-  constructor(socket: Socket, listener: ListenConfig, services: GatewayServices) {
-    super(socket, listener, services);
+  constructor(socket: Socket, listener: ListenConfig, services: GatewayServices, origin?: ProxiedOrigin | null) {
     const limits = services.config.limits;
-    this.parser = new ImapParser({
+    const parser = new ImapParser({
       maxLineBytes: limits.imap_max_line_bytes,
       maxLiteralBytes: limits.imap_max_literal_bytes,
       maxNesting: limits.imap_max_nesting,
     });
+    super(socket, listener, services, parser, origin);
+  }
+
+  protected releasePrelogin(): void {
+    this.sasl = null;
   }
 
   protected greet(): void {

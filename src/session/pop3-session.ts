@@ -11,6 +11,7 @@ import { Pop3Parser, type Pop3ParseEvent } from '../protocols/pop3/parser.js';
 import { SaslExchange, SUPPORTED_SASL_MECHANISMS, type SaslStep } from '../protocols/sasl.js';
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
 import { loginPop3Upstream } from '../upstream/pop3-login.js';
+import type { ProxiedOrigin } from './proxy-header.js';
 import { Session, type FarewellReason, type GatewayServices } from './session.js';
 
 type Command = Extract<Pop3ParseEvent, { type: 'command' }>;
@@ -23,15 +24,18 @@ const UPSTREAM_CAPABILITIES = new Set(['TOP', 'UIDL', 'PIPELINING', 'EXPIRE', 'L
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
-export class Pop3Session extends Session {
+export class Pop3Session extends Session<Pop3Parser> {
   readonly protocol = 'pop3' as const;
-  protected readonly parser: Pop3Parser;
   private pendingUser: string | null = null;
   private sasl: { mechanism: string; exchange: SaslExchange } | null = null;
 
-  constructor(socket: Socket, listener: ListenConfig, services: GatewayServices) {
-    super(socket, listener, services);
-    this.parser = new Pop3Parser({ maxLineBytes: services.config.limits.pop3_max_line_bytes });
+  constructor(socket: Socket, listener: ListenConfig, services: GatewayServices, origin?: ProxiedOrigin | null) {
+    super(socket, listener, services, new Pop3Parser({ maxLineBytes: services.config.limits.pop3_max_line_bytes }), origin);
+  }
+
+  protected releasePrelogin(): void {
+    this.sasl = null;
+    this.pendingUser = null;
   }
 
   protected greet(): void {
@@ -252,7 +256,7 @@ export class Pop3Session extends Session {
           return;
         }
         if (outcome.kind === 'temporary') this.write(err(TEMPORARY_FAILURE, 'SYS/TEMP'));
-        else if (outcome.kind === 'in-use') this.write(err(MAILBOX_IN_USE, 'IN-USE'));
+        else if (outcome.kind === 'in-use') this.write(err(MAILBOX_IN_USE, outcome.code));
         else this.write(err(loginFailedAlert(this.services.config.policy.help_url), 'AUTH'));
         if (this.failedLogins >= this.services.config.limits.max_login_failures_per_connection) {
           this.closeWith('', 'too-many-login-failures');

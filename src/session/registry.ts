@@ -30,6 +30,7 @@ export class SessionRegistry {
   /** Sessions not logged in yet, per client: the per-IP limit counts these only. */
   private readonly unauthenticated = new Map<string, number>();
   private readonly counted = new WeakSet<TrackedSession>();
+  private relaying = 0;
   private readonly emptyWaiters: Array<() => void> = [];
 
   get size(): number {
@@ -44,11 +45,13 @@ export class SessionRegistry {
 
   /** A session logged in: it no longer counts against its client's pre-login limit. */
   markAuthenticated(session: TrackedSession): void {
+    if (this.counted.has(session)) this.relaying += 1;
     this.uncount(session);
   }
 
   remove(session: TrackedSession): void {
     if (!this.sessions.delete(session)) return;
+    if (!this.counted.has(session)) this.relaying -= 1;
     this.uncount(session);
     if (this.sessions.size === 0) for (const resolve of this.emptyWaiters.splice(0)) resolve();
   }
@@ -59,6 +62,11 @@ export class SessionRegistry {
     const left = (this.unauthenticated.get(session.clientKey) ?? 1) - 1;
     if (left <= 0) this.unauthenticated.delete(session.clientKey);
     else this.unauthenticated.set(session.clientKey, left);
+  }
+
+  /** Sessions by state, for the metrics. */
+  counts(): { prelogin: number; relaying: number } {
+    return { prelogin: this.sessions.size - this.relaying, relaying: this.relaying };
   }
 
   /** Sessions from this client (IP, or IPv6 /64) that have not logged in. */

@@ -10,10 +10,14 @@
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
 import type { TLSSocket } from 'node:tls';
+import type { AbuseGuard, Admission } from '../auth/abuse.js';
+import type { RefusalTiming } from '../auth/refusal-timing.js';
 import type { AuthAttempt, AuthDecision, AuthPolicy } from '../auth/policy.js';
 import { clientKey } from '../auth/client-key.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
+import type { StoreHandle } from '../store/store-handle.js';
+import type { Metrics } from '../server/metrics.js';
 import type { UpstreamTarget } from '../upstream/connect.js';
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
 import { Relay, type RelayResult } from './relay.js';
@@ -24,7 +28,11 @@ import { wrapServerTls, type ServerTls } from './tls.js';
 export interface GatewayServices {
   config: Config;
   log: Logger;
+  store: StoreHandle;
   policy: AuthPolicy;
+  guard: AbuseGuard;
+  refusalTiming: RefusalTiming;
+  metrics: Metrics;
   serverTls: ServerTls;
   registry: SessionRegistry;
   upstreams: { imap: UpstreamTarget; pop3: UpstreamTarget };
@@ -50,7 +58,8 @@ export type LoginOutcome =
   | { ok: true; decision: Extract<AuthDecision, { outcome: 'accept' }>; upstream: Extract<UpstreamLoginResult, { ok: true }> }
   | { ok: false; kind: 'refused' }
   | { ok: false; kind: 'temporary' }
-  | { ok: false; kind: 'in-use' };
+  /** The upstream said the mailbox is busy (RFC 2449 IN-USE or LOGIN-DELAY); not the client's fault. */
+  | { ok: false; kind: 'in-use'; code: 'IN-USE' | 'LOGIN-DELAY' };
 
 export interface Credentials {
   username: string;
@@ -62,7 +71,7 @@ export interface Credentials {
 /** Pause reading from a client that pipelines more than this before login. */
 const MAX_PIPELINED_BYTES = 64 * 1024;
 
-export abstract class Session implements TrackedSession {
+export abstract class Session<P extends SessionParser = SessionParser> implements TrackedSession {
   readonly id = randomBytes(6).toString('base64url');
   readonly clientKey: string;
   auth: SessionAuth | null = null;
@@ -84,19 +93,31 @@ export abstract class Session implements TrackedSession {
   private readonly listenerLabel: string;
 
   abstract readonly protocol: 'imap' | 'pop3';
-  protected abstract readonly parser: SessionParser;
+  /** Pre-login only: dropped once the session relays, so idle sessions stay small. */
+  private currentParser: P | null;
 
   constructor(
     socket: Socket,
     protected readonly listener: ListenConfig,
     protected readonly services: GatewayServices,
+    parser: P,
+    /** The real client, when a trusted proxy named it in a PROXY header. */
+    origin?: { address: string; port: number } | null,
   ) {
+    this.currentParser = parser;
     this.socket = socket;
-    this.clientAddress = socket.remoteAddress ?? 'unknown';
-    this.clientPort = socket.remotePort ?? 0;
+    // IPv4 clients of a dual-stack listener appear as ::ffff:a.b.c.d; logs,
+    // limits and fail2ban want the plain IPv4 form.
+    this.clientAddress = plainAddress(origin?.address ?? socket.remoteAddress ?? 'unknown');
+    this.clientPort = origin?.port ?? socket.remotePort ?? 0;
     this.listenerLabel = `${listener.protocol}/${listener.tls}@${socket.localAddress ?? listener.host}:${socket.localPort ?? listener.port}`;
     this.clientKey = clientKey(this.clientAddress);
     this.log = services.log.child({ session: this.id });
+  }
+
+  protected get parser(): P {
+    if (!this.currentParser) throw new Error('the parser is gone once the session relays');
+    return this.currentParser;
   }
 
   /** Pre-login: the greeting. */
@@ -105,6 +126,8 @@ export abstract class Session implements TrackedSession {
   protected abstract processInput(): void;
   /** The protocol's last words when mailgate ends a session. */
   protected abstract farewell(reason: FarewellReason): string;
+  /** Drops protocol state that only matters before login. */
+  protected abstract releasePrelogin(): void;
   /** Logs in upstream with these credentials. */
   protected abstract loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin): Promise<UpstreamLoginResult>;
 
@@ -189,7 +212,7 @@ export abstract class Session implements TrackedSession {
 
   private attachReader(): void {
     this.socket.on('data', (chunk: Buffer) => {
-      if (this.state === 'closed' || this.state === 'relaying') return;
+      if (this.state === 'closed' || this.state === 'relaying' || !this.currentParser) return;
       this.parser.push(chunk);
       if (this.parser.bufferedBytes > MAX_PIPELINED_BYTES) this.socket.pause();
       if (this.state === 'prelogin') this.processInput();
@@ -226,7 +249,7 @@ export abstract class Session implements TrackedSession {
 
   /** Resumes reading after the parser was drained below the pipelining cap. */
   protected resumeIfDrained(): void {
-    if (this.parser.bufferedBytes <= MAX_PIPELINED_BYTES && this.socket.isPaused() && this.state === 'prelogin') this.socket.resume();
+    if (this.state === 'prelogin' && this.parser.bufferedBytes <= MAX_PIPELINED_BYTES && this.socket.isPaused()) this.socket.resume();
   }
 
   /**
@@ -236,6 +259,7 @@ export abstract class Session implements TrackedSession {
   protected async login(credentials: Credentials): Promise<LoginOutcome> {
     this.state = 'authenticating';
     this.clearTimer();
+    const startedAt = Date.now();
     const attempt: AuthAttempt = {
       username: credentials.username,
       password: credentials.password,
@@ -243,12 +267,33 @@ export abstract class Session implements TrackedSession {
       clientIp: this.clientAddress,
       client: this.clientId.name ? `${this.clientId.name}${this.clientId.version ? `/${this.clientId.version}` : ''}` : null,
     };
-    const decision = await this.services.policy.decide(attempt);
-    if (decision.outcome !== 'accept') return this.loginFailed(attempt, credentials, decision);
+    const { guard, policy, store } = this.services;
+    let admission: Admission;
+    try {
+      admission = await guard.admit(this.clientKey, credentials.username);
+    } catch (err) {
+      store.failed(err);
+      const detail = err instanceof Error ? err.message : String(err);
+      return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail }, startedAt);
+    }
+    if (!admission.ok) {
+      this.services.metrics.logins.inc({ protocol: this.protocol, result: 'blocked' });
+      // Blocked: refused without looking at the password at all.
+      this.log.warn({ clientIp: this.clientAddress, user: credentials.username, protocol: this.protocol, blockedBy: admission.blockedBy }, 'login blocked');
+      return { ok: false, kind: 'temporary' };
+    }
+    let decision: AuthDecision;
+    try {
+      decision = await policy.decide(attempt);
+    } finally {
+      admission.release();
+    }
+    if (decision.outcome !== 'accept') return this.loginFailed(attempt, credentials, decision, startedAt);
 
     const upstream = await this.loginUpstream(decision.upstream, this.origin());
     if (upstream.ok) {
-      this.safely(() => this.services.policy.recordSuccess(attempt, decision));
+      this.services.metrics.logins.inc({ protocol: this.protocol, result: 'ok' });
+      this.safely(() => policy.recordSuccess(attempt, decision));
       this.loginFields = {
         user: decision.account?.username ?? decision.upstream.user,
         mode: decision.mode,
@@ -264,21 +309,26 @@ export abstract class Session implements TrackedSession {
       };
       return { ok: true, decision, upstream };
     }
-    if (upstream.kind === 'rejected') {
-      const inUse = upstream.code === 'IN-USE' || upstream.code === 'LOGIN-DELAY';
-      return this.loginFailed(attempt, credentials, { outcome: 'refuse', reason: 'upstream-rejected', username: decision.upstream.user }, inUse ? 'in-use' : 'refused', upstream.reason);
+    const user = decision.upstream.user;
+    if (upstream.kind === 'rejected' && (upstream.code === 'IN-USE' || upstream.code === 'LOGIN-DELAY')) {
+      // The credentials were right; the mailbox is busy. Not a failure to punish.
+      this.log.info({ clientIp: this.clientAddress, user, protocol: this.protocol, upstream: upstream.reason }, 'mailbox in use upstream');
+      return { ok: false, kind: 'in-use', code: upstream.code === 'LOGIN-DELAY' ? 'LOGIN-DELAY' : 'IN-USE' };
     }
-    this.log.warn({ clientIp: this.clientAddress, user: decision.upstream.user, reason: upstream.reason }, 'upstream login failed');
-    return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'upstream-unavailable', username: decision.upstream.user });
+    if (upstream.kind === 'rejected') {
+      return this.loginFailed(attempt, credentials, { outcome: 'refuse', reason: 'upstream-rejected', username: user }, startedAt, upstream.reason);
+    }
+    this.log.warn({ clientIp: this.clientAddress, user, reason: upstream.reason }, 'upstream login failed');
+    return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'upstream-unavailable', username: user }, startedAt);
   }
 
-  private loginFailed(
+  private async loginFailed(
     attempt: AuthAttempt,
     credentials: Credentials,
     decision: Exclude<AuthDecision, { outcome: 'accept' }>,
-    kind: 'refused' | 'in-use' = 'refused',
+    startedAt: number,
     upstreamText?: string,
-  ): LoginOutcome {
+  ): Promise<LoginOutcome> {
     const fields = {
       clientIp: this.clientAddress,
       clientPort: this.clientPort,
@@ -289,15 +339,29 @@ export abstract class Session implements TrackedSession {
       ...(upstreamText ? { upstream: upstreamText } : {}),
       ...(decision.outcome === 'temporary' && decision.detail ? { detail: decision.detail } : {}),
     };
-    if (decision.outcome === 'refuse') {
-      this.failedLogins += 1;
-      // A stable message and field names: fail2ban's filter keys on them.
-      this.log.info(fields, 'login failed');
-      this.safely(() => this.services.policy.recordFailure(attempt, decision.username, decision.reason));
-      return { ok: false, kind };
+    if (decision.outcome !== 'refuse') {
+      this.services.metrics.logins.inc({ protocol: this.protocol, result: 'temporary' });
+      this.log.warn(fields, 'login temporarily failed');
+      return { ok: false, kind: 'temporary' };
     }
-    this.log.warn(fields, 'login temporarily failed');
-    return { ok: false, kind: 'temporary' };
+    this.failedLogins += 1;
+    this.services.metrics.logins.inc({ protocol: this.protocol, result: 'failed' });
+    // A stable message and field names: fail2ban's filter keys on them.
+    this.log.info(fields, 'login failed');
+    this.safely(() => this.services.policy.recordFailure(attempt, decision.username, decision.reason));
+    // Answer no sooner than a refusal decided elsewhere would be (timing must
+    // not tell which accounts mailgate knows), then add the penalty delay.
+    const source = decision.reason === 'upstream-rejected' ? 'upstream' : 'local';
+    let delayMs = this.services.refusalTiming.settle(this.protocol, source, Date.now() - startedAt);
+    // If the penalty store cannot be written, still delay as for a first failure.
+    let penaltyMs = this.services.guard.delayFor(1);
+    this.safely(() => {
+      penaltyMs = this.services.guard.recordFailure(this.clientKey, credentials.username, credentials.password);
+    });
+    delayMs += penaltyMs;
+    // The answer waits: cheap for a person, expensive for a guesser.
+    if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+    return { ok: false, kind: 'refused' };
   }
 
   /** After a failed login, go back to reading commands. */
@@ -321,6 +385,8 @@ export abstract class Session implements TrackedSession {
     this.clearTimer();
     this.socket.removeAllListeners('data');
     const pipelined = this.parser.takeBuffered();
+    this.currentParser = null;
+    this.releasePrelogin();
     this.relay = new Relay(this.socket, upstream.socket, {
       toUpstream: pipelined,
       toClient: upstream.leftover,
@@ -399,7 +465,7 @@ export abstract class Session implements TrackedSession {
 
   private origin(): ClientOrigin {
     return {
-      clientIp: this.clientAddress.startsWith('::ffff:') ? this.clientAddress.slice(7) : this.clientAddress,
+      clientIp: this.clientAddress,
       clientPort: this.clientPort,
       localIp: this.socket.localAddress ?? '',
       localPort: this.socket.localPort ?? 0,
@@ -425,6 +491,10 @@ export abstract class Session implements TrackedSession {
       this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not record the login in the store');
     }
   }
+}
+
+function plainAddress(address: string): string {
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
 }
 
 export type { TLSSocket };

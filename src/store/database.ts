@@ -15,13 +15,15 @@ export type Db = Database.Database;
 
 export interface OpenOptions {
   busyTimeoutMs?: number;
+  /** Refuse to create a missing file: a running gateway must not start over with an empty store. */
+  mustExist?: boolean;
 }
 
 export function openDatabase(file: string, options: OpenOptions = {}): Db {
-  ensureFile(file);
+  if (!options.mustExist) ensureFile(file);
   let db: Db;
   try {
-    db = new Database(file, { timeout: options.busyTimeoutMs ?? 5000 });
+    db = new Database(file, { timeout: options.busyTimeoutMs ?? 5000, fileMustExist: options.mustExist ?? false });
   } catch (err) {
     throw unavailable(file, err);
   }

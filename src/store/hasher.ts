@@ -76,7 +76,16 @@ export class PasswordHasher {
    */
   async verifyDummy(password: string): Promise<false> {
     this.dummyHash ??= this.hash(randomBytes(16).toString('hex'));
-    await this.verify(await this.dummyHash, password);
+    let dummy: string;
+    try {
+      dummy = await this.dummyHash;
+    } catch (err) {
+      // Creating it failed (capacity exhausted, say): try again next time
+      // instead of failing every later dummy verification without hashing.
+      this.dummyHash = null;
+      throw err;
+    }
+    await this.verify(dummy, password);
     return false;
   }
 

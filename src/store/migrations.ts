@@ -57,6 +57,21 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX audit_by_time ON audit(at);
     `,
   },
+  {
+    version: 2,
+    description: 'login failure counters and temporary blocks',
+    sql: `
+      CREATE TABLE penalties (
+        kind           TEXT NOT NULL CHECK (kind IN ('ip', 'account')),
+        key            TEXT NOT NULL,
+        failures       INTEGER NOT NULL,
+        window_start   INTEGER NOT NULL,
+        last_failure   INTEGER NOT NULL,
+        blocked_until  INTEGER,
+        PRIMARY KEY (kind, key)
+      ) WITHOUT ROWID;
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

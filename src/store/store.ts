@@ -9,6 +9,7 @@ import { AppPasswordRepository } from './app-passwords.js';
 import { AuditLog } from './audit.js';
 import { openDatabase, type Db } from './database.js';
 import { PasswordHasher } from './hasher.js';
+import { PenaltyRepository } from './penalties.js';
 import { loadOrCreateKey } from './secret-box.js';
 import { TotpService } from './totp.js';
 import type { Clock } from './types.js';
@@ -24,6 +25,9 @@ export interface StoreOptions {
   maxAppPasswords: number;
   totpIssuer?: string;
   now?: Clock;
+  /** Share one hasher (and its concurrency limit) across reopened stores. */
+  hasher?: PasswordHasher;
+  mustExist?: boolean;
 }
 
 export class Store {
@@ -33,6 +37,7 @@ export class Store {
   readonly audit: AuditLog;
   readonly hasher: PasswordHasher;
   readonly verifier: CredentialVerifier;
+  readonly penalties: PenaltyRepository;
 
   private constructor(
     readonly db: Db,
@@ -41,23 +46,29 @@ export class Store {
     options: StoreOptions,
   ) {
     const now = options.now ?? Date.now;
-    this.hasher = new PasswordHasher({
-      ...options.argon2,
-      ...(options.hashConcurrency === undefined ? {} : { concurrency: options.hashConcurrency }),
-      ...(options.hashQueue === undefined ? {} : { maxQueue: options.hashQueue }),
-    });
+    this.hasher =
+      options.hasher ??
+      new PasswordHasher({
+        ...options.argon2,
+        ...(options.hashConcurrency === undefined ? {} : { concurrency: options.hashConcurrency }),
+        ...(options.hashQueue === undefined ? {} : { maxQueue: options.hashQueue }),
+      });
     this.audit = new AuditLog(db, now);
     this.accounts = new AccountRepository(db, this.audit, now);
     this.appPasswords = new AppPasswordRepository(db, this.accounts, this.audit, this.hasher, now, options.maxAppPasswords);
     this.totp = new TotpService(db, this.accounts, this.audit, key, now, options.totpIssuer ?? 'mailgate');
     this.verifier = new CredentialVerifier(this.accounts, this.appPasswords, this.audit, this.hasher, now);
+    this.penalties = new PenaltyRepository(db, now);
   }
 
   static open(options: StoreOptions): Store {
     // The key is read first: a store that cannot decrypt its secrets is useless,
     // and failing before the database is created leaves nothing half-made.
     const key = loadOrCreateKey(options.keyFile);
-    const db = openDatabase(options.path, options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs });
+    const db = openDatabase(options.path, {
+      ...(options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs }),
+      mustExist: options.mustExist ?? false,
+    });
     return new Store(db, options.path, key, options);
   }
 

@@ -54,6 +54,21 @@ export class CredentialVerifier {
     return { ok: true, account, appPassword: candidate.info };
   }
 
+  /**
+   * Re-reads an app password that matched before (a verified-login cache hit):
+   * still active, in scope, and the account's TOTP state unchanged? Two
+   * prepared-statement reads, no hashing.
+   */
+  recheck(accountId: number, appPasswordId: number, protocol: Scope, totpChangedAt: number | null): VerifyResult | null {
+    const account = this.accounts.findById(accountId);
+    const appPassword = this.appPasswords.findById(appPasswordId);
+    if (!account || !appPassword || appPassword.accountId !== account.id || account.totpChangedAt !== totpChangedAt) return null;
+    const status = appPasswordStatus(appPassword, this.now());
+    if (status !== 'active') return { ok: false, reason: status, account };
+    if (!appPassword.scopes.includes(protocol)) return { ok: false, reason: 'out-of-scope', account };
+    return { ok: true, account, appPassword };
+  }
+
   /** Checks an app password, then records the outcome (last use, audit). */
   async verify(username: string, password: string, context: LoginContext): Promise<VerifyResult> {
     const result = await this.check(username, password, context.protocol);

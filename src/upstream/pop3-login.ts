@@ -57,7 +57,9 @@ class Pop3UpstreamDialogue {
     let capabilities = await this.capa();
     if (this.request.target.tls === 'starttls') capabilities = await this.startTls(capabilities);
     this.request.onCapabilities?.(capabilities);
-    if (this.request.forward && hasCapability(capabilities, 'XCLIENT')) await this.xclient();
+    // Dovecot offers XCLIENT in its greeting ("+OK [XCLIENT] ..."), not in CAPA.
+    const xclient = /^\+OK \[XCLIENT\]/i.test(greeting.line) || hasCapability(capabilities, 'XCLIENT');
+    if (this.request.forward && xclient) await this.xclient();
     const reply = await this.login(capabilities);
     return { ok: true, socket: this.socket, confirmation: reply.line, capabilities, leftover: this.reader.detach() };
   }

@@ -1,4 +1,4 @@
-import { statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -47,18 +47,26 @@ describe('openDatabase', () => {
     }
   });
 
-  it('migrates an older database forward', async () => {
+  it('migrates an older database forward, keeping its data', async () => {
     const file = await tempDb();
-    openDatabase(file).close();
-    // Pretend the file predates every migration by rolling user_version back
-    // on an empty schema.
+    mkdirSync(path.dirname(file), { recursive: true });
+    // A database as the first release left it: schema 1, with an account.
     const raw = new Database(file);
-    raw.exec('DROP TABLE accounts; DROP TABLE app_passwords; DROP TABLE audit;');
-    raw.pragma('user_version = 0');
+    raw.exec(MIGRATIONS[0]!.sql);
+    raw.pragma('user_version = 1');
+    raw.prepare("INSERT INTO accounts (username, created_at) VALUES ('alice', 1)").run();
     raw.close();
     const db = openDatabase(file);
-    expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-    db.close();
+    try {
+      expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+      expect(db.prepare('SELECT username FROM accounts').all()).toEqual([{ username: 'alice' }]);
+      for (const migration of MIGRATIONS.slice(1)) {
+        const created = /CREATE TABLE (\w+)/.exec(migration.sql)?.[1];
+        if (created) expect(db.prepare("SELECT name FROM sqlite_master WHERE name = ?").get(created)).toBeTruthy();
+      }
+    } finally {
+      db.close();
+    }
   });
 
   it('refuses a database from a newer mailgate with a clear error', async () => {

@@ -12,7 +12,7 @@ import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { createLogger } from '../../src/log/logger.js';
 import { Gateway } from '../../src/server/gateway.js';
-import { Store } from '../../src/store/store.js';
+import type { Store } from '../../src/store/store.js';
 import type { Clock } from '../../src/store/types.js';
 import type { DovecotHandle } from './dovecot.js';
 import { FAST_ARGON2 } from './store.js';
@@ -20,7 +20,8 @@ import { makeTempDir, removeTempDir } from './tmp.js';
 
 export interface GatewayHandle {
   gateway: Gateway;
-  store: Store;
+  /** The gateway's store (a getter: the gateway may reopen it after a database fault). */
+  readonly store: Store;
   config: Config;
   dir: string;
   caCert: string;
@@ -39,6 +40,8 @@ export interface GatewayTestOptions {
   upstreamImapPort?: number;
   upstreamPop3Port?: number;
   now?: Clock;
+  /** argon2id cost for the gateway's store (default FAST_ARGON2); timing tests make hashing dominate. */
+  argon2?: { memoryKib: number; iterations: number; parallelism: number };
 }
 
 function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
@@ -74,6 +77,16 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
       },
       policy: { help_url: 'https://mail.example.test/app-passwords' },
       timeouts: { upstream_connect_seconds: 3, upstream_response_seconds: 5 },
+      // Brute-force penalties off by default so functional tests can fail
+      // logins freely from 127.0.0.1; the attack suite turns them back on.
+      limits: {
+        failure_delay_base_ms: 0,
+        failure_delay_max_ms: 0,
+        ip_block_after: 100_000,
+        account_block_after: 100_000,
+        max_connections_per_ip: 1000,
+        max_concurrent_logins_per_ip: 64,
+      },
     },
     options.config ?? {},
   );
@@ -86,18 +99,15 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
     },
   });
   const log = createLogger({ level: 'debug', destination: sink });
-  const store = Store.open({
-    path: config.store.path,
-    keyFile: config.store.key_file,
-    argon2: FAST_ARGON2,
-    maxAppPasswords: config.auth.max_app_passwords,
-    ...(options.now ? { now: options.now } : {}),
-  });
   let gateway: Gateway;
   try {
-    gateway = await Gateway.start({ config, log, store, env: { MAILGATE_MASTER_PASSWORD: dovecot.master.password } });
+    gateway = await Gateway.start({
+      config,
+      log,
+      storeOptions: { argon2: options.argon2 ?? FAST_ARGON2, ...(options.now ? { now: options.now } : {}) },
+      env: { MAILGATE_MASTER_PASSWORD: dovecot.master.password },
+    });
   } catch (err) {
-    store.close();
     await removeTempDir(dir);
     throw err;
   }
@@ -105,7 +115,9 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
     gateway.listeners.find((l) => l.config.protocol === protocol && l.config.tls === tls)?.port ?? 0;
   return {
     gateway,
-    store,
+    get store() {
+      return gateway.store;
+    },
     config,
     dir,
     caCert: dovecot.pki.caCert,
@@ -119,7 +131,6 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
     logText: () => chunks.join(''),
     async stop() {
       await gateway.stop(0);
-      store.close();
       await removeTempDir(dir);
     },
   };

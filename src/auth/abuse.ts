@@ -1,0 +1,165 @@
+/**
+ * Brute-force defence around the credential check.
+ *
+ * Failed logins are counted per client (IP, or IPv6 /64) and per account.
+ * Each failure is answered after a delay that doubles with the count (2 s, 4 s,
+ * 8 s, then 15 s by default), and past a threshold the client or the account is
+ * blocked for a while: attempts are refused as temporarily unavailable without
+ * checking the password at all.
+ *
+ * Two rules keep legitimate users out of harm's way:
+ *  - The same wrong password for the same account counts once per window, so
+ *    a mail program retrying a stale saved password (Thunderbird tries it three
+ *    ways per attempt, every few minutes) does not escalate anything.
+ *  - An account's block only applies to clients that have failed themselves:
+ *    its owner, on a clean IP, can still log in with a working app password.
+ *
+ * Each client may also only have a few credential checks in flight at once;
+ * the rest wait their turn, so one address cannot occupy every hashing slot.
+ */
+import { createHmac, randomBytes } from 'node:crypto';
+import type { Logger } from '../log/logger.js';
+import type { PenaltyRules, PenaltyState } from '../store/penalties.js';
+import type { Store } from '../store/store.js';
+import type { Clock } from '../store/types.js';
+import { tryNormaliseUsername } from '../store/username.js';
+
+export interface AbuseRules {
+  ip: PenaltyRules;
+  account: PenaltyRules;
+  delayBaseMs: number;
+  delayMaxMs: number;
+  maxConcurrentPerClient: number;
+}
+
+export type Admission = { ok: true; release: () => void } | { ok: false; blockedBy: 'ip' | 'account' };
+
+/** How many (account, wrong password) fingerprints to remember; old ones are forgotten first. */
+const MAX_FINGERPRINTS = 50_000;
+
+export class AbuseGuard {
+  /** Keyed with a per-process secret: the fingerprints are useless outside this process. */
+  private readonly fingerprintKey = randomBytes(32);
+  private readonly seen = new Map<string, number>();
+  private readonly inFlight = new Map<string, { running: number; waiting: Array<() => void> }>();
+
+  constructor(
+    private readonly store: () => Store,
+    private readonly rules: AbuseRules,
+    private readonly log: Logger,
+    private readonly now: Clock = Date.now,
+  ) {}
+
+  /**
+   * Waits for a credential-check slot for this client, then says whether the
+   * attempt may be checked at all. Call `release` when the check is over.
+   */
+  async admit(clientKey: string, username: string): Promise<Admission> {
+    await this.acquire(clientKey);
+    const release = once(() => this.release(clientKey));
+    try {
+      const penalties = this.store().penalties;
+      const ip = penalties.get('ip', clientKey, this.rules.ip.windowMs);
+      if (this.isBlocked(ip)) {
+        release();
+        return { ok: false, blockedBy: 'ip' };
+      }
+      const account = tryNormaliseUsername(username);
+      if (account !== null && ip.failures > 0) {
+        const state = penalties.get('account', account, this.rules.account.windowMs);
+        if (this.isBlocked(state)) {
+          release();
+          return { ok: false, blockedBy: 'account' };
+        }
+      }
+      return { ok: true, release };
+    } catch (err) {
+      release();
+      throw err;
+    }
+  }
+
+  /**
+   * Counts a refused login and returns how long to wait before answering it.
+   * A repeat of a wrong password already counted for the account is not
+   * counted again, but is still delayed.
+   */
+  recordFailure(clientKey: string, username: string, password: Buffer): number {
+    const account = tryNormaliseUsername(username) ?? username;
+    const penalties = this.store().penalties;
+    let ip: PenaltyState;
+    let acct: PenaltyState;
+    if (this.isRepeat(account, password)) {
+      ip = penalties.get('ip', clientKey, this.rules.ip.windowMs);
+      acct = penalties.get('account', account, this.rules.account.windowMs);
+    } else {
+      const results = [penalties.recordFailure('ip', clientKey, this.rules.ip), penalties.recordFailure('account', account, this.rules.account)];
+      for (const { state, blockStarted } of results) {
+        if (blockStarted) {
+          this.log.warn({ kind: state.kind, key: state.key, failures: state.failures, until: new Date(state.blockedUntil!).toISOString() }, 'temporary block started');
+        }
+      }
+      ip = results[0]!.state;
+      acct = results[1]!.state;
+    }
+    return this.delayFor(Math.max(ip.failures, acct.failures, 1));
+  }
+
+  /** The answer delay after `failures` failures: base, doubling, capped. */
+  delayFor(failures: number): number {
+    return Math.min(this.rules.delayMaxMs, this.rules.delayBaseMs * 2 ** Math.min(30, Math.max(0, failures - 1)));
+  }
+
+  private isBlocked(state: PenaltyState): boolean {
+    return state.blockedUntil !== null && state.blockedUntil > this.now();
+  }
+
+  /** True if this wrong password was already counted for this account in the window. */
+  private isRepeat(account: string, password: Buffer): boolean {
+    const fingerprint = createHmac('sha256', this.fingerprintKey).update(account).update('\0').update(password).digest('base64url');
+    const now = this.now();
+    const expires = this.seen.get(fingerprint);
+    if (expires !== undefined && expires > now) return true;
+    this.seen.delete(fingerprint);
+    this.seen.set(fingerprint, now + this.rules.account.windowMs);
+    if (this.seen.size > MAX_FINGERPRINTS) {
+      // Maps iterate in insertion order: the first key is the oldest.
+      this.seen.delete(this.seen.keys().next().value!);
+    }
+    return false;
+  }
+
+  private acquire(clientKey: string): Promise<void> {
+    let slot = this.inFlight.get(clientKey);
+    if (!slot) {
+      slot = { running: 0, waiting: [] };
+      this.inFlight.set(clientKey, slot);
+    }
+    if (slot.running < this.rules.maxConcurrentPerClient) {
+      slot.running += 1;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => slot.waiting.push(resolve));
+  }
+
+  private release(clientKey: string): void {
+    const slot = this.inFlight.get(clientKey);
+    if (!slot) return;
+    const next = slot.waiting.shift();
+    if (next) {
+      next();
+      return;
+    }
+    slot.running -= 1;
+    if (slot.running === 0) this.inFlight.delete(clientKey);
+  }
+}
+
+function once(fn: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    fn();
+  };
+}

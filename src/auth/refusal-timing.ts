@@ -1,0 +1,43 @@
+/**
+ * Makes every refused login take about as long, wherever it was refused.
+ *
+ * Some refusals are decided locally (one argon2 run: tens of milliseconds),
+ * others by the upstream (a wrong main password passed through: Dovecot
+ * answers failures after its auth_failure_delay, 2 s by default). Without
+ * this, an attacker could tell accounts mailgate knows (main password checked
+ * upstream) from unknown ones (refused locally) by the clock alone.
+ *
+ * Each refusal's own duration is recorded in its pool (local or upstream).
+ * Before answering, a refusal waits until it is as old as a duration drawn
+ * at random from the other pool, so both kinds of answer follow the slower
+ * distribution. With one pool empty (a configuration without passthrough)
+ * nothing waits.
+ */
+
+export type RefusalSource = 'local' | 'upstream';
+
+const SAMPLES = 32;
+/** Never wait longer than this, whatever the upstream did: a stuck upstream must not stall refusals. */
+const MAX_FLOOR_MS = 5000;
+
+export class RefusalTiming {
+  private readonly pools = new Map<string, number[]>();
+
+  constructor(private readonly random: () => number = Math.random) {}
+
+  /** Records how long a refusal took, and returns how much longer to wait before answering it. */
+  settle(protocol: string, source: RefusalSource, elapsedMs: number): number {
+    this.record(`${protocol}:${source}`, elapsedMs);
+    const other = this.pools.get(`${protocol}:${source === 'local' ? 'upstream' : 'local'}`);
+    if (!other || other.length === 0) return 0;
+    const floor = Math.min(MAX_FLOOR_MS, other[Math.floor(this.random() * other.length)]!);
+    return Math.max(0, floor - elapsedMs);
+  }
+
+  private record(key: string, ms: number): void {
+    let pool = this.pools.get(key);
+    if (!pool) this.pools.set(key, (pool = []));
+    pool.push(ms);
+    if (pool.length > SAMPLES) pool.shift();
+  }
+}

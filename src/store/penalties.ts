@@ -1,0 +1,126 @@
+/**
+ * Failed-login counters and temporary blocks, per client (IP or IPv6 /64)
+ * and per account. They live in the database so that `mailgate blocks` (another
+ * process) sees and lifts them, and so a restart does not hand an attacker a
+ * fresh budget.
+ */
+import type { Db } from './database.js';
+import type { Clock } from './types.js';
+
+export type PenaltyKind = 'ip' | 'account';
+
+export interface PenaltyState {
+  kind: PenaltyKind;
+  key: string;
+  /** Failures counted in the current window. */
+  failures: number;
+  windowStart: number;
+  lastFailure: number;
+  blockedUntil: number | null;
+}
+
+export interface PenaltyRules {
+  windowMs: number;
+  /** Failures in the window that start a block. */
+  blockAfter: number;
+  blockMs: number;
+}
+
+interface Row {
+  kind: PenaltyKind;
+  key: string;
+  failures: number;
+  window_start: number;
+  last_failure: number;
+  blocked_until: number | null;
+}
+
+function toState(row: Row): PenaltyState {
+  return {
+    kind: row.kind,
+    key: row.key,
+    failures: row.failures,
+    windowStart: row.window_start,
+    lastFailure: row.last_failure,
+    blockedUntil: row.blocked_until,
+  };
+}
+
+export class PenaltyRepository {
+  private readonly select;
+  private readonly upsert;
+
+  constructor(
+    private readonly db: Db,
+    private readonly now: Clock,
+  ) {
+    this.select = db.prepare('SELECT * FROM penalties WHERE kind = ? AND key = ?');
+    this.upsert = db.prepare(
+      `INSERT INTO penalties (kind, key, failures, window_start, last_failure, blocked_until)
+       VALUES (@kind, @key, @failures, @windowStart, @lastFailure, @blockedUntil)
+       ON CONFLICT (kind, key) DO UPDATE SET failures = excluded.failures, window_start = excluded.window_start,
+         last_failure = excluded.last_failure, blocked_until = excluded.blocked_until`,
+    );
+  }
+
+  /** The counter as it stands now: an expired window counts as no failures. */
+  get(kind: PenaltyKind, key: string, windowMs: number): PenaltyState {
+    const row = this.select.get(kind, key) as Row | undefined;
+    const now = this.now();
+    if (!row) return { kind, key, failures: 0, windowStart: now, lastFailure: 0, blockedUntil: null };
+    const state = toState(row);
+    if (now - state.windowStart >= windowMs) {
+      return { ...state, failures: 0, windowStart: now, blockedUntil: state.blockedUntil !== null && state.blockedUntil > now ? state.blockedUntil : null };
+    }
+    return state;
+  }
+
+  /** Counts one failure; starts a block when the window's count reaches the threshold. */
+  recordFailure(kind: PenaltyKind, key: string, rules: PenaltyRules): { state: PenaltyState; blockStarted: boolean } {
+    return this.db
+      .transaction(() => {
+        const now = this.now();
+        const current = this.get(kind, key, rules.windowMs);
+        const failures = current.failures + 1;
+        const startsBlock = failures >= rules.blockAfter && (current.blockedUntil === null || current.blockedUntil <= now);
+        const next: PenaltyState = {
+          kind,
+          key,
+          failures,
+          windowStart: current.windowStart,
+          lastFailure: now,
+          blockedUntil: startsBlock ? now + rules.blockMs : current.blockedUntil,
+        };
+        this.upsert.run(next);
+        return { state: next, blockStarted: startsBlock };
+      })
+      .immediate();
+  }
+
+  /** Blocks in force now. */
+  activeBlocks(): PenaltyState[] {
+    const rows = this.db
+      .prepare('SELECT * FROM penalties WHERE blocked_until IS NOT NULL AND blocked_until > ? ORDER BY blocked_until DESC')
+      .all(this.now()) as Row[];
+    return rows.map(toState);
+  }
+
+  /** Counters with failures in their window (for `blocks list --all`). */
+  all(): PenaltyState[] {
+    return (this.db.prepare('SELECT * FROM penalties ORDER BY last_failure DESC').all() as Row[]).map(toState);
+  }
+
+  /** Lifts blocks and forgets failures: for one key (an IP or a username), or for all. Returns rows removed. */
+  clear(key?: string): number {
+    if (key === undefined) return this.db.prepare('DELETE FROM penalties').run().changes;
+    return this.db.prepare('DELETE FROM penalties WHERE key = ?').run(key).changes;
+  }
+
+  /** Drops counters whose window and block are long over, so the table stays small. */
+  prune(olderThanMs: number): number {
+    const cutoff = this.now() - olderThanMs;
+    return this.db
+      .prepare('DELETE FROM penalties WHERE last_failure < ? AND (blocked_until IS NULL OR blocked_until < ?)')
+      .run(cutoff, this.now()).changes;
+  }
+}

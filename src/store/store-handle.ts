@@ -1,0 +1,147 @@
+/**
+ * The gateway's way to reach the store, surviving a database that goes bad
+ * under it: locked, unreadable, corrupt, moved away or replaced.
+ *
+ * While the database is unusable every caller gets an error (logins fail
+ * closed, as temporarily unavailable); the handle then retries opening it,
+ * at most once a second, and the gateway recovers by itself when the file is
+ * fine again. It never creates a missing database: an empty store would
+ * silently turn every app password away, or worse, fall back to passthrough.
+ */
+import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import type { Logger } from '../log/logger.js';
+import { ErrorCodes, MailgateError } from '../errors.js';
+import { PasswordHasher } from './hasher.js';
+import { Store, type StoreOptions } from './store.js';
+
+const RETRY_MS = 1000;
+
+/** SQLite errors that mean the file itself is bad, as opposed to busy. */
+const FATAL_SQLITE_CODES = /^SQLITE_(CORRUPT|NOTADB|IOERR|CANTOPEN|READONLY_DBMOVED|READONLY_RECOVERY|FULL)/;
+
+export class StoreHandle {
+  private store: Store | null;
+  private identity: string | null;
+  /** Size and modification time at the last look: when they move, the content is checked again. */
+  private stamp: string | null;
+  private retryAt = 0;
+  private readonly hasher: PasswordHasher;
+  private broken = false;
+
+  constructor(
+    private readonly options: StoreOptions,
+    private readonly log: Logger,
+    initial?: Store,
+  ) {
+    this.store = initial ?? Store.open(options);
+    this.hasher = this.store.hasher;
+    this.identity = fileIdentity(options.path);
+    this.stamp = fileStamp(options.path);
+  }
+
+  /** The open store; throws when the database cannot be used right now. */
+  get(): Store {
+    if (this.store && this.fileGoneOrReplaced()) {
+      this.log.error({ path: this.options.path }, 'the database file was removed or replaced; logins fail until it is back');
+      this.drop();
+    }
+    if (!this.store) this.reopen();
+    return this.store!;
+  }
+
+  /** Tells the handle an operation failed; a fatal error closes the connection for a fresh open. */
+  failed(err: unknown): void {
+    const code = (err as { code?: unknown }).code;
+    const fatal = (typeof code === 'string' && FATAL_SQLITE_CODES.test(code)) || (err instanceof MailgateError && err.code === ErrorCodes.DB_UNAVAILABLE);
+    if (fatal && this.store) {
+      this.log.error({ path: this.options.path, err: err instanceof Error ? err.message : String(err) }, 'the database is unusable; logins fail until it recovers');
+      this.drop();
+    }
+  }
+
+  close(): void {
+    this.drop();
+  }
+
+  private reopen(): void {
+    const now = Date.now();
+    if (now < this.retryAt) throw new MailgateError(ErrorCodes.DB_UNAVAILABLE, `database ${this.options.path} is unavailable`);
+    this.retryAt = now + RETRY_MS;
+    try {
+      // SQLite would take an empty (truncated) file for a new database and
+      // migrate it into an empty store: that is a missing database, not one.
+      if (!hasSqliteHeader(this.options.path)) throw new Error('the file is not an SQLite database');
+      this.store = Store.open({ ...this.options, hasher: this.hasher, mustExist: true });
+      // A store that opens but cannot be read (garbage past the header) is not back yet.
+      this.store.db.prepare('SELECT COUNT(*) FROM accounts').get();
+    } catch (err) {
+      this.store?.close();
+      this.store = null;
+      throw err instanceof MailgateError ? err : new MailgateError(ErrorCodes.DB_UNAVAILABLE, `database ${this.options.path} is unavailable: ${(err as Error).message}`);
+    }
+    this.identity = fileIdentity(this.options.path);
+    this.stamp = fileStamp(this.options.path);
+    if (this.broken) this.log.info({ path: this.options.path }, 'the database is usable again');
+    this.broken = false;
+  }
+
+  private drop(): void {
+    this.broken = true;
+    try {
+      this.store?.close();
+    } catch {
+      // Closing a broken handle may itself fail; it is gone either way.
+    }
+    this.store = null;
+  }
+
+  /**
+   * One stat per call: the file is missing or another inode (moved away,
+   * replaced), or it was overwritten in place with something that is not a
+   * database. SQLite would notice none of these: it serves reads from its page
+   * cache and appends to the WAL, so logins would go on against a file that
+   * is gone.
+   */
+  private fileGoneOrReplaced(): boolean {
+    const st = statOf(this.options.path);
+    if (!st || `${st.dev}:${st.ino}` !== this.identity) return true;
+    const stamp = `${st.size}:${st.mtimeMs}`;
+    if (stamp === this.stamp) return false;
+    this.stamp = stamp;
+    return !hasSqliteHeader(this.options.path);
+  }
+}
+
+const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');
+
+function hasSqliteHeader(file: string): boolean {
+  try {
+    const fd = openSync(file, 'r');
+    try {
+      const head = Buffer.alloc(SQLITE_HEADER.length);
+      return readSync(fd, head, 0, head.length, 0) === head.length && head.equals(SQLITE_HEADER);
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return false;
+  }
+}
+
+function statOf(file: string): { dev: number; ino: number; size: number; mtimeMs: number } | null {
+  try {
+    return statSync(file);
+  } catch {
+    return null;
+  }
+}
+
+function fileStamp(file: string): string | null {
+  const st = statOf(file);
+  return st ? `${st.size}:${st.mtimeMs}` : null;
+}
+
+function fileIdentity(file: string): string | null {
+  const st = statOf(file);
+  return st ? `${st.dev}:${st.ino}` : null;
+}

@@ -1,0 +1,148 @@
+/**
+ * Information leaks and replays:
+ *  - username enumeration by timing: refusing an unknown account must take as
+ *    long as refusing an existing one (one argon2 run either way), measured
+ *    through a real mailgate with hashing made expensive enough to dominate;
+ *  - TOTP replay: a code accepted once is refused afterwards, by the same
+ *    store connection, by another one (another process in miniature), and
+ *    across the real CLI and the gateway.
+ */
+import { generateSync } from 'otplib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Store } from '../../src/store/store.js';
+import { runCli } from '../support/cli.js';
+import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
+import { startGateway, type GatewayHandle } from '../support/gateway.js';
+import { cliConfigFor, enableTotp, imaps, taggedLine } from '../support/attack.js';
+import { median, type RawClient } from '../support/raw-client.js';
+
+/** Costly enough that one argon2 run (~tens of ms) dwarfs the round trip and the database lookups. */
+const SLOW_ARGON2 = { memoryKib: 16 * 1024, iterations: 2, parallelism: 1 };
+
+let dc: DovecotHandle;
+let gw: GatewayHandle;
+let aliceApp: string;
+
+beforeAll(async () => {
+  dc = await startDovecot();
+  gw = await startGateway(dc, { argon2: SLOW_ARGON2 });
+  gw.store.accounts.add('alice');
+  enableTotp(gw.store, 'alice');
+  aliceApp = (await gw.store.appPasswords.create('alice', { name: 'phone' })).password;
+  for (const user of ['dave', 'erin']) gw.store.accounts.add(user);
+});
+
+afterAll(async () => {
+  await gw?.stop();
+  await dc?.stop();
+});
+
+/**
+ * Login latencies of two kinds of refused attempt, interleaved so that load
+ * changes hit both alike. Connections are reused up to the per-connection
+ * failure limit.
+ */
+async function sampleLatencies(samples: number, a: [string, () => string], b: [string, () => string]): Promise<{ a: number[]; b: number[] }> {
+  const out = { a: [] as number[], b: [] as number[] };
+  let c: RawClient | null = null;
+  let onConnection = 0;
+  let tag = 0;
+  for (let i = 0; i < samples * 2; i++) {
+    if (!c || onConnection === gw.config.limits.max_login_failures_per_connection) {
+      c?.destroy();
+      c = await imaps(gw);
+      onConnection = 0;
+    }
+    const [user, password] = i % 2 === 0 ? a : b;
+    const t = `e${tag++}`;
+    const started = performance.now();
+    const answer = await c.imap(t, `LOGIN ${user} ${password()}`);
+    const ms = performance.now() - started;
+    expect(taggedLine(answer, t)).toMatch(/NO \[AUTHENTICATIONFAILED\] Authentication failed\.$/);
+    // The first round warms up (the dummy hash is computed on first use): not measured.
+    if (i >= 2) (i % 2 === 0 ? out.a : out.b).push(ms);
+    onConnection += 1;
+  }
+  c?.destroy();
+  return out;
+}
+
+function withinFactor(x: number, y: number, factor: number): boolean {
+  return Math.max(x, y) / Math.min(x, y) <= factor;
+}
+
+let counter = 0;
+const letters = () => {
+  counter += 1;
+  return counter.toString(26).replace(/[0-9]/g, (d) => 'qrstuvwxyz'[Number(d)]!).padStart(12, 'q');
+};
+
+describe('username enumeration by timing', () => {
+  it('an unknown account and an existing one (2FA on, wrong password) are refused in the same time', async () => {
+    // Catches: skipping the dummy argon2 run for unknown accounts (or for the 2FA refusal).
+    const { a, b } = await sampleLatencies(16, ['nosuchuser', () => `wrong-${letters()}`], ['alice', () => `wrong-${letters()}`]);
+    const [unknown, existing] = [median(a), median(b)];
+    expect(withinFactor(unknown, existing, 1.5), `unknown ${unknown.toFixed(1)} ms vs existing ${existing.toFixed(1)} ms`).toBe(true);
+  });
+
+  it('a wrong app password: unknown account vs existing account with a matching selector', async () => {
+    // The existing account's attempt reaches a real stored hash (same first four letters), the
+    // unknown one a dummy hash: one argon2 run each. Catches a fast path on either side.
+    const selector = aliceApp.replace(/ /g, '').slice(0, 4);
+    const { a, b } = await sampleLatencies(16, ['nosuchuser', () => `${selector}${letters()}`], ['alice', () => `${selector}${letters()}`]);
+    const [unknown, existing] = [median(a), median(b)];
+    expect(withinFactor(unknown, existing, 1.5), `unknown ${unknown.toFixed(1)} ms vs existing ${existing.toFixed(1)} ms`).toBe(true);
+  });
+
+  it('an unknown account and an existing account without 2FA (wrong main password, checked upstream) are refused in the same time', async () => {
+    // The existing account's wrong main password is passed through and refused by Dovecot (hundreds
+    // of ms); the unknown one is refused locally by one argon2 run. Catches: answering local
+    // refusals without waiting as long as an upstream refusal takes (src/auth/refusal-timing.ts).
+    const { a, b } = await sampleLatencies(10, ['nosuchuser', () => `wrong-${letters()}`], ['dave', () => `wrong-${letters()}`]);
+    const [unknown, existing] = [median(a), median(b)];
+    expect(withinFactor(unknown, existing, 1.5), `unknown ${unknown.toFixed(1)} ms vs existing ${existing.toFixed(1)} ms`).toBe(true);
+  });
+});
+
+describe('TOTP replay', () => {
+  const codeAt = (secret: string, ms: number) => generateSync({ secret, epoch: Math.floor(ms / 1000) });
+
+  it('the store refuses a code it accepted once, also through a second connection', () => {
+    // Catches: a verifier that does not record the last accepted time step, or records it only in memory.
+    const { secret } = gw.store.totp.enroll('dave');
+    // Confirm with the previous step's code (within the ±1 step tolerance), so the current one is fresh.
+    const now = Date.now();
+    expect(gw.store.totp.confirm('dave', codeAt(secret, now - 30_000)).totpState).toBe('enabled');
+    const code = codeAt(secret, now);
+    expect(gw.store.totp.verify('dave', code)).toBe(true);
+    expect(gw.store.totp.verify('dave', code)).toBe(false);
+    const other = Store.open({
+      path: gw.config.store.path,
+      keyFile: gw.config.store.key_file,
+      argon2: { memoryKib: 1024, iterations: 1, parallelism: 1 },
+      maxAppPasswords: 25,
+    });
+    try {
+      expect(other.totp.verify('dave', code)).toBe(false);
+      // An older code is refused too once a later one was used.
+      expect(other.totp.verify('dave', codeAt(secret, now - 30_000))).toBe(false);
+    } finally {
+      other.close();
+    }
+  });
+
+  it('a code used by `mailgate totp confirm` (another process) is refused by the gateway, and by the CLI again', async () => {
+    // Catches: a replay window across processes (the CLI and the gateway each accepting the same code once).
+    const cli = cliConfigFor(gw);
+    const enrolled = await runCli(['--config', cli, 'totp', 'enroll', 'erin', '--json']);
+    expect(enrolled.code).toBe(0);
+    const { secret } = JSON.parse(enrolled.stdout) as { secret: string };
+    const code = codeAt(secret, Date.now());
+    const confirmed = await runCli(['--config', cli, 'totp', 'confirm', 'erin', code]);
+    expect(confirmed.code).toBe(0);
+    expect(gw.store.totp.status('erin')).toBe('enabled');
+    expect(gw.store.totp.verify('erin', code)).toBe(false);
+    const again = await runCli(['--config', cli, 'totp', 'confirm', 'erin', code]);
+    expect(again.code).toBe(1);
+  });
+});

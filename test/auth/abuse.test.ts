@@ -1,0 +1,100 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { AbuseGuard, type AbuseRules } from '../../src/auth/abuse.js';
+import { silentLogger } from '../../src/log/logger.js';
+import { makeTestStore, manualClock, type TestStore } from '../support/store.js';
+
+const clock = manualClock();
+let t: TestStore;
+const rules: AbuseRules = {
+  ip: { windowMs: 600_000, blockAfter: 5, blockMs: 900_000 },
+  account: { windowMs: 600_000, blockAfter: 8, blockMs: 900_000 },
+  delayBaseMs: 2000,
+  delayMaxMs: 15_000,
+  maxConcurrentPerClient: 2,
+};
+let guard: AbuseGuard;
+
+beforeEach(async () => {
+  clock.set(Date.UTC(2026, 10, 25, 12, 0, 0));
+  t = await makeTestStore({ now: clock.now });
+  guard = new AbuseGuard(() => t.store, rules, silentLogger(), clock.now);
+});
+afterEach(() => t.cleanup());
+
+const pw = (s: string) => Buffer.from(s);
+
+describe('AbuseGuard', () => {
+  it('grows the delay 2 s, 4 s, 8 s, then caps it at 15 s', () => {
+    const delays = [1, 2, 3, 4, 5].map((i) => guard.recordFailure('198.51.100.1', 'alice', pw(`wrong-${i}`)));
+    expect(delays).toEqual([2000, 4000, 8000, 15_000, 15_000]);
+  });
+
+  it('blocks a client past the threshold, without looking at credentials', async () => {
+    for (let i = 0; i < 5; i++) guard.recordFailure('198.51.100.1', `user${i}`, pw(`pw${i}`));
+    expect(await guard.admit('198.51.100.1', 'anyone')).toEqual({ ok: false, blockedBy: 'ip' });
+    const other = await guard.admit('198.51.100.2', 'anyone');
+    expect(other.ok).toBe(true);
+    if (other.ok) other.release();
+    // The block lifts by itself.
+    clock.advance(900_001);
+    const later = await guard.admit('198.51.100.1', 'anyone');
+    expect(later.ok).toBe(true);
+  });
+
+  it('does not escalate for the same wrong password repeated (a stale saved password)', () => {
+    for (let i = 0; i < 20; i++) guard.recordFailure('198.51.100.1', 'alice', pw('old-password'));
+    expect(t.store.penalties.get('account', 'alice', rules.account.windowMs).failures).toBe(1);
+    expect(t.store.penalties.get('ip', '198.51.100.1', rules.ip.windowMs).failures).toBe(1);
+    expect(t.store.penalties.get('ip', '198.51.100.1', rules.ip.windowMs).blockedUntil).toBeNull();
+  });
+
+  it("blocks an account only for clients that failed themselves", async () => {
+    for (let i = 0; i < 8; i++) guard.recordFailure(`203.0.113.${i}`, 'alice', pw(`guess-${i}`));
+    expect(t.store.penalties.get('account', 'alice', rules.account.windowMs).blockedUntil).not.toBeNull();
+    // An attacker address with failures is turned away...
+    expect(await guard.admit('203.0.113.1', 'Alice')).toEqual({ ok: false, blockedBy: 'account' });
+    // ...but the owner on a clean address still gets a password check.
+    const owner = await guard.admit('192.0.2.50', 'alice');
+    expect(owner.ok).toBe(true);
+  });
+
+  it('counts an IPv6 /64 as one client', async () => {
+    for (let i = 0; i < 5; i++) guard.recordFailure('2001:db8:1:2::/64', `u${i}`, pw(`p${i}`));
+    expect((await guard.admit('2001:db8:1:2::/64', 'x')).ok).toBe(false);
+  });
+
+  it('lets only a few checks per client run at once; the rest wait their turn', async () => {
+    const a = await guard.admit('198.51.100.9', 'a');
+    const b = await guard.admit('198.51.100.9', 'b');
+    let thirdAdmitted = false;
+    const third = guard.admit('198.51.100.9', 'c').then((r) => {
+      thirdAdmitted = true;
+      return r;
+    });
+    await new Promise((r) => setTimeout(r, 20));
+    expect(thirdAdmitted).toBe(false);
+    // Another client is not held up.
+    const other = await guard.admit('198.51.100.10', 'x');
+    expect(other.ok).toBe(true);
+    if (a.ok) a.release();
+    const c = await third;
+    expect(c.ok).toBe(true);
+    if (b.ok) b.release();
+    if (c.ok) c.release();
+  });
+
+  it('forgets failures after the window', () => {
+    guard.recordFailure('198.51.100.1', 'alice', pw('a'));
+    guard.recordFailure('198.51.100.1', 'alice', pw('b'));
+    clock.advance(600_000);
+    expect(guard.recordFailure('198.51.100.1', 'alice', pw('c'))).toBe(2000);
+  });
+
+  it('keeps counters in the database, where the CLI can list and clear them', () => {
+    for (let i = 0; i < 5; i++) guard.recordFailure('198.51.100.1', 'bob', pw(`p${i}`));
+    const other = t.reopen({ now: clock.now });
+    expect(other.penalties.activeBlocks().map((b) => `${b.kind}:${b.key}`)).toEqual(['ip:198.51.100.1']);
+    expect(other.penalties.clear('198.51.100.1')).toBe(1);
+    expect(t.store.penalties.activeBlocks()).toEqual([]);
+  });
+});

@@ -1,0 +1,285 @@
+/**
+ * Property-based (fast-check) fuzzing of the pre-login IMAP parser: random
+ * bytes and protocol-shaped soups, cut into random chunks, with random (small)
+ * limits. Pure: no sockets.
+ *
+ * What each property would catch if the protection were removed:
+ *  - robustness: a throw out of push()/next() (a crash of the gateway), a
+ *    next() that keeps returning events without consuming input (a hung
+ *    event loop), bytes held beyond the line/literal limits (memory growth
+ *    driven by the client), a parser that keeps data after a fatal error, a
+ *    bug swallowed by the internal catch ("Internal parser error"), a tag the
+ *    session would echo but the compiler refuses (an exception in the session),
+ *    and client bytes in error messages (echo/log injection);
+ *  - chunking: a parser whose result depends on how TCP cut the bytes;
+ *  - provenance: a LOGIN whose credentials are spliced from pieces of the
+ *    input, or differ from what the client sent in its wire form.
+ */
+import { readFileSync } from 'node:fs';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { ImapParser, isValidAtom, isValidTag, type ImapArg, type ImapParseEvent, type ImapParserLimits } from '../../src/protocols/imap/parser.js';
+
+const SEED = Number(process.env.FUZZ_SEED ?? 0x1a9);
+fc.configureGlobal({ seed: SEED, numRuns: 300, endOnFailure: true });
+
+const PARSER_SOURCE = readFileSync(new URL('../../src/protocols/imap/parser.ts', import.meta.url), 'utf8');
+
+type Hook = (parser: ImapParser, event: ImapParseEvent) => void;
+
+/** What the session does after an AUTHENTICATE without an initial response. */
+const saslHook: Hook = (parser, event) => {
+  if (event.type === 'command' && event.name === 'AUTHENTICATE' && event.args.length === 1) parser.expectSaslResponse();
+};
+
+interface Run {
+  events: ImapParseEvent[];
+  fatal: boolean;
+}
+
+/**
+ * Feeds the chunks, draining after each, and checks the invariants that must
+ * hold at every step. Throws (failing the property) on any violation.
+ */
+function feed(chunks: Uint8Array[], limits: Partial<ImapParserLimits>, hook?: Hook): Run {
+  const parser = new ImapParser(limits);
+  const full: ImapParserLimits = { maxLineBytes: 8192, maxLiteralBytes: 4096, maxCommandBytes: 16384, maxNesting: 8, maxArgs: 128, ...limits };
+  const events: ImapParseEvent[] = [];
+  let pushed = 0;
+  let fatal = false;
+  for (const chunk of chunks) {
+    parser.push(Buffer.from(chunk));
+    pushed += chunk.length;
+    if (fatal) {
+      expect(parser.bufferedBytes).toBe(0);
+      expect(parser.next()).toBeNull();
+      continue;
+    }
+    expect(parser.bufferedBytes).toBeLessThanOrEqual(pushed);
+    // Every event consumes input or changes state; a few more than the bytes
+    // pushed (plus one continuation per literal) is a generous bound.
+    let guard = 2 * pushed + 10;
+    for (let event = parser.next(); event !== null; event = parser.next()) {
+      if (--guard < 0) throw new Error('next() never returned null');
+      checkEvent(event);
+      events.push(event);
+      hook?.(parser, event);
+      if (event.type === 'error' && event.fatal) {
+        fatal = true;
+        expect(parser.bufferedBytes).toBe(0);
+        expect(parser.next()).toBeNull();
+        break;
+      }
+    }
+    if (!fatal) {
+      // Drained: what is left is one incomplete line or literal, within limits.
+      expect(parser.bufferedBytes).toBeLessThanOrEqual(Math.max(full.maxLineBytes + 1, full.maxLiteralBytes));
+    }
+  }
+  return { events, fatal };
+}
+
+function checkEvent(event: ImapParseEvent): void {
+  if (event.type === 'error') {
+    // A fixed string from the parser's source, never client bytes.
+    expect(PARSER_SOURCE.includes(`'${event.message}'`), `message ${JSON.stringify(event.message)}`).toBe(true);
+    expect(event.message).not.toBe('Internal parser error');
+    // The session echoes it in a tagged response; the compiler throws on an invalid tag.
+    if (event.tag !== null) expect(isValidTag(event.tag), `tag ${JSON.stringify(event.tag)}`).toBe(true);
+  }
+  if (event.type === 'command') {
+    expect(isValidTag(event.tag)).toBe(true);
+    expect(isValidAtom(event.name)).toBe(true);
+    expect(event.name).toBe(event.name.toUpperCase());
+  }
+}
+
+/** Random cut points -> chunks (empty chunks included: a zero-length read must be harmless). */
+function cut(bytes: Uint8Array, points: number[]): Uint8Array[] {
+  const at = [...new Set(points.map((p) => p % (bytes.length + 1)))].sort((a, b) => a - b);
+  const chunks: Uint8Array[] = [];
+  let prev = 0;
+  for (const p of at) {
+    chunks.push(bytes.subarray(prev, p));
+    prev = p;
+  }
+  chunks.push(bytes.subarray(prev));
+  return chunks;
+}
+
+const limitsArb: fc.Arbitrary<Partial<ImapParserLimits>> = fc.record({
+  maxLineBytes: fc.integer({ min: 1, max: 200 }),
+  maxLiteralBytes: fc.integer({ min: 1, max: 80 }),
+  maxCommandBytes: fc.integer({ min: 1, max: 400 }),
+  maxNesting: fc.integer({ min: 0, max: 4 }),
+  maxArgs: fc.integer({ min: 1, max: 12 }),
+});
+
+/** Pieces that steer the parser into its interesting states. */
+const TOKENS = [
+  'a ', 'A1 ', '* ', '+ ', 'tag ', 'LOGIN ', 'login ', 'AUTHENTICATE PLAIN', 'AUTHENTICATE LOGIN ', 'ID ', 'STARTTLS', 'CAPABILITY',
+  'alice', 'pw', 'NIL', ' ', '  ', '"', '\\"', '\\\\', '\\x', '(', ')', '((((((', '))))', '{', '}', '{0}', '{1}', '{3}', '{5}', '{5+}', '{0+}', '{12+}',
+  '{99999999999}', '{4294967296+}', '~{3}', '\r\n', '\n', '\r', '\0', '\xff', '\x80', 'GET / HTTP/1.1', 'PROXY TCP4 ', '=', 'AGFsaWNlAHB3',
+  ']', '%', '[', 'x'.repeat(70),
+].map((t) => Buffer.from(t, 'latin1'));
+
+const soupArb = fc
+  .array(fc.oneof(fc.constantFrom(...TOKENS), fc.uint8Array({ maxLength: 12 }).map((u) => Buffer.from(u))), { maxLength: 80 })
+  .map((parts) => new Uint8Array(Buffer.concat(parts)));
+
+const inputArb = fc.oneof(fc.uint8Array({ maxLength: 600 }), soupArb);
+
+describe('IMAP parser under random input', () => {
+  it('never throws, always stops, stays within its limits and drops everything after a fatal error', () => {
+    fc.assert(
+      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, fc.boolean(), (bytes, points, limits, withSasl) => {
+        feed(cut(bytes, points), limits, withSasl ? saslHook : undefined);
+      }),
+      { numRuns: 3000 },
+    );
+  });
+
+  it('with the production limits, a flood with no line end is cut off at the line limit', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 8200, maxLength: 9000 }).map((u) => u.map((b) => (b === 0x0a ? 0x20 : b))), fc.array(fc.nat(), { maxLength: 20 }), (bytes, points) => {
+        const run = feed(cut(bytes, points), {});
+        expect(run.fatal).toBe(true);
+      }),
+      { numRuns: 40 },
+    );
+  });
+
+  it('gives the same events however the bytes are chunked', () => {
+    fc.assert(
+      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, (bytes, points, limits) => {
+        const whole = feed([bytes], limits, saslHook).events;
+        const chunked = feed(cut(bytes, points), limits, saslHook).events;
+        expect(chunked).toEqual(whole);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
+// ---- credential provenance ------------------------------------------------
+
+/** How a credential is written on the wire. */
+type Form = 'atom' | 'quoted' | 'literal' | 'literal+';
+
+/** RFC 9051 ASTRING-CHAR minus the few that make an atom ambiguous. */
+const atomArb = fc.stringMatching(/^[A-Za-z0-9._@!#$&'+,\-/:;<=>?^`|~]{1,12}$/).filter((a) => a.toUpperCase() !== 'NIL');
+/** Any bytes but NUL (impossible in IMAP), so literals carry CR, LF, quotes, braces... */
+const credentialBytesArb = fc.uint8Array({ minLength: 1, maxLength: 24 }).filter((u) => !u.includes(0));
+const quotableArb = fc.stringMatching(/^[\x20-\x7e]{0,16}$/);
+
+function encodeArg(value: Buffer, form: Form): Buffer {
+  switch (form) {
+    case 'atom':
+      return value;
+    case 'quoted':
+      return Buffer.from(`"${value.toString('latin1').replace(/[\\"]/g, (c) => `\\${c}`)}"`, 'latin1');
+    case 'literal':
+      return Buffer.concat([Buffer.from(`{${value.length}}\r\n`, 'latin1'), value]);
+    case 'literal+':
+      return Buffer.concat([Buffer.from(`{${value.length}+}\r\n`, 'latin1'), value]);
+  }
+}
+
+const credentialArb: fc.Arbitrary<{ value: Buffer; form: Form }> = fc.oneof(
+  atomArb.map((a) => ({ value: Buffer.from(a, 'latin1'), form: 'atom' as Form })),
+  quotableArb.map((q) => ({ value: Buffer.from(q, 'latin1'), form: 'quoted' as Form })),
+  fc.tuple(credentialBytesArb, fc.constantFrom<Form>('literal', 'literal+')).map(([u, form]) => ({ value: Buffer.from(u), form })),
+);
+
+const loginArb = fc.record({ tag: fc.stringMatching(/^[A-Za-z0-9]{1,6}$/), user: credentialArb, pass: credentialArb });
+type Login = { tag: string; user: { value: Buffer; form: Form }; pass: { value: Buffer; form: Form } };
+
+function loginBytes(l: Login): Buffer {
+  return Buffer.concat([Buffer.from(`${l.tag} LOGIN `, 'latin1'), encodeArg(l.user.value, l.user.form), Buffer.from(' '), encodeArg(l.pass.value, l.pass.form), Buffer.from('\r\n')]);
+}
+
+/** Garbage that ends its own line and cannot announce a literal, so it never swallows the next command. */
+const lineGarbageArb = fc
+  .uint8Array({ maxLength: 40 })
+  .map((u) => Buffer.concat([Buffer.from(u.filter((b) => b !== 0x7b && b !== 0x0a && b !== 0x0d)), Buffer.from('\r\n')]));
+
+/** Anything at all, literals announcements included. */
+const wildGarbageArb = fc.oneof(fc.uint8Array({ maxLength: 40 }).map((u) => Buffer.from(u)), soupArb.map((u) => Buffer.from(u)));
+
+function argValue(arg: ImapArg | undefined): { bytes: Buffer; wire: Buffer[] } | null {
+  if (!arg) return null;
+  if (arg.kind === 'atom') return { bytes: Buffer.from(arg.value, 'latin1'), wire: [Buffer.from(arg.value, 'latin1')] };
+  if (arg.kind !== 'string') return null;
+  if (!arg.literal) return { bytes: arg.value, wire: [encodeArg(arg.value, 'quoted')] };
+  // A literal's bytes follow its announcement and the line end (CRLF or a bare LF).
+  const n = arg.value.length;
+  return {
+    bytes: arg.value,
+    wire: [`{${n}}\r\n`, `{${n}}\n`, `{${n}+}\r\n`, `{${n}+}\n`].map((head) => Buffer.concat([Buffer.from(head, 'latin1'), arg.value])),
+  };
+}
+
+/**
+ * Every LOGIN's and AUTHENTICATE's arguments occur in the input exactly in the
+ * form the parser says it read them, and every SASL response is one input line.
+ */
+function assertProvenance(input: Buffer, events: ImapParseEvent[]): void {
+  for (const event of events) {
+    if (event.type === 'sasl-response') {
+      const ends = [Buffer.from('\r\n'), Buffer.from('\n')].map((end) => Buffer.concat([event.line, end]));
+      expect(ends.some((line) => input.includes(line)), `SASL line ${JSON.stringify(event.line.toString('latin1'))} is not in the input`).toBe(true);
+      continue;
+    }
+    if (event.type !== 'command' || (event.name !== 'LOGIN' && event.name !== 'AUTHENTICATE')) continue;
+    for (const arg of event.args) {
+      const v = argValue(arg);
+      if (!v) continue;
+      const found = v.wire.some((w) => input.includes(w));
+      expect(found, `LOGIN argument ${JSON.stringify(v.bytes.toString('latin1'))} is not in the input`).toBe(true);
+    }
+  }
+}
+
+describe('IMAP parser: LOGIN credentials come from the input, verbatim', () => {
+  it('every LOGIN/AUTHENTICATE argument and SASL line appears in the input in its wire form, whatever garbage surrounds it', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(loginArb.map((l) => loginBytes(l)), wildGarbageArb), { maxLength: 12 }),
+        fc.array(fc.nat(), { maxLength: 10 }),
+        limitsArb,
+        (parts, points, limits) => {
+          const input = Buffer.concat(parts);
+          // The session answers "+" to synchronising literals; the parser does not care, the bytes just follow.
+          const run = feed(cut(new Uint8Array(input), points), limits, saslHook);
+          assertProvenance(input, run.events);
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('valid LOGINs between garbage lines yield exactly their credentials, in order', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof({ weight: 2, arbitrary: loginArb.map((l) => ({ login: l as Login | null, bytes: loginBytes(l) })) }, lineGarbageArb.map((g) => ({ login: null as Login | null, bytes: g }))), {
+          maxLength: 14,
+        }),
+        fc.array(fc.nat(), { maxLength: 10 }),
+        (parts, points) => {
+          const input = Buffer.concat(parts.map((p) => p.bytes));
+          const run = feed(cut(new Uint8Array(input), points), {});
+          const expected = parts.filter((p) => p.login).map((p) => [p.login!.tag, p.login!.user.value.toString('latin1'), p.login!.pass.value.toString('latin1')]);
+          const got = run.events
+            .filter((e): e is Extract<ImapParseEvent, { type: 'command' }> => e.type === 'command' && e.name === 'LOGIN')
+            .map((e) => [e.tag, argValue(e.args[0])!.bytes.toString('latin1'), argValue(e.args[1])!.bytes.toString('latin1')]);
+          // Garbage lines can only fail themselves (or, if fatal, end the stream): valid LOGINs are
+          // never altered, merged or invented.
+          if (run.fatal) expect(expected.slice(0, got.length)).toEqual(got);
+          else expect(got).toEqual(expected);
+          for (const e of run.events) if (e.type === 'command' && e.name === 'LOGIN') expect(e.args).toHaveLength(2);
+        },
+      ),
+      { numRuns: 700 },
+    );
+  });
+});

@@ -1,0 +1,179 @@
+/**
+ * Property-based (fast-check) fuzzing of the pre-login POP3 parser: random
+ * bytes and POP3-shaped soups, in random chunks, with random limits, in
+ * command and SASL-continuation mode. Pure: no sockets.
+ *
+ * What each property would catch if the protection were removed:
+ *  - robustness: a throw (gateway crash), a next() that never returns null
+ *    (hung event loop), bytes held past the line limit (client-driven memory
+ *    growth), data kept after a fatal error, commands with NUL or a keyword
+ *    that is not one, and client bytes echoed in error messages;
+ *  - chunking: a result that depends on how TCP cut the bytes;
+ *  - provenance: a PASS whose password is not exactly the rest of one input
+ *    line (spliced, trimmed, or carrying a line end that would let a
+ *    password smuggle a second command upstream).
+ */
+import { readFileSync } from 'node:fs';
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { Pop3Parser, type Pop3ParseEvent, type Pop3ParserLimits } from '../../src/protocols/pop3/parser.js';
+
+const SEED = Number(process.env.FUZZ_SEED ?? 0x90b3);
+fc.configureGlobal({ seed: SEED, numRuns: 300, endOnFailure: true });
+
+const PARSER_SOURCE = readFileSync(new URL('../../src/protocols/pop3/parser.ts', import.meta.url), 'utf8');
+
+type Hook = (parser: Pop3Parser, event: Pop3ParseEvent) => void;
+
+/** What the session does: AUTH with a mechanism and no initial response waits for a continuation line. */
+const saslHook: Hook = (parser, event) => {
+  if (event.type === 'command' && event.name === 'AUTH' && event.args.length === 1) parser.expectSaslResponse();
+};
+
+function feed(chunks: Uint8Array[], limits: Partial<Pop3ParserLimits>, hook?: Hook): { events: Pop3ParseEvent[]; fatal: boolean } {
+  const parser = new Pop3Parser(limits);
+  const full: Pop3ParserLimits = { maxLineBytes: 512, maxSaslLineBytes: 2048, ...limits };
+  const events: Pop3ParseEvent[] = [];
+  let pushed = 0;
+  let fatal = false;
+  for (const chunk of chunks) {
+    parser.push(Buffer.from(chunk));
+    pushed += chunk.length;
+    if (fatal) {
+      expect(parser.bufferedBytes).toBe(0);
+      expect(parser.next()).toBeNull();
+      continue;
+    }
+    expect(parser.bufferedBytes).toBeLessThanOrEqual(pushed);
+    let guard = pushed + 10;
+    for (let event = parser.next(); event !== null; event = parser.next()) {
+      if (--guard < 0) throw new Error('next() never returned null');
+      checkEvent(event);
+      events.push(event);
+      hook?.(parser, event);
+      if (event.type === 'error' && event.fatal) {
+        fatal = true;
+        expect(parser.bufferedBytes).toBe(0);
+        expect(parser.next()).toBeNull();
+        expect(parser.takeBuffered()).toHaveLength(0);
+        break;
+      }
+    }
+    if (!fatal) expect(parser.bufferedBytes).toBeLessThanOrEqual(Math.max(full.maxLineBytes, full.maxSaslLineBytes) + 1);
+  }
+  return { events, fatal };
+}
+
+function checkEvent(event: Pop3ParseEvent): void {
+  if (event.type === 'error') {
+    expect(PARSER_SOURCE.includes(`'${event.message}'`), `message ${JSON.stringify(event.message)}`).toBe(true);
+  }
+  if (event.type === 'command') {
+    expect(event.name).toMatch(/^[A-Z0-9]{1,8}$/);
+    expect(event.rest.includes(0)).toBe(false);
+    expect(event.rest.includes(0x0a)).toBe(false);
+    // A CR may only be a byte of the argument, never the line end (LineBuffer strips one before LF).
+  }
+  if (event.type === 'sasl-response') expect(event.line.includes(0x0a)).toBe(false);
+}
+
+function cut(bytes: Uint8Array, points: number[]): Uint8Array[] {
+  const at = [...new Set(points.map((p) => p % (bytes.length + 1)))].sort((a, b) => a - b);
+  const chunks: Uint8Array[] = [];
+  let prev = 0;
+  for (const p of at) {
+    chunks.push(bytes.subarray(prev, p));
+    prev = p;
+  }
+  chunks.push(bytes.subarray(prev));
+  return chunks;
+}
+
+const limitsArb: fc.Arbitrary<Partial<Pop3ParserLimits>> = fc.record({
+  maxLineBytes: fc.integer({ min: 1, max: 120 }),
+  maxSaslLineBytes: fc.integer({ min: 1, max: 200 }),
+});
+
+const TOKENS = [
+  'USER ', 'PASS ', 'pass ', 'AUTH ', 'AUTH PLAIN', 'AUTH LOGIN', 'STLS', 'CAPA', 'QUIT', 'APOP ', 'RETR 1', 'alice', 'pw', ' ', '  ', '*', '=',
+  'AGFsaWNlAHB3', '\r\n', '\n', '\r', '\0', '\xff', 'GET / HTTP/1.1', 'OPTIONS * HTTP/1.0', 'x HTTP/1.1', '.', 'y'.repeat(60),
+].map((t) => Buffer.from(t, 'latin1'));
+
+const soupArb = fc
+  .array(fc.oneof(fc.constantFrom(...TOKENS), fc.uint8Array({ maxLength: 10 }).map((u) => Buffer.from(u))), { maxLength: 60 })
+  .map((parts) => new Uint8Array(Buffer.concat(parts)));
+
+const inputArb = fc.oneof(fc.uint8Array({ maxLength: 500 }), soupArb);
+
+describe('POP3 parser under random input', () => {
+  it('never throws, always stops, stays within its limits and drops everything after a fatal error', () => {
+    fc.assert(
+      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, fc.boolean(), (bytes, points, limits, withSasl) => {
+        feed(cut(bytes, points), limits, withSasl ? saslHook : undefined);
+      }),
+      { numRuns: 4000 },
+    );
+  });
+
+  it('with the production limit, a flood with no line end is cut off', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 600, maxLength: 3000 }).map((u) => u.map((b) => (b === 0x0a ? 0x41 : b))), fc.array(fc.nat(), { maxLength: 20 }), (bytes, points) => {
+        expect(feed(cut(bytes, points), {}).fatal).toBe(true);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('gives the same events however the bytes are chunked', () => {
+    fc.assert(
+      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, (bytes, points, limits) => {
+        const whole = feed([bytes], limits, saslHook).events;
+        expect(feed(cut(bytes, points), limits, saslHook).events).toEqual(whole);
+      }),
+      { numRuns: 2000 },
+    );
+  });
+});
+
+describe('POP3 parser: PASS is exactly the rest of one input line', () => {
+  /** Any byte but the framing ones (CR, LF) and NUL, which POP3 cannot carry. */
+  const passwordArb = fc.uint8Array({ minLength: 1, maxLength: 40 }).map((u) => Buffer.from(u.filter((b) => b !== 0x0a && b !== 0x0d && b !== 0)));
+  const garbageLineArb = fc.uint8Array({ maxLength: 40 }).map((u) => Buffer.concat([Buffer.from(u.filter((b) => b !== 0x0a)), Buffer.from('\r\n')]));
+
+  it('every PASS event carries bytes that follow "PASS " on one line of the input', () => {
+    fc.assert(
+      fc.property(fc.array(fc.oneof(passwordArb.map((p) => Buffer.concat([Buffer.from('PASS '), p, Buffer.from('\r\n')])), soupArb.map((u) => Buffer.from(u))), { maxLength: 12 }), fc.array(fc.nat(), { maxLength: 10 }), (parts, points) => {
+        const input = Buffer.concat(parts);
+        const run = feed(cut(new Uint8Array(input), points), {}, saslHook);
+        const lower = Buffer.from(input.toString('latin1').toLowerCase(), 'latin1');
+        for (const e of run.events) {
+          if (e.type !== 'command' || e.name !== 'PASS') continue;
+          const needle = Buffer.concat([Buffer.from('pass '), Buffer.from(e.rest.toString('latin1').toLowerCase(), 'latin1')]);
+          const ends = [Buffer.from('\r\n'), Buffer.from('\n')].map((end) => Buffer.concat([needle, end]));
+          expect(ends.some((n) => lower.includes(n)), `PASS ${JSON.stringify(e.rest.toString('latin1'))} not in input`).toBe(true);
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('PASS lines between garbage lines yield exactly their passwords, in order', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof({ weight: 2, arbitrary: passwordArb.map((p) => ({ password: p as Buffer | null, bytes: Buffer.concat([Buffer.from('PASS '), p, Buffer.from('\r\n')]) })) }, garbageLineArb.map((g) => ({ password: null as Buffer | null, bytes: g }))), {
+          maxLength: 14,
+        }),
+        fc.array(fc.nat(), { maxLength: 10 }),
+        (parts, points) => {
+          const input = Buffer.concat(parts.map((p) => p.bytes));
+          const run = feed(cut(new Uint8Array(input), points), {});
+          const expected = parts.filter((p) => p.password).map((p) => p.password!.toString('latin1'));
+          const got = run.events.filter((e) => e.type === 'command' && e.name === 'PASS').map((e) => (e as Extract<Pop3ParseEvent, { type: 'command' }>).rest.toString('latin1'));
+          if (run.fatal) expect(expected.slice(0, got.length)).toEqual(got);
+          else expect(got).toEqual(expected);
+        },
+      ),
+      { numRuns: 1500 },
+    );
+  });
+});
