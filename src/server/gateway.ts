@@ -22,8 +22,12 @@ import { loadServerTls } from '../session/tls.js';
 import { Metrics } from './metrics.js';
 import { storeOptionsFromConfig, type Store, type StoreOptions } from '../store/store.js';
 import { StoreHandle } from '../store/store-handle.js';
+import { Checkpointer } from '../store/checkpointer.js';
 import { upstreamTarget } from '../upstream/connect.js';
 import { probeImapCapabilities, probePop3Capabilities } from '../upstream/probe.js';
+
+/** How often the background checkpointer copies the WAL into the database. */
+const CHECKPOINT_INTERVAL_MS = 1000;
 
 export interface GatewayOptions {
   config: Config;
@@ -47,7 +51,10 @@ export class Gateway {
   metricsAddress: { host: string; port: number } | null = null;
   private readonly trustedProxies: net.BlockList;
 
-  private constructor(readonly services: GatewayServices) {
+  private constructor(
+    readonly services: GatewayServices,
+    private readonly checkpointer: Checkpointer,
+  ) {
     this.trustedProxies = trustedProxies(services.config.proxy.trusted);
     this.revocations = new RevocationWatcher(
       services.store,
@@ -66,8 +73,13 @@ export class Gateway {
     const { config, log } = options;
     // better-sqlite3 is synchronous: a write waiting for a lock blocks the event
     // loop, so the gateway waits far less than the CLI would.
-    const storeOptions = storeOptionsFromConfig(config, { busyTimeoutMs: config.store.gateway_busy_timeout_ms, ...options.storeOptions });
+    const storeOptions = storeOptionsFromConfig(config, {
+      busyTimeoutMs: config.store.gateway_busy_timeout_ms,
+      autoCheckpoint: false,
+      ...options.storeOptions,
+    });
     const store = new StoreHandle(storeOptions, log);
+    const checkpointer = new Checkpointer(storeOptions.path, CHECKPOINT_INTERVAL_MS, log, () => store.enableAutoCheckpoint());
     try {
       const masterPassword = readMasterPassword(config, options.env ?? process.env);
       if (!masterPassword) {
@@ -121,10 +133,12 @@ export class Gateway {
         upstreamCapabilities: { imap: null, pop3: null },
       };
       services.admission = (session) => admit(services, session);
-      const gateway = new Gateway(services);
+      warnIfFewFileDescriptors(config, log);
+      const gateway = new Gateway(services, checkpointer);
       await gateway.probeUpstreams();
       for (const listener of config.listen) await gateway.listen(listener);
       gateway.revocations.start();
+      checkpointer.start();
       if (config.metrics.listen) gateway.metricsAddress = await metrics.listen(config.metrics.listen, log);
       return gateway;
     } catch (err) {
@@ -231,8 +245,32 @@ export class Gateway {
       await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => setTimeout(resolve, 3000).unref())]);
     }
     await this.services.metrics.close();
+    await this.checkpointer.stop();
     this.services.store.close();
     log.info('stopped');
+  }
+}
+
+/**
+ * Each session holds two sockets (client and upstream). A process limit below
+ * what max_connections needs shows up as EMFILE at the worst moment, so say
+ * so at start-up (Linux only; elsewhere the check is skipped).
+ */
+function warnIfFewFileDescriptors(config: Config, log: Logger): void {
+  let limits: string;
+  try {
+    limits = readFileSync('/proc/self/limits', 'utf8');
+  } catch {
+    return;
+  }
+  const soft = /^Max open files\s+(\d+|unlimited)/m.exec(limits)?.[1];
+  if (!soft || soft === 'unlimited') return;
+  const needed = 2 * config.limits.max_connections + 100;
+  if (Number(soft) < needed) {
+    log.warn(
+      { openFileLimit: Number(soft), needed, maxSessions: Math.floor((Number(soft) - 100) / 2) },
+      'the open-file limit is too low for limits.max_connections (two sockets per session); raise it (systemd LimitNOFILE, ulimit -n)',
+    );
   }
 }
 

@@ -9,7 +9,7 @@ import { preloginCapabilities } from '../protocols/imap/capabilities.js';
 import { continuation, tagged, untagged, untaggedData } from '../protocols/imap/compiler.js';
 import { clientIdSummary, parseIdArgs } from '../protocols/imap/id.js';
 import { ImapParser, type ImapArg, type ImapParseEvent } from '../protocols/imap/parser.js';
-import { SaslExchange, SUPPORTED_SASL_MECHANISMS, type SaslStep } from '../protocols/sasl.js';
+import { SUPPORTED_SASL_MECHANISMS, type SaslCredentials, type SaslErrorReason } from '../protocols/sasl.js';
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
 import { loginImapUpstream } from '../upstream/imap-login.js';
 import type { ProxiedOrigin } from './proxy-header.js';
@@ -31,7 +31,8 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 export class ImapSession extends Session<ImapParser> {
   readonly protocol = 'imap' as const;
-  private sasl: { tag: string; mechanism: string; exchange: SaslExchange } | null = null;
+  /** The tag of the AUTHENTICATE command whose exchange is running. */
+  private saslTag = '';
 
   constructor(socket: Socket, listener: ListenConfig, services: GatewayServices, origin?: ProxiedOrigin | null) {
     const limits = services.config.limits;
@@ -44,7 +45,7 @@ export class ImapSession extends Session<ImapParser> {
   }
 
   protected releasePrelogin(): void {
-    this.sasl = null;
+    this.saslTag = '';
   }
 
   protected greet(): void {
@@ -120,7 +121,7 @@ export class ImapSession extends Session<ImapParser> {
   }
 
   private onParseError(event: Extract<ImapParseEvent, { type: 'error' }>): void {
-    this.sasl = null;
+    this.abandonSasl();
     // An invalid tag is never echoed: it may be another protocol's bytes (ALPACA).
     const line = event.tag ? tagged(event.tag, 'BAD', event.message) : untagged('BAD', event.message);
     if (event.fatal) {
@@ -217,35 +218,16 @@ export class ImapSession extends Session<ImapParser> {
       this.countBadCommand();
       return;
     }
-    const exchange = new SaslExchange(mechanism.value);
-    const initialResponse = initial === undefined ? undefined : argBytes(initial).toString('latin1');
-    this.sasl = { tag, mechanism: mechanism.value.toUpperCase(), exchange };
-    this.onSaslStep(exchange.start(initialResponse));
+    this.saslTag = tag;
+    this.startSasl(mechanism.value, initial === undefined ? undefined : argBytes(initial).toString('latin1'));
   }
 
-  private continueSasl(line: Buffer): void {
-    if (!this.sasl) return;
-    this.onSaslStep(this.sasl.exchange.respond(line));
+  protected saslDone(credentials: SaslCredentials, mechanism: string): void {
+    this.runLogin(this.saslTag, credentials.username, credentials.password, `authenticate-${mechanism.toLowerCase()}`);
   }
 
-  private onSaslStep(step: SaslStep): void {
-    const sasl = this.sasl!;
-    switch (step.type) {
-      case 'challenge':
-        this.write(continuation(step.data));
-        this.parser.expectSaslResponse();
-        return;
-      case 'done':
-        this.sasl = null;
-        this.runLogin(sasl.tag, step.credentials.username, step.credentials.password, `authenticate-${sasl.mechanism.toLowerCase()}`);
-        return;
-      case 'error':
-        this.sasl = null;
-        this.onSaslError(sasl.tag, step.reason);
-    }
-  }
-
-  private onSaslError(tag: string, reason: Extract<SaslStep, { type: 'error' }>['reason']): void {
+  protected saslFailed(reason: SaslErrorReason): void {
+    const tag = this.saslTag;
     switch (reason) {
       case 'cancelled':
         this.write(tagged(tag, 'BAD', 'Authentication cancelled.'));

@@ -6,9 +6,9 @@
 import type { Socket } from 'node:net';
 import { APP_PASSWORD_REVOKED, IDLE_TIMEOUT, loginFailedAlert, MAILBOX_IN_USE, SHUTTING_DOWN, TEMPORARY_FAILURE, TOO_MANY_ERRORS } from '../auth/messages.js';
 import type { ListenConfig } from '../config/schema.js';
-import { continuation, err, multiline, ok } from '../protocols/pop3/compiler.js';
+import { err, multiline, ok } from '../protocols/pop3/compiler.js';
 import { Pop3Parser, type Pop3ParseEvent } from '../protocols/pop3/parser.js';
-import { SaslExchange, SUPPORTED_SASL_MECHANISMS, type SaslStep } from '../protocols/sasl.js';
+import { SUPPORTED_SASL_MECHANISMS, type SaslCredentials, type SaslErrorReason } from '../protocols/sasl.js';
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
 import { loginPop3Upstream } from '../upstream/pop3-login.js';
 import type { ProxiedOrigin } from './proxy-header.js';
@@ -27,14 +27,12 @@ const UTF8 = new TextDecoder('utf-8', { fatal: true });
 export class Pop3Session extends Session<Pop3Parser> {
   readonly protocol = 'pop3' as const;
   private pendingUser: string | null = null;
-  private sasl: { mechanism: string; exchange: SaslExchange } | null = null;
 
   constructor(socket: Socket, listener: ListenConfig, services: GatewayServices, origin?: ProxiedOrigin | null) {
     super(socket, listener, services, new Pop3Parser({ maxLineBytes: services.config.limits.pop3_max_line_bytes }), origin);
   }
 
   protected releasePrelogin(): void {
-    this.sasl = null;
     this.pendingUser = null;
   }
 
@@ -93,7 +91,7 @@ export class Pop3Session extends Session<Pop3Parser> {
         this.continueSasl(event.line);
         return;
       case 'error':
-        this.sasl = null;
+        this.abandonSasl();
         if (event.fatal) {
           this.closeWith(err(event.message), `protocol-error:${event.reason}`);
           return;
@@ -198,34 +196,14 @@ export class Pop3Session extends Session<Pop3Parser> {
       return;
     }
     const [mechanism, initial] = command.args as [string, string | undefined];
-    const exchange = new SaslExchange(mechanism);
-    this.sasl = { mechanism: mechanism.toUpperCase(), exchange };
-    this.onSaslStep(exchange.start(initial));
+    this.startSasl(mechanism, initial);
   }
 
-  private continueSasl(line: Buffer): void {
-    if (!this.sasl) return;
-    this.onSaslStep(this.sasl.exchange.respond(line));
+  protected saslDone(credentials: SaslCredentials, mechanism: string): void {
+    this.runLogin(credentials.username, credentials.password, `auth-${mechanism.toLowerCase()}`);
   }
 
-  private onSaslStep(step: SaslStep): void {
-    const sasl = this.sasl!;
-    switch (step.type) {
-      case 'challenge':
-        this.write(continuation(step.data));
-        this.parser.expectSaslResponse();
-        return;
-      case 'done':
-        this.sasl = null;
-        this.runLogin(step.credentials.username, step.credentials.password, `auth-${sasl.mechanism.toLowerCase()}`);
-        return;
-      case 'error':
-        this.sasl = null;
-        this.onSaslError(step.reason);
-    }
-  }
-
-  private onSaslError(reason: Extract<SaslStep, { type: 'error' }>['reason']): void {
+  protected saslFailed(reason: SaslErrorReason): void {
     switch (reason) {
       case 'cancelled':
         this.write(err('Authentication cancelled.'));

@@ -20,6 +20,7 @@ import type { StoreHandle } from '../store/store-handle.js';
 import type { Metrics } from '../server/metrics.js';
 import type { UpstreamTarget } from '../upstream/connect.js';
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
+import { SaslExchange, type SaslCredentials, type SaslErrorReason, type SaslStep } from '../protocols/sasl.js';
 import { Relay, type RelayResult } from './relay.js';
 import type { SessionAuth, SessionRegistry, TerminationReason, TrackedSession } from './registry.js';
 import { wrapServerTls, type ServerTls } from './tls.js';
@@ -45,6 +46,7 @@ export interface GatewayServices {
 /** The parts of a protocol parser the shared session drives. */
 export interface SessionParser {
   push(chunk: Buffer): void;
+  expectSaslResponse(): void;
   discardBuffered(): number;
   takeBuffered(): Buffer;
   readonly bufferedBytes: number;
@@ -81,10 +83,10 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
   protected badCommands = 0;
   protected failedLogins = 0;
   protected clientId: { name?: string; version?: string } = {};
-  protected readonly log: Logger;
   private readonly startedAt = Date.now();
   private timer: NodeJS.Timeout | null = null;
   private relay: Relay | null = null;
+  private sasl: { mechanism: string; exchange: SaslExchange } | null = null;
   private outcome = 'closed-before-login';
   private loginFields: Record<string, unknown> = {};
   private tlsVersion: string | null = null;
@@ -112,7 +114,15 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
     this.clientPort = origin?.port ?? socket.remotePort ?? 0;
     this.listenerLabel = `${listener.protocol}/${listener.tls}@${socket.localAddress ?? listener.host}:${socket.localPort ?? listener.port}`;
     this.clientKey = clientKey(this.clientAddress);
-    this.log = services.log.child({ session: this.id });
+  }
+
+  /**
+   * A logger that tags every line with the session id. Made on demand rather
+   * than kept: a pino child holds a dozen bound functions, and a session logs
+   * a handful of lines in hours of idling.
+   */
+  protected get log(): Logger {
+    return this.services.log.child({ session: this.id });
   }
 
   protected get parser(): P {
@@ -128,6 +138,10 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
   protected abstract farewell(reason: FarewellReason): string;
   /** Drops protocol state that only matters before login. */
   protected abstract releasePrelogin(): void;
+  /** A SASL exchange (AUTHENTICATE / AUTH) produced credentials. */
+  protected abstract saslDone(credentials: SaslCredentials, mechanism: string): void;
+  /** A SASL exchange ended without credentials: answer the protocol's way. */
+  protected abstract saslFailed(reason: SaslErrorReason): void;
   /** Logs in upstream with these credentials. */
   protected abstract loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin): Promise<UpstreamLoginResult>;
 
@@ -245,6 +259,39 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
   /** Restarts the pre-login idle timer; called for every complete command. */
   protected touch(): void {
     this.armTimer(this.services.config.timeouts.prelogin_idle_seconds, () => this.closeWith(this.farewell('idle'), 'idle-timeout'));
+  }
+
+  /**
+   * Drives a SASL exchange; both protocols frame its challenges the same way
+   * ("+ " and base64, RFC 4422 profiles in RFC 9051 and RFC 5034).
+   */
+  protected startSasl(mechanism: string, initialResponse: string | undefined): void {
+    const exchange = new SaslExchange(mechanism);
+    this.sasl = { mechanism: mechanism.toUpperCase(), exchange };
+    this.onSaslStep(exchange.start(initialResponse));
+  }
+
+  /** A continuation line from the client, while an exchange is running. */
+  protected continueSasl(line: Buffer): void {
+    if (!this.sasl) return;
+    this.onSaslStep(this.sasl.exchange.respond(line));
+  }
+
+  /** Abandons a running exchange (the parser reported an error instead of a response). */
+  protected abandonSasl(): void {
+    this.sasl = null;
+  }
+
+  private onSaslStep(step: SaslStep): void {
+    const mechanism = this.sasl!.mechanism;
+    if (step.type === 'challenge') {
+      this.write(`+ ${step.data}\r\n`);
+      this.parser.expectSaslResponse();
+      return;
+    }
+    this.sasl = null;
+    if (step.type === 'done') this.saslDone(step.credentials, mechanism);
+    else this.saslFailed(step.reason);
   }
 
   /** Resumes reading after the parser was drained below the pipelining cap. */
@@ -386,6 +433,7 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
     this.socket.removeAllListeners('data');
     const pipelined = this.parser.takeBuffered();
     this.currentParser = null;
+    this.sasl = null;
     this.releasePrelogin();
     this.relay = new Relay(this.socket, upstream.socket, {
       toUpstream: pipelined,

@@ -42,7 +42,7 @@ export class AuditLog {
   private readonly recent;
 
   constructor(
-    private readonly db: Db,
+    db: Db,
     private readonly now: Clock,
   ) {
     this.insert = db.prepare(

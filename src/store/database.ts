@@ -17,6 +17,8 @@ export interface OpenOptions {
   busyTimeoutMs?: number;
   /** Refuse to create a missing file: a running gateway must not start over with an empty store. */
   mustExist?: boolean;
+  /** false: no automatic WAL checkpoints on this connection (the gateway's checkpointer does them). */
+  autoCheckpoint?: boolean;
 }
 
 export function openDatabase(file: string, options: OpenOptions = {}): Db {
@@ -33,6 +35,7 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
     // NORMAL is durable across application crashes in WAL mode; only a power
     // loss can drop the last commits, which is an acceptable trade for a login path.
     db.pragma('synchronous = NORMAL');
+    if (options.autoCheckpoint === false) db.pragma('wal_autocheckpoint = 0');
     migrate(db, file);
   } catch (err) {
     db.close();

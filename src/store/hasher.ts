@@ -16,7 +16,7 @@ export interface HasherOptions {
   memoryKib: number;
   iterations: number;
   parallelism: number;
-  /** How many hashes may run at once; 0 means one per CPU core. */
+  /** How many hashes may run at once; 0 means one per CPU core but one, and at least one. */
   concurrency?: number;
   /** How many may wait for a slot before new attempts are refused. */
   maxQueue?: number;
@@ -38,7 +38,9 @@ export class PasswordHasher {
   private verifications = 0;
 
   constructor(private readonly options: HasherOptions) {
-    this.concurrency = options.concurrency && options.concurrency > 0 ? options.concurrency : Math.max(1, availableParallelism());
+    // One core is left to the event loop: during a storm of wrong passwords the
+    // sessions, TLS and correct logins must still get CPU.
+    this.concurrency = options.concurrency && options.concurrency > 0 ? options.concurrency : Math.max(1, availableParallelism() - 1);
     this.maxQueue = options.maxQueue ?? 256;
   }
 

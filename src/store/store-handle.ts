@@ -28,11 +28,14 @@ export class StoreHandle {
   private readonly hasher: PasswordHasher;
   private broken = false;
 
+  private options: StoreOptions;
+
   constructor(
-    private readonly options: StoreOptions,
+    options: StoreOptions,
     private readonly log: Logger,
     initial?: Store,
   ) {
+    this.options = options;
     this.store = initial ?? Store.open(options);
     this.hasher = this.store.hasher;
     this.identity = fileIdentity(options.path);
@@ -61,6 +64,16 @@ export class StoreHandle {
 
   close(): void {
     this.drop();
+  }
+
+  /** Turns SQLite's automatic checkpoints back on (the background checkpointer is gone). */
+  enableAutoCheckpoint(): void {
+    this.options = { ...this.options, autoCheckpoint: true };
+    try {
+      this.store?.db.pragma('wal_autocheckpoint = 1000');
+    } catch {
+      // A broken connection is reopened with the new setting anyway.
+    }
   }
 
   private reopen(): void {

@@ -28,6 +28,7 @@ export interface StoreOptions {
   /** Share one hasher (and its concurrency limit) across reopened stores. */
   hasher?: PasswordHasher;
   mustExist?: boolean;
+  autoCheckpoint?: boolean;
 }
 
 export class Store {
@@ -68,6 +69,7 @@ export class Store {
     const db = openDatabase(options.path, {
       ...(options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs }),
       mustExist: options.mustExist ?? false,
+      ...(options.autoCheckpoint === undefined ? {} : { autoCheckpoint: options.autoCheckpoint }),
     });
     return new Store(db, options.path, key, options);
   }

@@ -13,9 +13,9 @@ import type { Socket } from 'node:net';
 import { TLSSocket } from 'node:tls';
 import { encodeCommand, encodeIdCommand, type CommandArg } from '../protocols/imap/compiler.js';
 import { encodeBase64 } from '../protocols/sasl.js';
-import { connectUpstream, upgradeUpstream, UpstreamError, type UpstreamTarget } from './connect.js';
+import { upgradeUpstream, UpstreamError, type UpstreamTarget } from './connect.js';
 import { loginPair, saslPlainMessage, type ClientOrigin, type UpstreamCredentials, type UpstreamLoginResult } from './credentials.js';
-import { ResponseReader } from './response-reader.js';
+import { runLoginDialogue, UpstreamDialogue, UpstreamRejected } from './dialogue.js';
 
 export interface ImapLoginRequest {
   target: UpstreamTarget;
@@ -36,16 +36,6 @@ interface TaggedResponse {
   capabilities: string[] | null;
 }
 
-/** Thrown by the dialogue when the upstream refuses the client's own credentials. */
-class CredentialsRejected extends Error {
-  constructor(
-    readonly reason: string,
-    readonly code: string | null,
-  ) {
-    super(reason);
-  }
-}
-
 const RESP_CODE = /^\[([^\]]*)\]/;
 
 function responseCode(text: string): string | null {
@@ -62,9 +52,7 @@ function hasCapability(capabilities: readonly string[], name: string): boolean {
   return capabilities.some((c) => c.toUpperCase() === name);
 }
 
-class ImapUpstreamDialogue {
-  private socket: Socket;
-  private reader: ResponseReader;
+class ImapUpstreamDialogue extends UpstreamDialogue {
   private tagCounter = 0;
   private secure: boolean;
 
@@ -72,9 +60,8 @@ class ImapUpstreamDialogue {
     socket: Socket,
     private readonly request: ImapLoginRequest,
   ) {
-    this.socket = socket;
+    super(socket, request.responseTimeoutMs);
     this.secure = socket instanceof TLSSocket;
-    this.reader = new ResponseReader(socket, request.responseTimeoutMs);
   }
 
   async run(): Promise<UpstreamLoginResult> {
@@ -106,10 +93,8 @@ class ImapUpstreamDialogue {
     // Anything after the OK arrived in clear text before the handshake and
     // could only be an injection (CVE-2011-0411 class): abort rather than read it.
     if (this.reader.pendingBytes > 0) throw new UpstreamError('the upstream sent data after its STARTTLS OK (possible injection)');
-    const tlsSocket = await upgradeUpstream(this.socket, this.request.target, this.request.connectTimeoutMs);
-    this.socket = tlsSocket;
+    this.switchTo(await upgradeUpstream(this.socket, this.request.target, this.request.connectTimeoutMs));
     this.secure = true;
-    this.reader.switchTo(tlsSocket);
     // Capabilities before TLS cannot be trusted; ask again (RFC 3501 6.2.1).
     return this.capability();
   }
@@ -146,7 +131,7 @@ class ImapUpstreamDialogue {
     const response = useSasl ? await this.authenticatePlain(capabilities) : await this.loginCommand(capabilities);
     if (response.status === 'OK') return response;
     const text = response.line.slice(0, 200);
-    if (credentials.kind === 'passthrough' && response.status === 'NO') throw new CredentialsRejected(text, response.code);
+    if (credentials.kind === 'passthrough' && response.status === 'NO') throw new UpstreamRejected(text, response.code);
     throw new UpstreamError(
       credentials.kind === 'master' ? `the upstream refused the master login: ${text}` : `the upstream refused the login: ${text}`,
     );
@@ -224,33 +209,13 @@ class ImapUpstreamDialogue {
     };
   }
 
-  destroy(): void {
-    this.reader.detach();
-    this.socket.destroy();
-  }
-
   private nextTag(): string {
     // Private tags: they never collide with, or get confused for, the client's.
     this.tagCounter += 1;
     return `mg${this.tagCounter}`;
   }
-
-  private write(data: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.socket.write(data, (err) => (err ? reject(new UpstreamError(`writing to the upstream failed: ${err.message}`)) : resolve()));
-    });
-  }
 }
 
-export async function loginImapUpstream(request: ImapLoginRequest): Promise<UpstreamLoginResult> {
-  let dialogue: ImapUpstreamDialogue | null = null;
-  try {
-    dialogue = new ImapUpstreamDialogue(await connectUpstream(request.target, request.connectTimeoutMs), request);
-    return await dialogue.run();
-  } catch (err) {
-    dialogue?.destroy();
-    if (err instanceof CredentialsRejected) return { ok: false, kind: 'rejected', reason: err.reason, code: err.code };
-    const reason = err instanceof Error ? err.message : String(err);
-    return { ok: false, kind: 'unavailable', reason, code: null };
-  }
+export function loginImapUpstream(request: ImapLoginRequest): Promise<UpstreamLoginResult> {
+  return runLoginDialogue(request.target, request.connectTimeoutMs, (socket) => new ImapUpstreamDialogue(socket, request));
 }

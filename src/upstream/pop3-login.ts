@@ -7,23 +7,14 @@
 import type { Socket } from 'node:net';
 import { encodeCommand, encodeUser } from '../protocols/pop3/compiler.js';
 import { encodeBase64 } from '../protocols/sasl.js';
-import { connectUpstream, upgradeUpstream, UpstreamError } from './connect.js';
+import { upgradeUpstream, UpstreamError } from './connect.js';
 import { loginPair, saslPlainMessage, type UpstreamLoginResult } from './credentials.js';
 import type { ImapLoginRequest } from './imap-login.js';
-import { ResponseReader } from './response-reader.js';
+import { runLoginDialogue, UpstreamDialogue, UpstreamRejected } from './dialogue.js';
 
 export type Pop3LoginRequest = Omit<ImapLoginRequest, 'onGreetingCapabilities'> & {
   onCapabilities?: (capabilities: string[]) => void;
 };
-
-class Pop3Refused extends Error {
-  constructor(
-    readonly reason: string,
-    readonly code: string | null,
-  ) {
-    super(reason);
-  }
-}
 
 interface Reply {
   ok: boolean;
@@ -39,16 +30,12 @@ function hasCapability(capabilities: readonly string[], keyword: string, argumen
   });
 }
 
-class Pop3UpstreamDialogue {
-  private socket: Socket;
-  private reader: ResponseReader;
-
+class Pop3UpstreamDialogue extends UpstreamDialogue {
   constructor(
     socket: Socket,
     private readonly request: Pop3LoginRequest,
   ) {
-    this.socket = socket;
-    this.reader = new ResponseReader(socket, request.responseTimeoutMs);
+    super(socket, request.responseTimeoutMs);
   }
 
   async run(): Promise<UpstreamLoginResult> {
@@ -62,11 +49,6 @@ class Pop3UpstreamDialogue {
     if (this.request.forward && xclient) await this.xclient();
     const reply = await this.login(capabilities);
     return { ok: true, socket: this.socket, confirmation: reply.line, capabilities, leftover: this.reader.detach() };
-  }
-
-  destroy(): void {
-    this.reader.detach();
-    this.socket.destroy();
   }
 
   private async capa(): Promise<string[]> {
@@ -90,9 +72,7 @@ class Pop3UpstreamDialogue {
     const reply = await this.readReply();
     if (!reply.ok) throw new UpstreamError(`the upstream refused STLS: ${reply.line.slice(0, 200)}`);
     if (this.reader.pendingBytes > 0) throw new UpstreamError('the upstream sent data after its STLS answer (possible injection)');
-    const tlsSocket = await upgradeUpstream(this.socket, this.request.target, this.request.connectTimeoutMs);
-    this.socket = tlsSocket;
-    this.reader.switchTo(tlsSocket);
+    this.switchTo(await upgradeUpstream(this.socket, this.request.target, this.request.connectTimeoutMs));
     return this.capa();
   }
 
@@ -116,7 +96,7 @@ class Pop3UpstreamDialogue {
     const text = reply.line.slice(0, 200);
     // A locked mailbox or a temporary failure is the user's state, not our
     // configuration: report it as such whoever logged in.
-    if (credentials.kind === 'passthrough' || reply.code === 'IN-USE' || reply.code === 'LOGIN-DELAY') throw new Pop3Refused(text, reply.code);
+    if (credentials.kind === 'passthrough' || reply.code === 'IN-USE' || reply.code === 'LOGIN-DELAY') throw new UpstreamRejected(text, reply.code);
     throw new UpstreamError(`the upstream refused the master login: ${text}`);
   }
 
@@ -144,7 +124,7 @@ class Pop3UpstreamDialogue {
     const userLine = encodeUser(user);
     const passLine = encodeCommand('PASS', password);
     if (!Buffer.isBuffer(userLine) || !Buffer.isBuffer(passLine)) {
-      throw new Pop3Refused('the credentials cannot be expressed in a POP3 USER/PASS command', null);
+      throw new UpstreamRejected('the credentials cannot be expressed in a POP3 USER/PASS command', null);
     }
     await this.write(userLine);
     const userReply = await this.readReply();
@@ -165,23 +145,8 @@ class Pop3UpstreamDialogue {
     }
     throw new UpstreamError(`malformed upstream response: ${line.slice(0, 200)}`);
   }
-
-  private write(data: Buffer): Promise<void> {
-    return new Promise((resolve, reject) => {
-      this.socket.write(data, (err) => (err ? reject(new UpstreamError(`writing to the upstream failed: ${err.message}`)) : resolve()));
-    });
-  }
 }
 
-export async function loginPop3Upstream(request: Pop3LoginRequest): Promise<UpstreamLoginResult> {
-  let dialogue: Pop3UpstreamDialogue | null = null;
-  try {
-    dialogue = new Pop3UpstreamDialogue(await connectUpstream(request.target, request.connectTimeoutMs), request);
-    return await dialogue.run();
-  } catch (err) {
-    dialogue?.destroy();
-    if (err instanceof Pop3Refused) return { ok: false, kind: 'rejected', reason: err.reason, code: err.code };
-    const reason = err instanceof Error ? err.message : String(err);
-    return { ok: false, kind: 'unavailable', reason, code: null };
-  }
+export function loginPop3Upstream(request: Pop3LoginRequest): Promise<UpstreamLoginResult> {
+  return runLoginDialogue(request.target, request.connectTimeoutMs, (socket) => new Pop3UpstreamDialogue(socket, request));
 }

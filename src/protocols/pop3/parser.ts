@@ -27,7 +27,6 @@ export type Pop3ParseEvent =
   | { type: 'sasl-response'; line: Buffer }
   | { type: 'error'; reason: Pop3ParseErrorReason; message: string; fatal: boolean };
 
-const LF = 0x0a;
 const CR = 0x0d;
 const SPACE = 0x20;
 const NUL = 0x00;

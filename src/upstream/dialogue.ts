@@ -1,0 +1,66 @@
+/**
+ * What the IMAP and POP3 login dialogues share: the socket and its line
+ * reader (which move to the TLS socket after STARTTLS), writes that fail as
+ * UpstreamError, and the wrapper that turns the dialogue's outcome into an
+ * UpstreamLoginResult and never leaves a socket behind.
+ */
+import type { Socket } from 'node:net';
+import { connectUpstream, UpstreamError, type UpstreamTarget } from './connect.js';
+import type { UpstreamLoginResult } from './credentials.js';
+import { ResponseReader } from './response-reader.js';
+
+/** The upstream refused the credentials themselves (or, POP3, the mailbox is busy). */
+export class UpstreamRejected extends Error {
+  constructor(
+    readonly reason: string,
+    readonly code: string | null,
+  ) {
+    super(reason);
+  }
+}
+
+export abstract class UpstreamDialogue {
+  protected socket: Socket;
+  protected reader: ResponseReader;
+
+  constructor(socket: Socket, responseTimeoutMs: number) {
+    this.socket = socket;
+    this.reader = new ResponseReader(socket, responseTimeoutMs);
+  }
+
+  abstract run(): Promise<UpstreamLoginResult>;
+
+  destroy(): void {
+    this.reader.detach();
+    this.socket.destroy();
+  }
+
+  /** After STARTTLS/STLS: read and write over the TLS socket from now on. */
+  protected switchTo(socket: Socket): void {
+    this.socket = socket;
+    this.reader.switchTo(socket);
+  }
+
+  protected write(data: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.socket.write(data, (err) => (err ? reject(new UpstreamError(`writing to the upstream failed: ${err.message}`)) : resolve()));
+    });
+  }
+}
+
+/** Connects, runs the dialogue, and maps every way it can end to a result. */
+export async function runLoginDialogue(
+  target: UpstreamTarget,
+  connectTimeoutMs: number,
+  create: (socket: Socket) => UpstreamDialogue,
+): Promise<UpstreamLoginResult> {
+  let dialogue: UpstreamDialogue | null = null;
+  try {
+    dialogue = create(await connectUpstream(target, connectTimeoutMs));
+    return await dialogue.run();
+  } catch (err) {
+    dialogue?.destroy();
+    if (err instanceof UpstreamRejected) return { ok: false, kind: 'rejected', reason: err.reason, code: err.code };
+    return { ok: false, kind: 'unavailable', reason: err instanceof Error ? err.message : String(err), code: null };
+  }
+}
