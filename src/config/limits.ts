@@ -1,9 +1,19 @@
 /**
  * Every abuse limit's default, in one place, with why it is what it is.
+ * Most are keys of [limits]; the ones that belong to another section say so.
  * The schema (schema.ts) takes its defaults from here; docs/configuration.md
  * and docs/security.md describe the same keys for operators.
  */
 export const LIMIT_DEFAULTS = {
+  /** [timeouts] A TLS handshake takes milliseconds; 10 s covers a phone on a bad link, not a slowloris. */
+  tls_handshake_seconds: 10,
+  /** [timeouts] Mail programs send their login within a second of the greeting; a minute is generous. */
+  prelogin_idle_seconds: 60,
+  /** [auth] argon2 runs at once; 0 = cores - 1 (at least 1), so a storm leaves a core to the event loop. */
+  hash_concurrency: 0,
+  /** [auth] Logins waiting for a hashing slot: 64 × ~40 ms is under 3 s of backlog per core; more fail fast. */
+  hash_queue: 64,
+
   /** Sessions at once, all listeners. Each idle TLS session costs tens of KiB; 10,000 fits a small VM. */
   max_connections: 10_000,
   /** Unauthenticated connections per client IP (IPv6 /64). A household behind NAT with a few
@@ -39,3 +49,21 @@ export const LIMIT_DEFAULTS = {
   /** Credential checks in flight per client; the rest wait. A household's devices reconnecting at once fit. */
   max_concurrent_logins_per_ip: 4,
 } as const;
+
+/**
+ * Fixed limits (not configurable), here so every bound is in one place.
+ */
+export const FIXED_LIMITS = {
+  /** Bytes a client may pipeline before login before mailgate stops reading from it:
+   * a whole Thunderbird login burst is a few hundred bytes, and this is per session. */
+  prelogin_pipeline_bytes: 64 * 1024,
+  /** Arguments in one pre-login IMAP command (ID has at most 60 = 30 pairs; LOGIN has 2). */
+  imap_max_args: 128,
+  /** Longest line the upstream may send during the login dialogue (its CAPABILITY line is the longest). */
+  upstream_max_line_bytes: 64 * 1024,
+} as const;
+
+/** A whole pre-login IMAP command: room for a full line and a full literal, twice over. */
+export function imapMaxCommandBytes(lineBytes: number, literalBytes: number): number {
+  return 2 * (lineBytes + literalBytes);
+}

@@ -30,8 +30,8 @@ const authSchema = z
     argon2_iterations: z.number().int().min(1).max(100).default(2),
     argon2_parallelism: z.number().int().min(1).max(64).default(1),
     max_app_passwords: positiveInt.max(1000).default(25),
-    hash_concurrency: nonNegativeInt.max(256).default(0),
-    hash_queue: nonNegativeInt.default(64),
+    hash_concurrency: nonNegativeInt.max(256).default(L.hash_concurrency),
+    hash_queue: nonNegativeInt.default(L.hash_queue),
     login_cache_ttl_seconds: nonNegativeInt.default(900),
     login_cache_max_entries: nonNegativeInt.default(10_000),
     failed_login_cache_ttl_seconds: nonNegativeInt.default(300),
@@ -125,8 +125,8 @@ const policySchema = z
 
 const timeoutsSchema = z
   .strictObject({
-    tls_handshake_seconds: positiveInt.default(10),
-    prelogin_idle_seconds: positiveInt.default(60),
+    tls_handshake_seconds: positiveInt.default(L.tls_handshake_seconds),
+    prelogin_idle_seconds: positiveInt.default(L.prelogin_idle_seconds),
     upstream_connect_seconds: positiveInt.default(10),
     upstream_response_seconds: positiveInt.default(20),
     session_idle_seconds: positiveInt.default(35 * 60),

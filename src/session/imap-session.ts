@@ -14,6 +14,7 @@ import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../
 import { loginImapUpstream } from '../upstream/imap-login.js';
 import type { ProxiedOrigin } from './proxy-header.js';
 import { Session, type FarewellReason, type GatewayServices } from './session.js';
+import { FIXED_LIMITS, imapMaxCommandBytes } from '../config/limits.js';
 import type { ListenConfig } from '../config/schema.js';
 import type { Socket } from 'node:net';
 
@@ -39,7 +40,9 @@ export class ImapSession extends Session<ImapParser> {
     const parser = new ImapParser({
       maxLineBytes: limits.imap_max_line_bytes,
       maxLiteralBytes: limits.imap_max_literal_bytes,
+      maxCommandBytes: imapMaxCommandBytes(limits.imap_max_line_bytes, limits.imap_max_literal_bytes),
       maxNesting: limits.imap_max_nesting,
+      maxArgs: FIXED_LIMITS.imap_max_args,
     });
     super(socket, listener, services, parser, origin);
   }

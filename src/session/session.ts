@@ -14,6 +14,7 @@ import type { AbuseGuard, Admission } from '../auth/abuse.js';
 import type { RefusalTiming } from '../auth/refusal-timing.js';
 import type { AuthAttempt, AuthDecision, AuthPolicy } from '../auth/policy.js';
 import { clientKey } from '../auth/client-key.js';
+import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { StoreHandle } from '../store/store-handle.js';
@@ -71,7 +72,7 @@ export interface Credentials {
 }
 
 /** Pause reading from a client that pipelines more than this before login. */
-const MAX_PIPELINED_BYTES = 64 * 1024;
+const MAX_PIPELINED_BYTES = FIXED_LIMITS.prelogin_pipeline_bytes;
 
 export abstract class Session<P extends SessionParser = SessionParser> implements TrackedSession {
   readonly id = randomBytes(6).toString('base64url');
@@ -209,6 +210,8 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
     this.state = 'handshake';
     const plain = this.socket;
     const secure = wrapServerTls(plain, { tls: this.services.serverTls, protocol: this.protocol });
+    // Closing the TLS socket must close the TCP socket under it at once.
+    secure.once('close', () => plain.destroy());
     this.socket = secure;
     this.armTimer(this.services.config.timeouts.tls_handshake_seconds, () => {
       this.outcome = 'tls-handshake-timeout';

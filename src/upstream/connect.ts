@@ -77,6 +77,9 @@ export function connectUpstream(target: UpstreamTarget, timeoutMs: number): Prom
 export function upgradeUpstream(socket: net.Socket, target: UpstreamTarget, timeoutMs: number): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const secure = tls.connect({ socket, ...tlsOptions(target) });
+    // The TCP socket underneath outlives its TLS wrapper otherwise (half-closed,
+    // until the peer's FIN): close it together with the TLS socket.
+    secure.once('close', () => socket.destroy());
     const timer = setTimeout(() => fail(new UpstreamError('TLS handshake with the upstream timed out')), timeoutMs);
     const fail = (err: Error) => {
       clearTimeout(timer);

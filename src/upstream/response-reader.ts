@@ -4,13 +4,14 @@
  * bytes that arrived after the last line read, so the relay can forward them.
  */
 import type { Socket } from 'node:net';
+import { FIXED_LIMITS } from '../config/limits.js';
 import { LineBuffer } from '../protocols/line-buffer.js';
 import { UpstreamError } from './connect.js';
 
 function ignoreError(): void {}
 
 /** Upstream lines are trusted more than client lines, but still bounded. */
-const MAX_UPSTREAM_LINE = 64 * 1024;
+const MAX_UPSTREAM_LINE = FIXED_LIMITS.upstream_max_line_bytes;
 
 export class ResponseReader {
   private readonly buffer = new LineBuffer();

@@ -9,9 +9,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { cliConfigFor, enableTotp, imaps, imapsLogin, logsWith, PENALTIES_ON, pop3s, taggedLine } from '../support/attack.js';
-import { RawClient, until } from '../support/raw-client.js';
+import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { cliConfigFor, imapsLogin, PENALTIES_ON } from '../support/attack.js';
+import { imaps, taggedLine, type ImapClient } from '../support/imap-client.js';
+import { pop3s } from '../support/pop3-client.js';
+import { enableTotp } from '../support/store.js';
+import { waitUntil } from '../support/timing.js';
 
 const ATTACKER = '127.0.0.5';
 const UNAVAILABLE = 'NO [UNAVAILABLE] The mail service is temporarily unavailable; try again in a few minutes.';
@@ -41,9 +44,9 @@ const windowMs = () => gw.config.limits.account_failure_window_seconds * 1000;
 const verifications = () => gw.store.hasher.stats.verifications;
 
 /** One LOGIN on an open connection: its tagged answer and how long it took. */
-async function attempt(c: RawClient, tag: string, user: string, password: string): Promise<{ line: string; ms: number }> {
+async function attempt(c: ImapClient, tag: string, user: string, password: string): Promise<{ line: string; ms: number }> {
   const started = performance.now();
-  const answer = await c.imap(tag, `LOGIN ${user} ${password}`, 10_000);
+  const answer = await c.command(tag, `LOGIN ${user} ${password}`, 10_000);
   return { line: taggedLine(answer, tag), ms: performance.now() - started };
 }
 
@@ -86,7 +89,7 @@ describe('one IP guessing many passwords', () => {
     const toBlock = PENALTIES_ON.ip_block_after - prior;
 
     const worker = async (w: number) => {
-      let c: RawClient | null = null;
+      let c: ImapClient | null = null;
       while (next < TOTAL) {
         const n = next++;
         if (!c || c.isClosed) c = await imaps(gw, { from: ATTACKER, timeoutMs: 10_000 });
@@ -102,7 +105,7 @@ describe('one IP guessing many passwords', () => {
       c?.destroy();
     };
     const legit = (async () => {
-      await until(() => verificationsAtBlock !== null, 'the block', 15_000);
+      await waitUntil(() => verificationsAtBlock !== null, 'the block', 15_000);
       const { c, answer, ms } = await imapsLogin(gw, 'alice', appPasswords.alice!, { from: '127.0.0.6' });
       otherIp = { line: taggedLine(answer, 'L1'), ms };
       c.destroy();
@@ -121,16 +124,16 @@ describe('one IP guessing many passwords', () => {
 
     const ip = gw.store.penalties.get('ip', ATTACKER, windowMs());
     expect(ip.blockedUntil).toBeGreaterThan(Date.now());
-    expect(logsWith(gw, 'temporary block started', { kind: 'ip', key: ATTACKER })).toHaveLength(1);
-    expect(logsWith(gw, 'login blocked', { clientIp: ATTACKER, blockedBy: 'ip' }).length).toBeGreaterThanOrEqual(blocked);
+    expect(logLines(gw, 'temporary block started', { kind: 'ip', key: ATTACKER })).toHaveLength(1);
+    expect(logLines(gw, 'login blocked', { clientIp: ATTACKER, blockedBy: 'ip' }).length).toBeGreaterThanOrEqual(blocked);
   });
 
   it('the blocked IP gets the same temporary refusal over POP3, even with a correct app password', async () => {
     // Catches: a block enforced on one protocol only, or one that still checks (and so confirms) a correct password.
     const before = verifications();
     const p = await pop3s(gw, { from: ATTACKER });
-    expect(await p.pop3('USER alice')).toBe('+OK Send PASS\r\n');
-    expect(await p.pop3(`PASS ${appPasswords.alice}`)).toBe('-ERR [SYS/TEMP] The mail service is temporarily unavailable; try again in a few minutes.\r\n');
+    expect(await p.command('USER alice')).toBe('+OK Send PASS\r\n');
+    expect(await p.command(`PASS ${appPasswords.alice}`)).toBe('-ERR [SYS/TEMP] The mail service is temporarily unavailable; try again in a few minutes.\r\n');
     p.destroy();
     const { c, answer } = await imapsLogin(gw, 'alice', appPasswords.alice!, { from: ATTACKER });
     expect(taggedLine(answer, 'L1')).toBe(`L1 ${UNAVAILABLE}`);
@@ -185,7 +188,7 @@ describe('the legitimate user is spared', () => {
       c.destroy();
     }
     expect(gw.store.penalties.get('account', 'carol', windowMs()).blockedUntil).toBeGreaterThan(Date.now());
-    expect(logsWith(gw, 'temporary block started', { kind: 'account', key: 'carol' })).toHaveLength(1);
+    expect(logLines(gw, 'temporary block started', { kind: 'account', key: 'carol' })).toHaveLength(1);
 
     // The attacker, even with the right app password now, is refused without a check...
     const before = verifications();

@@ -10,9 +10,12 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { enableTotp, imaps, imapsLogin, logsWith, taggedLine } from '../support/attack.js';
-import { RawClient, until } from '../support/raw-client.js';
+import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { imapsLogin } from '../support/attack.js';
+import { imaps, taggedLine, type ImapClient } from '../support/imap-client.js';
+import { RawClient } from '../support/raw-client.js';
+import { enableTotp } from '../support/store.js';
+import { waitUntil } from '../support/timing.js';
 
 const IMAP_REFUSAL = '* BYE [UNAVAILABLE] Too many connections; try again later.\r\n';
 const POP3_REFUSAL = '-ERR [SYS/TEMP] Too many connections; try again later.\r\n';
@@ -47,7 +50,7 @@ describe('connection caps', () => {
     await gw?.stop();
   });
 
-  const drained = () => until(() => gw.gateway.services.registry.size === 0, 'every session to close');
+  const drained = () => waitUntil(() => gw.gateway.services.registry.size === 0, 'every session to close');
 
   it('the 4th unauthenticated connection from one IP is refused in one line and closed; another IP is served', async () => {
     // Catches: one address holding every pre-login slot (a per-IP cap that is missing or off by more than one).
@@ -66,7 +69,7 @@ describe('connection caps', () => {
     await pop3.c.waitClosed(3_000);
     const other = await firstLine(gw, '127.0.0.3');
     expect(other.line).toMatch(/^\* OK \[CAPABILITY /);
-    await until(() => logsWith(gw, 'session closed', { clientIp: '127.0.0.2', outcome: 'refused-per-ip-limit' }).length === 2, 'the refusals in the log');
+    await waitUntil(() => logLines(gw, 'session closed', { clientIp: '127.0.0.2', outcome: 'refused-per-ip-limit' }).length === 2, 'the refusals in the log');
     for (const c of [...open, other.c]) c.destroy();
     await drained();
   });
@@ -101,9 +104,9 @@ describe('connection caps', () => {
     const over = await firstLine(gw, '127.0.1.99');
     expect(over.line).toBe(IMAP_REFUSAL);
     await over.c.waitClosed(3_000);
-    await until(() => logsWith(gw, 'session closed', { clientIp: '127.0.1.99', outcome: 'refused-global-limit' }).length === 1, 'the refusal in the log');
+    await waitUntil(() => logLines(gw, 'session closed', { clientIp: '127.0.1.99', outcome: 'refused-global-limit' }).length === 1, 'the refusal in the log');
     open.pop()!.destroy();
-    await until(() => gw.gateway.services.registry.size <= 7, 'a slot to free up');
+    await waitUntil(() => gw.gateway.services.registry.size <= 7, 'a slot to free up');
     expect((await firstLine(gw, '127.0.1.99')).line).toMatch(/^\* OK /);
     for (const c of open) c.destroy();
   });
@@ -142,12 +145,12 @@ describe('argon2 capacity', () => {
     const real = await connect(['127.0.2.1', '127.0.2.2', '127.0.2.3']);
     const unknown = await connect(['127.0.2.4', '127.0.2.5', '127.0.2.6']);
     const results: Array<{ line: string; ms: number }> = [];
-    const run = (c: RawClient, i: number, user: string, password: string) => {
+    const run = (c: ImapClient, i: number, user: string, password: string) => {
       const started = performance.now();
-      return c.imap(`b${i}`, `LOGIN ${user} ${password}`, 10_000).then((answer) => results.push({ line: taggedLine(answer, `b${i}`), ms: performance.now() - started }));
+      return c.command(`b${i}`, `LOGIN ${user} ${password}`, 10_000).then((answer) => results.push({ line: taggedLine(answer, `b${i}`), ms: performance.now() - started }));
     };
     const firstWave = real.map((c, i) => run(c, i, 'alice', `${selector}${'q'.repeat(11)}${String.fromCharCode(97 + i)}`));
-    await until(() => hasher().running === 1 && hasher().queued === 2, 'the hashing queue to fill', 3_000);
+    await waitUntil(() => hasher().running === 1 && hasher().queued === 2, 'the hashing queue to fill', 3_000);
     const secondWave = unknown.map((c, i) => run(c, 10 + i, `nosuchuser${i}`, `wrong-password-${i}`));
     await Promise.all([...firstWave, ...secondWave]);
 
@@ -159,11 +162,11 @@ describe('argon2 capacity', () => {
     expect(busy.length).toBeGreaterThanOrEqual(6);
     const slowestRefusal = Math.max(...refused.map((r) => r.ms));
     for (const r of busy) expect(r.ms).toBeLessThan(slowestRefusal);
-    expect(logsWith(gw, 'login temporarily failed', { reason: 'hash-busy' }).length).toBe(busy.length);
+    expect(logLines(gw, 'login temporarily failed', { reason: 'hash-busy' }).length).toBe(busy.length);
     for (const c of [...real, ...unknown]) c.destroy();
 
     // Once the burst is over, every path hashes again and gives its real answer.
-    await until(() => hasher().running === 0 && hasher().queued === 0, 'the hashing queue to drain');
+    await waitUntil(() => hasher().running === 0 && hasher().queued === 0, 'the hashing queue to drain');
     const ok = await imapsLogin(gw, 'alice', appPassword, { from: '127.0.2.7' });
     expect(taggedLine(ok.answer, 'L1')).toMatch(/^L1 OK /);
     ok.c.destroy();
@@ -184,7 +187,7 @@ describe('argon2 capacity', () => {
     const clients = await Promise.all(Array.from({ length: 6 }, () => imaps(gw, { from: '127.0.2.9' })));
     let peak = 0;
     const sampler = setInterval(() => (peak = Math.max(peak, hasher().running + hasher().queued)), 2);
-    const answers = await Promise.all(clients.map((c, i) => c.imap(`p${i}`, `LOGIN alice ${selector}${'r'.repeat(11)}${String.fromCharCode(97 + i)}`, 10_000)));
+    const answers = await Promise.all(clients.map((c, i) => c.command(`p${i}`, `LOGIN alice ${selector}${'r'.repeat(11)}${String.fromCharCode(97 + i)}`, 10_000)));
     clearInterval(sampler);
     // Never more than the cap in the hasher at once, so nobody got "unavailable": each waited.
     expect(peak).toBeLessThanOrEqual(2);

@@ -12,9 +12,11 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { imaps, logsWith, pop3s, taggedLine } from '../support/attack.js';
-import { RawClient, until } from '../support/raw-client.js';
+import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { ImapClient, imaps, taggedLine } from '../support/imap-client.js';
+import { pop3s } from '../support/pop3-client.js';
+import { RawClient } from '../support/raw-client.js';
+import { waitUntil } from '../support/timing.js';
 
 let dc: DovecotHandle;
 let gw: GatewayHandle;
@@ -46,23 +48,16 @@ afterAll(async () => {
   await dc?.stop();
 });
 
-function dovecotLogins(text: string, user: string): string[] {
-  return text.split('\n').filter((l) => new RegExp(`-login: Info: Login: user=<${user}>`).test(l));
-}
-
 describe('forged client addresses from the client itself', () => {
   it('an ID with x-originating-ip before LOGIN is never forwarded: Dovecot sees the real address', async () => {
     // Catches: relaying the client's ID fields upstream (the client picks its own rip=).
     const c = await imaps(gw, { from: '127.0.0.2' });
-    const id = await c.imap('i', 'ID ("x-originating-ip" "6.6.6.6" "x-originating-port" "6666" "x-connected-ip" "6.6.6.7" "name" "evil")');
+    const id = await c.command('i', 'ID ("x-originating-ip" "6.6.6.6" "x-originating-port" "6666" "x-connected-ip" "6.6.6.7" "name" "evil")');
     expect(taggedLine(id, 'i')).toBe('i OK ID completed');
-    expect(taggedLine(await c.imap('L', `LOGIN alice "${appPassword}"`), 'L')).toMatch(/^L OK /);
+    expect(taggedLine(await c.command('L', `LOGIN alice "${appPassword}"`), 'L')).toMatch(/^L OK /);
     c.destroy();
-    const text = await until(async () => {
-      const t = await dc.logText();
-      return dovecotLogins(t, 'alice').length > 0 ? t : null;
-    }, 'the login in Dovecot\'s log');
-    expect(dovecotLogins(text, 'alice')[0]).toMatch(/rip=127\.0\.0\.2,/);
+    expect(await dc.waitForLog(/-login: Info: Login: user=<alice>/)).toMatch(/rip=127\.0\.0\.2,/);
+    const text = await dc.logText();
     expect(text).not.toContain('6.6.6.6');
     expect(text).not.toContain('6.6.6.7');
   });
@@ -70,16 +65,12 @@ describe('forged client addresses from the client itself', () => {
   it('a client cannot send XCLIENT itself over POP3', async () => {
     // Catches: a gateway that relays client commands it does not know before login (XCLIENT would set rip=).
     const p = await pop3s(gw, { from: '127.0.0.2' });
-    expect(await p.pop3('XCLIENT ADDR=6.6.6.6 PORT=1')).toBe('-ERR Unknown command.\r\n');
-    expect(await p.pop3('USER alice')).toBe('+OK Send PASS\r\n');
-    expect(await p.pop3(`PASS ${appPassword}`)).toMatch(/^\+OK/);
+    expect(await p.command('XCLIENT ADDR=6.6.6.6 PORT=1')).toBe('-ERR Unknown command.\r\n');
+    expect(await p.command('USER alice')).toBe('+OK Send PASS\r\n');
+    expect(await p.command(`PASS ${appPassword}`)).toMatch(/^\+OK/);
     p.destroy();
-    const text = await until(async () => {
-      const t = await dc.logText();
-      return /pop3-login: Info: Login: user=<alice>/.test(t) ? t : null;
-    }, 'the POP3 login in Dovecot\'s log');
-    expect(text.split('\n').find((l) => /pop3-login: Info: Login: user=<alice>/.test(l))).toMatch(/rip=127\.0\.0\.2,/);
-    expect(text).not.toContain('6.6.6.6');
+    expect(await dc.waitForLog(/pop3-login: Info: Login: user=<alice>/)).toMatch(/rip=127\.0\.0\.2,/);
+    expect(await dc.logText()).not.toContain('6.6.6.6');
   });
 });
 
@@ -98,8 +89,8 @@ function proxyV2(src: string, dst: string, srcPort: number, dstPort: number): Bu
 }
 
 /** Connects to the PROXY listener, sends the header, then does TLS and reads the greeting. */
-async function viaProxy(header: Buffer | string, from = '127.0.0.1'): Promise<RawClient> {
-  const c = await RawClient.connect({ port: proxyPort, ca: gw.caCert, localAddress: from });
+async function viaProxy(header: Buffer | string, from = '127.0.0.1'): Promise<ImapClient> {
+  const c = await ImapClient.connect({ port: proxyPort, ca: gw.caCert, localAddress: from });
   c.send(header);
   await c.startTls();
   expect(await c.readLine()).toMatch(/^\* OK /);
@@ -112,28 +103,28 @@ describe('PROXY protocol', () => {
     const c = await RawClient.connect({ port: proxyPort, ca: gw.caCert, localAddress: '127.0.0.2' });
     c.send('PROXY TCP4 203.0.113.66 127.0.0.1 4000 993\r\n');
     expect(await c.waitClosed(2_000)).toBe('');
-    await until(() => logsWith(gw, 'refused a connection to a PROXY listener from an untrusted peer', { peer: '127.0.0.2' })[0], 'the refusal in the log');
-    expect(logsWith(gw, 'session closed', { clientIp: '203.0.113.66' })).toEqual([]);
+    await waitUntil(() => logLines(gw, 'refused a connection to a PROXY listener from an untrusted peer', { peer: '127.0.0.2' })[0], 'the refusal in the log');
+    expect(logLines(gw, 'session closed', { clientIp: '203.0.113.66' })).toEqual([]);
   });
 
   it('from a trusted peer, a v1 header sets the client address: session log and Dovecot rip=', async () => {
     // Catches: a PROXY header read but ignored (every client behind the balancer would share one IP and its limits).
     const c = await viaProxy('PROXY TCP4 203.0.113.7 127.0.0.1 40000 993\r\n');
-    expect(taggedLine(await c.imap('L', `LOGIN alice "${appPassword}"`), 'L')).toMatch(/^L OK /);
+    expect(taggedLine(await c.command('L', `LOGIN alice "${appPassword}"`), 'L')).toMatch(/^L OK /);
     c.destroy();
-    const closed = await until(() => logsWith(gw, 'session closed', { clientIp: '203.0.113.7' })[0], 'the session log');
+    const closed = await waitUntil(() => logLines(gw, 'session closed', { clientIp: '203.0.113.7' })[0], 'the session log');
     expect(closed.clientPort).toBe(40000);
     expect(closed.user).toBe('alice');
-    await until(async () => /Login: user=<alice>.*rip=203\.0\.113\.7,/.test(await dc.logText()), 'Dovecot to log rip=203.0.113.7');
+    await dc.waitForLog(/Login: user=<alice>.*rip=203\.0\.113\.7,/);
   });
 
   it('from a trusted peer, a v2 header sets the client address too', async () => {
     // Catches: a v2 (binary) header misparsed, or its address not carried to the session and upstream.
     const c = await viaProxy(proxyV2('198.51.100.9', '127.0.0.1', 4444, 993));
-    expect(taggedLine(await c.imap('L', `LOGIN alice "${appPassword}"`), 'L')).toMatch(/^L OK /);
+    expect(taggedLine(await c.command('L', `LOGIN alice "${appPassword}"`), 'L')).toMatch(/^L OK /);
     c.destroy();
-    await until(() => logsWith(gw, 'session closed', { clientIp: '198.51.100.9', clientPort: 4444 })[0], 'the session log');
-    await until(async () => /Login: user=<alice>.*rip=198\.51\.100\.9,/.test(await dc.logText()), 'Dovecot to log rip=198.51.100.9');
+    await waitUntil(() => logLines(gw, 'session closed', { clientIp: '198.51.100.9', clientPort: 4444 })[0], 'the session log');
+    await dc.waitForLog(/Login: user=<alice>.*rip=198\.51\.100\.9,/);
   });
 
   it('a trusted peer that sends no (or a broken) header is refused', async () => {
@@ -145,6 +136,6 @@ describe('PROXY protocol', () => {
     }
     // A TLS ClientHello straight away (no header) fails too.
     await expect(RawClient.connect({ port: proxyPort, tls: true, ca: gw.caCert })).rejects.toThrow();
-    expect(logsWith(gw, 'bad PROXY header').length).toBeGreaterThanOrEqual(4);
+    expect(logLines(gw, 'bad PROXY header').length).toBeGreaterThanOrEqual(4);
   });
 });

@@ -13,9 +13,11 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { imaps, imapQuote, logsWith, pop3s, taggedLine } from '../support/attack.js';
-import { saslPlainB64, sleep, until } from '../support/raw-client.js';
+import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { imaps, imapQuote, taggedLine } from '../support/imap-client.js';
+import { pop3s } from '../support/pop3-client.js';
+import { saslPlain } from '../support/raw-client.js';
+import { sleep, waitUntil } from '../support/timing.js';
 
 /** Quotes, a backslash, a literal announcement, spaces: every IMAP metacharacter that can be in a passwd-file. */
 const META_PASSWORD = `p"q\\r {5} x'y`;
@@ -53,7 +55,7 @@ async function newDovecotLines(): Promise<string[]> {
 /** Waits for Dovecot to log the end of one upstream login attempt, and returns the lines since the mark. */
 async function dovecotVerdict(pattern: RegExp): Promise<string[]> {
   const lines: string[] = [];
-  await until(async () => {
+  await waitUntil(async () => {
     lines.push(...(await newDovecotLines()));
     return lines.some((l) => pattern.test(l));
   }, `Dovecot to log ${pattern}`);
@@ -64,7 +66,7 @@ describe('metacharacters reach Dovecot byte for byte', () => {
   it('IMAP LOGIN, quoted with \\" and \\\\ escapes: logs in', async () => {
     // Catches: quoted-string unescaping that is wrong or missing (the upstream would get different bytes).
     const c = await imaps(gw);
-    expect(taggedLine(await c.imap('L', `LOGIN quoter ${imapQuote(META_PASSWORD)}`), 'L')).toMatch(/^L OK /);
+    expect(taggedLine(await c.command('L', `LOGIN quoter ${imapQuote(META_PASSWORD)}`), 'L')).toMatch(/^L OK /);
     c.destroy();
   });
 
@@ -83,16 +85,16 @@ describe('metacharacters reach Dovecot byte for byte', () => {
   it('POP3 USER/PASS, IMAP AUTHENTICATE PLAIN and POP3 AUTH PLAIN: log in', async () => {
     // Catches: a PASS argument trimmed or split at spaces, or SASL fields shifted.
     const p = await pop3s(gw);
-    expect(await p.pop3('USER quoter')).toBe('+OK Send PASS\r\n');
-    expect(await p.pop3(`PASS ${META_PASSWORD}`)).toMatch(/^\+OK/);
+    expect(await p.command('USER quoter')).toBe('+OK Send PASS\r\n');
+    expect(await p.command(`PASS ${META_PASSWORD}`)).toMatch(/^\+OK/);
     p.destroy();
     const a = await pop3s(gw);
-    expect(await a.pop3(`AUTH PLAIN ${saslPlainB64('quoter', META_PASSWORD)}`)).toMatch(/^\+OK/);
+    expect(await a.command(`AUTH PLAIN ${saslPlain('quoter', META_PASSWORD)}`)).toMatch(/^\+OK/);
     a.destroy();
     const c = await imaps(gw);
     c.send('A AUTHENTICATE PLAIN\r\n');
     expect(await c.readLine()).toBe('+ \r\n');
-    c.send(`${saslPlainB64('quoter', META_PASSWORD)}\r\n`);
+    c.send(`${saslPlain('quoter', META_PASSWORD)}\r\n`);
     expect(taggedLine(await c.readUntil(/^A /), 'A')).toMatch(/^A OK /);
     c.destroy();
   });
@@ -120,7 +122,7 @@ describe('CRLF in credentials never becomes a command', () => {
     expect(await c.readLine()).toBe('+ Ready for literal data\r\n');
     c.send(`${password}\r\n`);
     expect(taggedLine(await c.readUntil(/^L /), 'L')).toMatch(AUTH_FAILED);
-    expect(await c.imap('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
+    expect(await c.command('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
     expect(c.transcript()).not.toMatch(/BYE|^A /m);
     c.destroy();
     const lines = await dovecotVerdict(/auth failed, 1 attempts.*user=<alice>/);
@@ -133,9 +135,9 @@ describe('CRLF in credentials never becomes a command', () => {
     // Catches: a decoded SASL password re-sent upstream raw, where its CRLF would end the command.
     await newDovecotLines();
     const c = await imaps(gw);
-    const answer = await c.imap('A', `AUTHENTICATE PLAIN ${saslPlainB64('alice', 'alice-upstream-pw\r\nb LOGOUT\r\n')}`);
+    const answer = await c.command('A', `AUTHENTICATE PLAIN ${saslPlain('alice', 'alice-upstream-pw\r\nb LOGOUT\r\n')}`);
     expect(taggedLine(answer, 'A')).toMatch(/^A NO \[AUTHENTICATIONFAILED\]/);
-    expect(await c.imap('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
+    expect(await c.command('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
     c.destroy();
     const lines = await dovecotVerdict(/auth failed, 1 attempts.*user=<alice>/);
     expect(lines.join('\n')).toMatch(/password having illegal chars/);
@@ -145,10 +147,10 @@ describe('CRLF in credentials never becomes a command', () => {
     // Catches: a bare CR taken as a line end (RETR 1 would run), or control bytes dropped before the upstream.
     await newDovecotLines();
     const p = await pop3s(gw);
-    expect(await p.pop3('USER alice')).toBe('+OK Send PASS\r\n');
-    expect(await p.pop3('PASS alice-upstream-pw\rRETR 1\x1b\x7f\x01')).toMatch(/^-ERR \[AUTH\]/);
+    expect(await p.command('USER alice')).toBe('+OK Send PASS\r\n');
+    expect(await p.command('PASS alice-upstream-pw\rRETR 1\x1b\x7f\x01')).toMatch(/^-ERR \[AUTH\]/);
     // Still in the authorization state: nothing after the CR was taken for a command.
-    expect(await p.pop3('STAT')).toBe('-ERR Log in first.\r\n');
+    expect(await p.command('STAT')).toBe('-ERR Log in first.\r\n');
     p.destroy();
     const lines = await dovecotVerdict(/pop3-login.*auth failed, 1 attempts.*user=<alice>/);
     expect(lines.join('\n')).toMatch(/password having illegal chars/);
@@ -162,7 +164,7 @@ describe('CRLF in credentials never becomes a command', () => {
     c.send(`L LOGIN {${user.length}+}\r\n${user} alice-upstream-pw\r\n`);
     expect(taggedLine(await c.readUntil(/^L /), 'L')).toMatch(AUTH_FAILED);
     c.destroy();
-    await until(() => logsWith(gw, 'login failed', { reason: 'invalid-username' })[0], 'the refusal in the log');
+    await waitUntil(() => logLines(gw, 'login failed', { reason: 'invalid-username' })[0], 'the refusal in the log');
     await sleep(200);
     expect((await newDovecotLines()).filter((l) => /-login:/.test(l))).toEqual([]);
   });
@@ -170,11 +172,11 @@ describe('CRLF in credentials never becomes a command', () => {
   it('"{5}" after a password is a syntax error, not a literal: nothing is waited for or swallowed', async () => {
     // Catches: a parser that waits for (or swallows the next command as) a literal announced in the wrong place.
     const c = await imaps(gw);
-    expect(taggedLine(await c.imap('L', 'LOGIN alice pw{5}'), 'L')).toBe('L BAD Missing space between arguments');
+    expect(taggedLine(await c.command('L', 'LOGIN alice pw{5}'), 'L')).toBe('L BAD Missing space between arguments');
     // With LITERAL+ the client sends the bytes anyway: they are skipped, never run as a command.
     c.send('M LOGIN alice pw{7+}\r\nX NOOP\r\n');
     expect(await c.readLine()).toBe('M BAD Missing space between arguments\r\n');
-    expect(await c.imap('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
+    expect(await c.command('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
     expect(c.transcript()).not.toMatch(/^X /m);
     c.destroy();
   });
@@ -185,18 +187,18 @@ describe('NUL in credentials is refused before any upstream contact', () => {
     // Catches: a NUL that truncates or splits a credential (C-string upstreams, SASL field confusion).
     await newDovecotLines();
     const c = await imaps(gw);
-    expect(taggedLine(await c.imap('a', 'LOGIN alice "alice\0upstream-pw"'), 'a')).toBe('a BAD NUL byte in quoted string');
+    expect(taggedLine(await c.command('a', 'LOGIN alice "alice\0upstream-pw"'), 'a')).toBe('a BAD NUL byte in quoted string');
     c.send('b LOGIN alice {9}\r\n');
     expect(await c.readLine()).toBe('+ Ready for literal data\r\n');
     c.send('alice\0pw\0\r\n');
     expect(await c.readLine()).toBe('b BAD NUL byte in literal\r\n');
     c.destroy();
     const s = await imaps(gw);
-    expect(taggedLine(await s.imap('A', `AUTHENTICATE PLAIN ${saslPlainB64('alice', 'alice-upstream-pw\0x')}`), 'A')).toBe('A BAD Malformed authentication data.');
+    expect(taggedLine(await s.command('A', `AUTHENTICATE PLAIN ${saslPlain('alice', 'alice-upstream-pw\0x')}`), 'A')).toBe('A BAD Malformed authentication data.');
     s.destroy();
     const p = await pop3s(gw);
-    expect(await p.pop3('USER alice')).toBe('+OK Send PASS\r\n');
-    expect(await p.pop3('PASS alice-upstream-pw\0')).toBe('-ERR NUL byte in command line\r\n');
+    expect(await p.command('USER alice')).toBe('+OK Send PASS\r\n');
+    expect(await p.command('PASS alice-upstream-pw\0')).toBe('-ERR NUL byte in command line\r\n');
     p.destroy();
     await sleep(300);
     expect((await newDovecotLines()).filter((l) => /-login:/.test(l))).toEqual([]);

@@ -11,9 +11,12 @@ import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { enableTotp, imaps, imapsLogin, logsWith, pop3s, taggedLine } from '../support/attack.js';
-import { sleep, until } from '../support/raw-client.js';
+import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { imapsLogin } from '../support/attack.js';
+import { imaps, taggedLine } from '../support/imap-client.js';
+import { pop3s } from '../support/pop3-client.js';
+import { enableTotp } from '../support/store.js';
+import { sleep, waitUntil } from '../support/timing.js';
 
 const UNAVAILABLE = 'L1 NO [UNAVAILABLE] The mail service is temporarily unavailable; try again in a few minutes.';
 
@@ -54,14 +57,14 @@ async function expectFailClosed(): Promise<void> {
   pass.c.destroy();
   // ...and POP3.
   const p = await pop3s(gw);
-  expect(await p.pop3('USER alice')).toBe('+OK Send PASS\r\n');
-  expect(await p.pop3(`PASS ${appPassword}`)).toBe('-ERR [SYS/TEMP] The mail service is temporarily unavailable; try again in a few minutes.\r\n');
+  expect(await p.command('USER alice')).toBe('+OK Send PASS\r\n');
+  expect(await p.command(`PASS ${appPassword}`)).toBe('-ERR [SYS/TEMP] The mail service is temporarily unavailable; try again in a few minutes.\r\n');
   p.destroy();
 }
 
 /** Logins work again (the handle retries at most once a second). */
 async function expectRecovered(): Promise<void> {
-  await until(async () => {
+  await waitUntil(async () => {
     const { c, answer } = await imapsLogin(gw, 'alice', appPassword);
     c.destroy();
     return /^L1 OK /.test(taggedLine(answer, 'L1'));
@@ -79,17 +82,17 @@ describe('a database that goes bad under the gateway', () => {
     renameSync(dbPath, `${dbPath}.moved`);
     try {
       await expectFailClosed();
-      expect(logsWith(gw, 'the database file was removed or replaced; logins fail until it is back')).not.toHaveLength(0);
+      expect(logLines(gw, 'the database file was removed or replaced; logins fail until it is back')).not.toHaveLength(0);
       // The gateway is up: it still greets, and nothing was created in place of the missing file.
       const c = await imaps(gw);
-      expect(await c.imap('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
+      expect(await c.command('n', 'NOOP')).toBe('n OK NOOP completed\r\n');
       c.destroy();
       expect(() => statSync(dbPath)).toThrow();
     } finally {
       renameSync(`${dbPath}.moved`, dbPath);
     }
     await expectRecovered();
-    expect(logsWith(gw, 'the database is usable again')).not.toHaveLength(0);
+    expect(logLines(gw, 'the database is usable again')).not.toHaveLength(0);
   });
 
   it('overwritten in place with garbage: logins fail closed, and it recovers when the copy is restored', async () => {
@@ -169,7 +172,7 @@ describe('a database that goes bad under the gateway', () => {
     }
     await expectRecovered();
     // A lock is not a broken database: the store was never dropped for it.
-    expect(logsWith(gw, 'the database is unusable; logins fail until it recovers').filter((l) => /locked|busy/i.test(String(l.err)))).toEqual([]);
+    expect(logLines(gw, 'the database is unusable; logins fail until it recovers').filter((l) => /locked|busy/i.test(String(l.err)))).toEqual([]);
     assertNoInternalErrorsExceptDatabase();
   });
 });

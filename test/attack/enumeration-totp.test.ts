@@ -13,8 +13,10 @@ import { Store } from '../../src/store/store.js';
 import { runCli } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { cliConfigFor, enableTotp, imaps, taggedLine } from '../support/attack.js';
-import { median, type RawClient } from '../support/raw-client.js';
+import { cliConfigFor } from '../support/attack.js';
+import { imaps, taggedLine, type ImapClient } from '../support/imap-client.js';
+import { enableTotp } from '../support/store.js';
+import { median } from '../support/timing.js';
 
 /** Costly enough that one argon2 run (~tens of ms) dwarfs the round trip and the database lookups. */
 const SLOW_ARGON2 = { memoryKib: 16 * 1024, iterations: 2, parallelism: 1 };
@@ -44,7 +46,7 @@ afterAll(async () => {
  */
 async function sampleLatencies(samples: number, a: [string, () => string], b: [string, () => string]): Promise<{ a: number[]; b: number[] }> {
   const out = { a: [] as number[], b: [] as number[] };
-  let c: RawClient | null = null;
+  let c: ImapClient | null = null;
   let onConnection = 0;
   let tag = 0;
   for (let i = 0; i < samples * 2; i++) {
@@ -56,7 +58,7 @@ async function sampleLatencies(samples: number, a: [string, () => string], b: [s
     const [user, password] = i % 2 === 0 ? a : b;
     const t = `e${tag++}`;
     const started = performance.now();
-    const answer = await c.imap(t, `LOGIN ${user} ${password()}`);
+    const answer = await c.command(t, `LOGIN ${user} ${password()}`);
     const ms = performance.now() - started;
     expect(taggedLine(answer, t)).toMatch(/NO \[AUTHENTICATIONFAILED\] Authentication failed\.$/);
     // The first round warms up (the dummy hash is computed on first use): not measured.

@@ -8,9 +8,12 @@ import net from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { assertNoInternalErrors, imaps, imapsLogin, pop3s, sessionClosedLine, taggedLine } from '../support/attack.js';
-import { RawClient, sleep, until } from '../support/raw-client.js';
+import { sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { assertNoInternalErrors, imapsLogin } from '../support/attack.js';
+import { ImapClient, imaps, taggedLine } from '../support/imap-client.js';
+import { pop3s } from '../support/pop3-client.js';
+import { RawClient } from '../support/raw-client.js';
+import { sleep, waitUntil } from '../support/timing.js';
 
 let dc: DovecotHandle;
 let gw: GatewayHandle;
@@ -40,7 +43,7 @@ describe.concurrent('oversized and malformed input', () => {
     c.send('a LOGIN alice {104857600}\r\n');
     const line = await c.readLine(1_000);
     expect(line).toBe('a BAD Literal too large\r\n');
-    expect(await c.imap('b', 'NOOP')).toBe('b OK NOOP completed\r\n');
+    expect(await c.command('b', 'NOOP')).toBe('b OK NOOP completed\r\n');
     c.destroy();
   });
 
@@ -74,9 +77,9 @@ describe.concurrent('oversized and malformed input', () => {
     // Catches: unbounded recursion/nesting before login (imap_max_nesting).
     const c = await imaps(gw);
     const depth = gw.config.limits.imap_max_nesting + 5;
-    const answer = await c.imap('a', `ID ${'('.repeat(depth)}"name" "x"${')'.repeat(depth)}`);
+    const answer = await c.command('a', `ID ${'('.repeat(depth)}"name" "x"${')'.repeat(depth)}`);
     expect(taggedLine(answer, 'a')).toBe('a BAD Lists nested too deeply');
-    expect(await c.imap('b', 'NOOP')).toBe('b OK NOOP completed\r\n');
+    expect(await c.command('b', 'NOOP')).toBe('b OK NOOP completed\r\n');
     c.destroy();
   });
 });
@@ -90,7 +93,7 @@ describe.concurrent('slow and silent clients', () => {
     const took = Date.now() - started;
     expect(took).toBeGreaterThanOrEqual(800);
     expect(took).toBeLessThan(2_500);
-    expect((await sessionClosedLine(gw, c.localPort)).outcome).toBe('tls-handshake-timeout');
+    expect((await sessionClosed(gw, c.localPort)).outcome).toBe('tls-handshake-timeout');
   });
 
   it('half a ClientHello is closed after timeouts.tls_handshake_seconds, on IMAPS and POP3S', async () => {
@@ -100,13 +103,13 @@ describe.concurrent('slow and silent clients', () => {
     for (const c of clients) c.send(HALF_CLIENT_HELLO);
     await Promise.all(clients.map((c) => c.waitClosed(4_000)));
     expect(Date.now() - started).toBeLessThan(2_500);
-    for (const c of clients) expect((await sessionClosedLine(gw, c.localPort)).outcome).toBe('tls-handshake-timeout');
+    for (const c of clients) expect((await sessionClosed(gw, c.localPort)).outcome).toBe('tls-handshake-timeout');
   });
 
   it('a stalled handshake after STARTTLS is closed after tls_handshake_seconds too', async () => {
-    const c = await RawClient.connect({ port: gw.ports.imap, timeoutMs: 4_000 });
+    const c = await ImapClient.connect({ port: gw.ports.imap, timeoutMs: 4_000 });
     await c.readLine();
-    expect(await c.imap('a', 'STARTTLS')).toBe('a OK Begin TLS negotiation now\r\n');
+    expect(await c.command('a', 'STARTTLS')).toBe('a OK Begin TLS negotiation now\r\n');
     const started = Date.now();
     await c.waitClosed(4_000);
     expect(Date.now() - started).toBeLessThan(2_500);
@@ -191,7 +194,7 @@ describe.concurrent('invalid commands', () => {
     // Catches: a scanner allowed to probe forever on one connection.
     const c = await imaps(gw);
     const max = gw.config.limits.max_bad_commands;
-    for (let i = 1; i < max; i++) expect(await c.imap(`t${i}`, `XYZZY${i}`)).toBe(`t${i} BAD Unknown command.\r\n`);
+    for (let i = 1; i < max; i++) expect(await c.command(`t${i}`, `XYZZY${i}`)).toBe(`t${i} BAD Unknown command.\r\n`);
     c.send('last PLUGH\r\n');
     expect(await c.waitClosed(2_000)).toBe('last BAD Unknown command.\r\n* BYE Too many invalid commands.\r\n');
   });
@@ -200,7 +203,7 @@ describe.concurrent('invalid commands', () => {
     // Catches: the same unbounded probing over POP3.
     const c = await pop3s(gw);
     const max = gw.config.limits.max_bad_commands;
-    for (let i = 1; i < max; i++) expect(await c.pop3(`XYZZY${i}`)).toBe('-ERR Unknown command.\r\n');
+    for (let i = 1; i < max; i++) expect(await c.command(`XYZZY${i}`)).toBe('-ERR Unknown command.\r\n');
     c.send('PLUGH\r\n');
     expect(await c.waitClosed(2_000)).toBe('-ERR Unknown command.\r\n-ERR Too many invalid commands.\r\n');
   });
@@ -249,7 +252,7 @@ describe('garbage on every listener', () => {
     expect(taggedLine(answer, 'L1')).toMatch(/^L1 OK /);
     c.destroy();
     // Every garbage session was cleaned up (sessions closing after a fatal error get 2 s to read their farewell).
-    await until(() => gw.gateway.services.registry.size === 0, 'the registry to drain', 5_000);
+    await waitUntil(() => gw.gateway.services.registry.size === 0, 'the registry to drain', 5_000);
     assertNoInternalErrors(gw);
   });
 });

@@ -13,9 +13,11 @@ import { generateSync } from 'otplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { cliConfigFor, imapsLogin, logsWith, pop3s, taggedLine } from '../support/attack.js';
-import { until, type RawClient } from '../support/raw-client.js';
+import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { cliConfigFor, imapsLogin } from '../support/attack.js';
+import { taggedLine, type ImapClient } from '../support/imap-client.js';
+import { pop3s } from '../support/pop3-client.js';
+import { waitUntil } from '../support/timing.js';
 
 const REVOKED_BYE = '* BYE [UNAVAILABLE] This app password was revoked or has expired; sign in again with a valid one.\r\n';
 const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'];
@@ -48,13 +50,13 @@ async function cliOk(args: string[]): Promise<string> {
 }
 
 /** Waits for the farewell and the close; returns the time it took from `since`. */
-async function expectFarewell(c: RawClient, since: number, farewell = REVOKED_BYE): Promise<number> {
+async function expectFarewell(c: ImapClient, since: number, farewell = REVOKED_BYE): Promise<number> {
   const rest = await c.waitClosed(5_000);
   expect(rest).toBe(farewell);
   return Date.now() - since;
 }
 
-async function login(user: string, password: string): Promise<RawClient> {
+async function login(user: string, password: string): Promise<ImapClient> {
   const { c, answer } = await imapsLogin(gw, user, password);
   expect(taggedLine(answer, 'L1')).toMatch(/^L1 OK /);
   return c;
@@ -83,7 +85,7 @@ describe.concurrent('revocation reaches sessions that are already logged in', ()
     await client.connect();
     await client.mailboxOpen('INBOX');
     const idling = client.idle().catch(() => undefined);
-    await until(() => serverData.join('').includes('+ idling'), 'the IDLE continuation');
+    await waitUntil(() => serverData.join('').includes('+ idling'), 'the IDLE continuation');
     // The other app password's session must not be touched.
     const bystander = await login('alice', kept.password);
 
@@ -93,9 +95,9 @@ describe.concurrent('revocation reaches sessions that are already logged in', ()
     expect(Date.now() - revokedAt).toBeLessThan(5_000);
     expect(serverData.join('')).toContain(REVOKED_BYE);
     await idling;
-    expect(logsWith(gw, 'closing a session whose credentials are no longer valid', { user: 'alice', reason: 'app-password-revoked' })).toHaveLength(1);
+    expect(logLines(gw, 'closing a session whose credentials are no longer valid', { user: 'alice', reason: 'app-password-revoked' })).toHaveLength(1);
 
-    expect(await bystander.imap('n', 'NOOP')).toMatch(/^n OK /m);
+    expect(await bystander.command('n', 'NOOP')).toMatch(/^n OK /m);
     bystander.destroy();
   });
 
@@ -115,7 +117,7 @@ describe.concurrent('revocation reaches sessions that are already logged in', ()
     const c = await login('carol', password);
     await cliOk(['account', 'remove', 'carol', '--yes']);
     expect(await expectFarewell(c, Date.now())).toBeLessThan(5_000);
-    expect(logsWith(gw, 'closing a session whose credentials are no longer valid', { user: 'carol', reason: 'account-removed' })).toHaveLength(1);
+    expect(logLines(gw, 'closing a session whose credentials are no longer valid', { user: 'carol', reason: 'account-removed' })).toHaveLength(1);
   });
 
   it('an app password that expires while its session is open closes the session', async () => {
@@ -123,20 +125,20 @@ describe.concurrent('revocation reaches sessions that are already logged in', ()
     const expiresAt = Date.now() + 2_500;
     const { password } = await appPassword('dave', 'short-lived', expiresAt);
     const c = await login('dave', password);
-    expect(await c.imap('n', 'NOOP')).toMatch(/^n OK /m);
+    expect(await c.command('n', 'NOOP')).toMatch(/^n OK /m);
     await c.waitClosed(8_000).then((rest) => expect(rest).toBe(REVOKED_BYE));
     expect(Date.now()).toBeGreaterThanOrEqual(expiresAt);
     expect(Date.now() - expiresAt).toBeLessThan(3_000);
-    expect(logsWith(gw, 'closing a session whose credentials are no longer valid', { user: 'dave', reason: 'app-password-expired' })).toHaveLength(1);
+    expect(logLines(gw, 'closing a session whose credentials are no longer valid', { user: 'dave', reason: 'app-password-expired' })).toHaveLength(1);
   });
 
   it('a POP3 session is closed too (without a line that would corrupt a relayed answer)', async () => {
     // Catches: revocation applied to IMAP sessions only.
     const { id, password } = await appPassword('erin', 'pop3 phone');
     const p = await pop3s(gw);
-    expect(await p.pop3('USER erin')).toBe('+OK Send PASS\r\n');
-    expect(await p.pop3(`PASS ${password}`)).toMatch(/^\+OK/);
-    expect(await p.pop3('STAT')).toMatch(/^\+OK/);
+    expect(await p.command('USER erin')).toBe('+OK Send PASS\r\n');
+    expect(await p.command(`PASS ${password}`)).toMatch(/^\+OK/);
+    expect(await p.command('STAT')).toMatch(/^\+OK/);
     await cliOk(['app-password', 'revoke', 'erin', String(id)]);
     const since = Date.now();
     expect(await p.waitClosed(5_000)).toBe('');
@@ -148,12 +150,12 @@ describe.concurrent('revocation reaches sessions that are already logged in', ()
     const c = await login('frank', 'frank-upstream-pw');
     const { secret } = JSON.parse(await cliOk(['totp', 'enroll', 'frank', '--json'])) as { secret: string };
     // Pending enrolment changes nothing yet.
-    expect(await c.imap('n', 'NOOP')).toMatch(/^n OK /m);
+    expect(await c.command('n', 'NOOP')).toMatch(/^n OK /m);
     await cliOk(['totp', 'confirm', 'frank', generateSync({ secret, epoch: Math.floor(Date.now() / 1000) })]);
     const since = Date.now();
     const rest = await c.waitClosed(5_000);
     expect(rest).toMatch(/^\* BYE \[UNAVAILABLE\] /);
     expect(Date.now() - since).toBeLessThan(5_000);
-    expect(logsWith(gw, 'closing a session whose credentials are no longer valid', { user: 'frank', reason: 'two-factor-enabled' })).toHaveLength(1);
+    expect(logLines(gw, 'closing a session whose credentials are no longer valid', { user: 'frank', reason: 'two-factor-enabled' })).toHaveLength(1);
   });
 });

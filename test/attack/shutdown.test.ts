@@ -13,8 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Store } from '../../src/store/store.js';
 import { BIN, ROOT } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { connectRefused, RawClient, until } from '../support/raw-client.js';
+import { ImapClient } from '../support/imap-client.js';
+import { connectRefused } from '../support/raw-client.js';
 import { FAST_ARGON2 } from '../support/store.js';
+import { waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
 const GRACE_SECONDS = 2;
@@ -106,21 +108,21 @@ shutdown_grace_seconds = ${GRACE_SECONDS}
         .filter((l) => l.startsWith('{'))
         .map((l) => JSON.parse(l) as Record<string, unknown>);
 
-    const listening = await until(() => logLines().find((l) => l.msg === 'listening'), `the gateway to listen (stderr: ${stderr})`, 15_000);
+    const listening = await waitUntil(() => logLines().find((l) => l.msg === 'listening'), `the gateway to listen (stderr: ${stderr})`, 15_000);
     const port = listening.port as number;
 
-    const c = await RawClient.connect({ port, tls: true, ca: dc.caCert, timeoutMs: 10_000 });
+    const c = await ImapClient.connect({ port, tls: true, ca: dc.caCert, timeoutMs: 10_000 });
     await c.readLine();
-    expect(await c.imap('L', `LOGIN alice "${app.password}"`)).toMatch(/^L OK /m);
-    expect(await c.imap('s', 'SELECT INBOX')).toMatch(/^s OK /m);
+    expect(await c.command('L', `LOGIN alice "${app.password}"`)).toMatch(/^L OK /m);
+    expect(await c.command('s', 'SELECT INBOX')).toMatch(/^s OK /m);
 
     proc.kill('SIGTERM');
     const termAt = Date.now();
     // New connections: refused at once.
-    await until(() => connectRefused(port, 500), 'new connections to be refused', 1_000);
+    await waitUntil(() => connectRefused(port, 500), 'new connections to be refused', 1_000);
     expect(Date.now() - termAt).toBeLessThan(1_000);
     // The open session still works during the grace period, all the way to Dovecot.
-    expect(await c.imap('n', 'NOOP')).toMatch(/^n OK /m);
+    expect(await c.command('n', 'NOOP')).toMatch(/^n OK /m);
     expect(Date.now() - termAt).toBeLessThan(GRACE_SECONDS * 1000);
     // Then the farewell and the close.
     const rest = await c.waitClosed(GRACE_SECONDS * 1000 + 5_000);

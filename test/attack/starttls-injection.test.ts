@@ -12,9 +12,12 @@ import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { CREDENTIAL_COMMANDS, startFakeUpstream, type FakeConnection, type FakeUpstream } from '../support/fake-upstream.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { imaps, imapsLogin, logsWith, pop3s, sessionClosedLine, taggedLine } from '../support/attack.js';
-import { RawClient, saslPlainB64, until } from '../support/raw-client.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { imapsLogin } from '../support/attack.js';
+import { ImapClient, imaps, taggedLine } from '../support/imap-client.js';
+import { Pop3Client, pop3s } from '../support/pop3-client.js';
+import { saslPlain } from '../support/raw-client.js';
+import { waitUntil } from '../support/timing.js';
 
 let dc: DovecotHandle;
 let gw: GatewayHandle;
@@ -35,10 +38,8 @@ afterAll(async () => {
   await dc?.stop();
 });
 
-async function plainImap(): Promise<RawClient> {
-  const c = await RawClient.connect({ port: gw.ports.imap, ca: gw.caCert });
-  await c.readLine();
-  return c;
+async function plainImap(): Promise<ImapClient> {
+  return (await ImapClient.open({ port: gw.ports.imap, ca: gw.caCert })).client;
 }
 
 describe('client STARTTLS injection', () => {
@@ -51,9 +52,9 @@ describe('client STARTTLS injection', () => {
     expect(await c.startTls()).toBe(0);
     await c.expectSilence(300);
     // The first answer after the handshake is to our own command.
-    expect(await c.imap('c', 'NOOP')).toBe('c OK NOOP completed\r\n');
+    expect(await c.command('c', 'NOOP')).toBe('c OK NOOP completed\r\n');
     expect(c.transcript()).not.toMatch(/^b /m);
-    await until(() => logsWith(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
+    await waitUntil(() => logLines(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
     c.destroy();
   });
 
@@ -66,10 +67,10 @@ describe('client STARTTLS injection', () => {
     await c.startTls();
     await c.expectSilence(300);
     // Still not logged in: a post-login command is refused, and no login was attempted at all.
-    expect(taggedLine(await c.imap('c', 'SELECT INBOX'), 'c')).toBe('c NO Log in first.');
-    await until(() => logsWith(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
+    expect(taggedLine(await c.command('c', 'SELECT INBOX'), 'c')).toBe('c NO Log in first.');
+    await waitUntil(() => logLines(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
     c.destroy();
-    const closed = await sessionClosedLine(gw, c.localPort);
+    const closed = await sessionClosed(gw, c.localPort);
     expect(closed.outcome).toBe('closed-before-login');
     expect(closed.user).toBeUndefined();
     expect((await dc.logText())).not.toMatch(/Login: user=<alice>/);
@@ -84,8 +85,8 @@ describe('client STARTTLS injection', () => {
     expect(await c.readLine()).toBe('a OK Begin TLS negotiation now\r\n');
     await c.startTls();
     await c.expectSilence(300);
-    expect(await c.imap('d', 'NOOP')).toBe('d OK NOOP completed\r\n');
-    await until(() => logsWith(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
+    expect(await c.command('d', 'NOOP')).toBe('d OK NOOP completed\r\n');
+    await waitUntil(() => logLines(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
     c.destroy();
     const maildir = dc.maildir('erin');
     expect([...readdirSync(path.join(maildir, 'new')), ...readdirSync(path.join(maildir, 'cur'))]).toEqual([]);
@@ -94,16 +95,15 @@ describe('client STARTTLS injection', () => {
 
   it('POP3 "STLS\\r\\nUSER bob\\r\\nPASS <right password>\\r\\n": no login happens', async () => {
     // Catches: the same injection over POP3 STLS.
-    const c = await RawClient.connect({ port: gw.ports.pop3, ca: gw.caCert });
-    await c.readLine();
+    const { client: c } = await Pop3Client.open({ port: gw.ports.pop3, ca: gw.caCert });
     const injected = 'USER bob\r\nPASS bob-upstream-pw\r\n';
     c.send(`STLS\r\n${injected}`);
     expect(await c.readLine()).toBe('+OK Begin TLS negotiation\r\n');
     await c.startTls();
     await c.expectSilence(300);
     // Not "+OK Send PASS" (USER ran) nor a login: the first answer is to our STAT, refused.
-    expect(await c.pop3('STAT')).toBe('-ERR Log in first.\r\n');
-    await until(() => logsWith(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
+    expect(await c.command('STAT')).toBe('-ERR Log in first.\r\n');
+    await waitUntil(() => logLines(gw, 'dropped plaintext sent after STARTTLS', { bytes: injected.length })[0], 'the drop to be logged');
     c.destroy();
     expect(await dc.logText()).not.toMatch(/pop3-login: Info: Login: user=<bob>/);
   });
@@ -235,12 +235,12 @@ describe('malicious upstream', () => {
       }
       // Also AUTHENTICATE PLAIN with an initial response.
       const c = await imaps(fgw);
-      const answer = await c.imap('A1', `AUTHENTICATE PLAIN ${saslPlainB64('mallory', 'mallory-secret-pw')}`);
+      const answer = await c.command('A1', `AUTHENTICATE PLAIN ${saslPlain('mallory', 'mallory-secret-pw')}`);
       expect(taggedLine(answer, 'A1')).toMatch(/^A1 NO \[UNAVAILABLE\]/);
       c.destroy();
       expect(fakeImap.connections.length).toBeGreaterThanOrEqual(3);
       assertNoCredentials(fakeImap, [appPassword, 'mallory-secret-pw']);
-      expect(logsWith(fgw, 'upstream login failed').some((l) => reason.test(String(l.reason)))).toBe(true);
+      expect(logLines(fgw, 'upstream login failed').some((l) => reason.test(String(l.reason)))).toBe(true);
     });
   }
 
@@ -256,15 +256,15 @@ describe('malicious upstream', () => {
       pop3Mode = mode;
       for (const [user, password] of [['alice', appPassword], ['mallory', 'mallory-secret-pw']] as const) {
         const c = await pop3s(fgw);
-        expect(await c.pop3(`USER ${user}`)).toBe('+OK Send PASS\r\n');
-        expect(await c.pop3(`PASS ${password}`)).toBe('-ERR [SYS/TEMP] The mail service is temporarily unavailable; try again in a few minutes.\r\n');
+        expect(await c.command(`USER ${user}`)).toBe('+OK Send PASS\r\n');
+        expect(await c.command(`PASS ${password}`)).toBe('-ERR [SYS/TEMP] The mail service is temporarily unavailable; try again in a few minutes.\r\n');
         c.destroy();
       }
       const c = await pop3s(fgw);
-      expect(await c.pop3(`AUTH PLAIN ${saslPlainB64('mallory', 'mallory-secret-pw')}`)).toMatch(/^-ERR \[SYS\/TEMP\]/);
+      expect(await c.command(`AUTH PLAIN ${saslPlain('mallory', 'mallory-secret-pw')}`)).toMatch(/^-ERR \[SYS\/TEMP\]/);
       c.destroy();
       assertNoCredentials(fakePop3, [appPassword, 'mallory-secret-pw']);
-      expect(logsWith(fgw, 'upstream login failed').some((l) => reason.test(String(l.reason)))).toBe(true);
+      expect(logLines(fgw, 'upstream login failed').some((l) => reason.test(String(l.reason)))).toBe(true);
     });
   }
 });

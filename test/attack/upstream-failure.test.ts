@@ -11,9 +11,10 @@ import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startFakeUpstream, type FakeConnection, type FakeUpstream } from '../support/fake-upstream.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { imapsLogin, sessionClosedLine, taggedLine } from '../support/attack.js';
-import { sleep, until } from '../support/raw-client.js';
+import { sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { imapsLogin } from '../support/attack.js';
+import { taggedLine } from '../support/imap-client.js';
+import { sleep, waitUntil } from '../support/timing.js';
 
 const BIG = 24 * 1024 * 1024;
 
@@ -53,7 +54,7 @@ describe('upstream death mid-transfer', () => {
     // Catches: a relay that leaves the client hanging (or the session registered) when the upstream vanishes.
     const { c, answer } = await imapsLogin(gw, 'alice', appPassword, { timeoutMs: 10_000 });
     expect(taggedLine(answer, 'L1')).toMatch(/^L1 OK /);
-    expect(taggedLine(await c.imap('s', 'SELECT INBOX'), 's')).toMatch(/^s OK /);
+    expect(taggedLine(await c.command('s', 'SELECT INBOX'), 's')).toMatch(/^s OK /);
     c.send('f FETCH 1 BODY[]\r\n');
     const head = await c.readUntil(/^\* 1 FETCH .*\{\d+\}\r\n$/);
     const size = Number(/\{(\d+)\}\r\n$/.exec(head)![1]);
@@ -61,7 +62,7 @@ describe('upstream death mid-transfer', () => {
     // Stop reading: with the pipes full, Dovecot is stuck mid-message when it dies.
     c.pause();
     await sleep(200);
-    const imapPids = await until(async () => {
+    const imapPids = await waitUntil(async () => {
       const pids = await dovecotChildren('imap');
       return pids.length === 1 ? pids : null;
     }, 'the one imap process of the session');
@@ -72,13 +73,13 @@ describe('upstream death mid-transfer', () => {
     expect(Date.now() - started).toBeLessThan(5_000);
     expect(rest.length).toBeLessThan(size);
     expect(rest).not.toMatch(/^f OK/m);
-    const closed = await sessionClosedLine(gw, c.localPort);
+    const closed = await sessionClosed(gw, c.localPort);
     expect(['upstream-closed', 'upstream-error']).toContain(closed.outcome);
-    await until(() => gw.gateway.services.registry.size === 0, 'the registry to empty', 3_000);
+    await waitUntil(() => gw.gateway.services.registry.size === 0, 'the registry to empty', 3_000);
 
     const again = await imapsLogin(gw, 'alice', appPassword, { timeoutMs: 10_000 });
     expect(taggedLine(again.answer, 'L1')).toMatch(/^L1 OK /);
-    expect(taggedLine(await again.c.imap('s', 'SELECT INBOX'), 's')).toMatch(/^s OK /);
+    expect(taggedLine(await again.c.command('s', 'SELECT INBOX'), 's')).toMatch(/^s OK /);
     again.c.destroy();
   });
 });
@@ -143,15 +144,15 @@ describe('upstream reset mid-literal (scripted fake)', () => {
     // Catches: a client left waiting for the rest of a literal that will never come.
     const { c, answer } = await imapsLogin(fgw, 'alice', fakeAppPassword);
     expect(taggedLine(answer, 'L1')).toMatch(/^L1 OK /);
-    expect(taggedLine(await c.imap('s', 'SELECT INBOX'), 's')).toMatch(/^s OK /);
+    expect(taggedLine(await c.command('s', 'SELECT INBOX'), 's')).toMatch(/^s OK /);
     c.send('f FETCH 1 BODY[]\r\n');
     const head = await c.readLine();
     expect(head).toBe(`* 1 FETCH (BODY[] {${LITERAL}}\r\n`);
     const rest = await c.waitClosed(3_000);
     expect(rest.length).toBeLessThanOrEqual(LITERAL / 2);
-    const closed = await sessionClosedLine(fgw, c.localPort);
+    const closed = await sessionClosed(fgw, c.localPort);
     expect(['upstream-closed', 'upstream-error']).toContain(closed.outcome);
-    await until(() => fgw.gateway.services.registry.size === 0, 'the registry to empty', 3_000);
+    await waitUntil(() => fgw.gateway.services.registry.size === 0, 'the registry to empty', 3_000);
 
     const again = await imapsLogin(fgw, 'alice', fakeAppPassword);
     expect(taggedLine(again.answer, 'L1')).toMatch(/^L1 OK /);

@@ -5,15 +5,15 @@
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LoginCache } from '../../src/auth/login-cache.js';
-import { AuthPolicy, type AuthAttempt } from '../../src/auth/policy.js';
+import { AuthPolicy } from '../../src/auth/policy.js';
 import { parseConfig } from '../../src/config/load.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { StoreHandle } from '../../src/store/store-handle.js';
 import { runCli } from '../support/cli.js';
-import { makeTestStore, manualClock, type TestStore } from '../support/store.js';
+import { loginAttempt } from '../support/auth.js';
+import { enableTotp, makeTestStore, manualClock, type TestStore } from '../support/store.js';
 
 const clock = manualClock();
 let t: TestStore;
@@ -27,18 +27,10 @@ function makePolicy(options: Partial<ConstructorParameters<typeof LoginCache>[0]
   policy = new AuthPolicy(handle, parseConfig({}, 'test'), Buffer.from('master'), { cache, onCacheLookup: (r) => lookups.push(r) });
 }
 
-const attempt = (username: string, password: string, protocol: 'imap' | 'pop3' = 'imap'): AuthAttempt => ({
-  username,
-  password: Buffer.from(password),
-  protocol,
-  clientIp: '192.0.2.1',
-  client: null,
-});
-
 /** argon2 verifications a login costs. */
 async function cost(user: string, password: string, protocol: 'imap' | 'pop3' = 'imap') {
   const before = t.store.hasher.stats.verifications;
-  const decision = await policy.decide(attempt(user, password, protocol));
+  const decision = await policy.decide(loginAttempt(user, password, protocol));
   return { decision, hashes: t.store.hasher.stats.verifications - before };
 }
 
@@ -93,8 +85,7 @@ describe('verified-login cache', () => {
   it('drops an entry when the account turns TOTP on', async () => {
     const { password } = await t.store.appPasswords.create('alice', { name: 'tb' });
     await cost('alice', password);
-    const e = t.store.totp.enroll('alice');
-    t.store.totp.confirm('alice', generateSync({ secret: e.secret, epoch: Math.floor(clock.now() / 1000) }));
+    enableTotp(t.store, 'alice', clock.now());
     // The app password is still good, but the entry was made under another TOTP state: verify afresh.
     expect(await cost('alice', password)).toMatchObject({ hashes: 1, decision: { outcome: 'accept' } });
     expect(lookups).toEqual(['miss', 'stale']);
@@ -134,8 +125,7 @@ describe('verified-login cache', () => {
   it('remembers a wrong guess so repeating it costs no hashing, and still refuses it', async () => {
     await t.store.appPasswords.create('alice', { name: 'tb' });
     // With 2FA on, a wrong app password is refused outright (without 2FA it would go upstream as a main password).
-    const e = t.store.totp.enroll('alice');
-    t.store.totp.confirm('alice', generateSync({ secret: e.secret, epoch: Math.floor(clock.now() / 1000) }));
+    enableTotp(t.store, 'alice', clock.now());
     const guess = 'qqqq wwww eeee rrrr';
     expect(await cost('alice', guess)).toMatchObject({ hashes: 1, decision: { outcome: 'refuse' } });
     expect(await cost('alice', guess)).toMatchObject({ hashes: 0, decision: { outcome: 'refuse' } });

@@ -1,10 +1,10 @@
-import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { AuthPolicy, type AuthAttempt } from '../../src/auth/policy.js';
+import { AuthPolicy } from '../../src/auth/policy.js';
 import { parseConfig } from '../../src/config/load.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { StoreHandle } from '../../src/store/store-handle.js';
-import { makeTestStore, type TestStore } from '../support/store.js';
+import { loginAttempt } from '../support/auth.js';
+import { enableTotp, makeTestStore, type TestStore } from '../support/store.js';
 
 let t: TestStore;
 let handle: StoreHandle;
@@ -13,53 +13,44 @@ function policy(overrides: Record<string, unknown> = {}, master: Buffer | null =
   return new AuthPolicy(handle, parseConfig({ policy: overrides }, 'test'), master);
 }
 
-const attempt = (username: string, password: string, protocol: 'imap' | 'pop3' = 'imap'): AuthAttempt => ({
-  username,
-  password: Buffer.from(password),
-  protocol,
-  clientIp: '192.0.2.1',
-  client: null,
-});
-
 beforeEach(async () => {
   t = await makeTestStore();
   handle = new StoreHandle(t.options, silentLogger(), t.store);
   t.store.accounts.add('alice');
   t.store.accounts.add('tfa');
-  const e = t.store.totp.enroll('tfa');
-  t.store.totp.confirm('tfa', generateSync({ secret: e.secret }));
+  enableTotp(t.store, 'tfa');
 });
 afterEach(() => t.cleanup());
 
 describe('AuthPolicy', () => {
   it('logs an app password in as the master user on the account', async () => {
     const created = await t.store.appPasswords.create('tfa', { name: 'tb' });
-    const decision = await policy().decide(attempt(' TFA ', created.password));
+    const decision = await policy().decide(loginAttempt(' TFA ', created.password));
     expect(decision).toMatchObject({ outcome: 'accept', mode: 'app-password', upstream: { kind: 'master', user: 'tfa', masterUser: 'gwmaster', style: 'authzid' } });
   });
 
   it('refuses the main password of an account with 2FA, and any wrong app password', async () => {
-    expect(await policy().decide(attempt('tfa', 'main-password'))).toMatchObject({ outcome: 'refuse', reason: 'two-factor-required' });
-    expect(await policy().decide(attempt('tfa', 'abcd efgh ijkl mnop'))).toMatchObject({ outcome: 'refuse', reason: 'wrong-password' });
+    expect(await policy().decide(loginAttempt('tfa', 'main-password'))).toMatchObject({ outcome: 'refuse', reason: 'two-factor-required' });
+    expect(await policy().decide(loginAttempt('tfa', 'abcd efgh ijkl mnop'))).toMatchObject({ outcome: 'refuse', reason: 'wrong-password' });
   });
 
   it('passes the main password of an account without 2FA through, unless told not to', async () => {
-    expect(await policy().decide(attempt('Alice', 'main-password'))).toMatchObject({
+    expect(await policy().decide(loginAttempt('Alice', 'main-password'))).toMatchObject({
       outcome: 'accept',
       mode: 'upstream-password',
       upstream: { kind: 'passthrough', user: 'Alice' },
     });
     // A main password that happens to look like an app password is still passed through.
-    expect(await policy().decide(attempt('alice', 'abcdefghijklmnop'))).toMatchObject({ outcome: 'accept', mode: 'upstream-password' });
-    expect(await policy({ main_password_without_2fa: 'reject' }).decide(attempt('alice', 'main-password'))).toMatchObject({
+    expect(await policy().decide(loginAttempt('alice', 'abcdefghijklmnop'))).toMatchObject({ outcome: 'accept', mode: 'upstream-password' });
+    expect(await policy({ main_password_without_2fa: 'reject' }).decide(loginAttempt('alice', 'main-password'))).toMatchObject({
       outcome: 'refuse',
       reason: 'main-password-disabled',
     });
   });
 
   it('refuses or passes through unknown users per policy', async () => {
-    expect(await policy().decide(attempt('nobody', 'pw'))).toMatchObject({ outcome: 'refuse', reason: 'unknown-account' });
-    expect(await policy({ unknown_users: 'passthrough' }).decide(attempt('nobody', 'pw'))).toMatchObject({
+    expect(await policy().decide(loginAttempt('nobody', 'pw'))).toMatchObject({ outcome: 'refuse', reason: 'unknown-account' });
+    expect(await policy({ unknown_users: 'passthrough' }).decide(loginAttempt('nobody', 'pw'))).toMatchObject({
       outcome: 'accept',
       mode: 'upstream-password',
       account: null,
@@ -70,8 +61,8 @@ describe('AuthPolicy', () => {
     const revoked = await t.store.appPasswords.create('tfa', { name: 'r' });
     t.store.appPasswords.revoke('tfa', revoked.info.id);
     const imapOnly = await t.store.appPasswords.create('tfa', { name: 'i', scopes: ['imap'] });
-    expect(await policy().decide(attempt('tfa', revoked.password))).toMatchObject({ outcome: 'refuse', reason: 'revoked' });
-    expect(await policy().decide(attempt('tfa', imapOnly.password, 'pop3'))).toMatchObject({ outcome: 'refuse', reason: 'out-of-scope' });
+    expect(await policy().decide(loginAttempt('tfa', revoked.password))).toMatchObject({ outcome: 'refuse', reason: 'revoked' });
+    expect(await policy().decide(loginAttempt('tfa', imapOnly.password, 'pop3'))).toMatchObject({ outcome: 'refuse', reason: 'out-of-scope' });
   });
 
   it('costs one argon2 verification on every local refusal', async () => {
@@ -82,19 +73,19 @@ describe('AuthPolicy', () => {
       ['bad\u0000name', 'x'],
     ] as const) {
       const before = t.store.hasher.stats.verifications;
-      await policy().decide(attempt(user, pw));
+      await policy().decide(loginAttempt(user, pw));
       expect(t.store.hasher.stats.verifications - before, `${user}`).toBe(1);
     }
   });
 
   it('fails closed, as temporary, when the store cannot be read', async () => {
     t.store.db.exec('DROP TABLE app_passwords');
-    const decision = await policy().decide(attempt('tfa', 'abcd efgh ijkl mnop'));
+    const decision = await policy().decide(loginAttempt('tfa', 'abcd efgh ijkl mnop'));
     expect(decision).toMatchObject({ outcome: 'temporary', reason: 'store-unavailable' });
   });
 
   it('is temporary when no master password is configured', async () => {
     const created = await t.store.appPasswords.create('tfa', { name: 'tb' });
-    expect(await policy({}, null).decide(attempt('tfa', created.password))).toMatchObject({ outcome: 'temporary', reason: 'master-password-missing' });
+    expect(await policy({}, null).decide(loginAttempt('tfa', created.password))).toMatchObject({ outcome: 'temporary', reason: 'master-password-missing' });
   });
 });

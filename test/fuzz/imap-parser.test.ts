@@ -19,6 +19,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ImapParser, isValidAtom, isValidTag, type ImapArg, type ImapParseEvent, type ImapParserLimits } from '../../src/protocols/imap/parser.js';
+import { byteSoup, cut } from '../support/feed.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x1a9);
 fc.configureGlobal({ seed: SEED, numRuns: 300, endOnFailure: true });
@@ -94,19 +95,6 @@ function checkEvent(event: ImapParseEvent): void {
   }
 }
 
-/** Random cut points -> chunks (empty chunks included: a zero-length read must be harmless). */
-function cut(bytes: Uint8Array, points: number[]): Uint8Array[] {
-  const at = [...new Set(points.map((p) => p % (bytes.length + 1)))].sort((a, b) => a - b);
-  const chunks: Uint8Array[] = [];
-  let prev = 0;
-  for (const p of at) {
-    chunks.push(bytes.subarray(prev, p));
-    prev = p;
-  }
-  chunks.push(bytes.subarray(prev));
-  return chunks;
-}
-
 const limitsArb: fc.Arbitrary<Partial<ImapParserLimits>> = fc.record({
   maxLineBytes: fc.integer({ min: 1, max: 200 }),
   maxLiteralBytes: fc.integer({ min: 1, max: 80 }),
@@ -121,11 +109,9 @@ const TOKENS = [
   'alice', 'pw', 'NIL', ' ', '  ', '"', '\\"', '\\\\', '\\x', '(', ')', '((((((', '))))', '{', '}', '{0}', '{1}', '{3}', '{5}', '{5+}', '{0+}', '{12+}',
   '{99999999999}', '{4294967296+}', '~{3}', '\r\n', '\n', '\r', '\0', '\xff', '\x80', 'GET / HTTP/1.1', 'PROXY TCP4 ', '=', 'AGFsaWNlAHB3',
   ']', '%', '[', 'x'.repeat(70),
-].map((t) => Buffer.from(t, 'latin1'));
+];
 
-const soupArb = fc
-  .array(fc.oneof(fc.constantFrom(...TOKENS), fc.uint8Array({ maxLength: 12 }).map((u) => Buffer.from(u))), { maxLength: 80 })
-  .map((parts) => new Uint8Array(Buffer.concat(parts)));
+const soupArb = byteSoup(TOKENS, { parts: 80, partBytes: 12 });
 
 const inputArb = fc.oneof(fc.uint8Array({ maxLength: 600 }), soupArb);
 

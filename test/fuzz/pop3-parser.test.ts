@@ -17,6 +17,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Pop3Parser, type Pop3ParseEvent, type Pop3ParserLimits } from '../../src/protocols/pop3/parser.js';
+import { byteSoup, cut } from '../support/feed.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x90b3);
 fc.configureGlobal({ seed: SEED, numRuns: 300, endOnFailure: true });
@@ -77,18 +78,6 @@ function checkEvent(event: Pop3ParseEvent): void {
   if (event.type === 'sasl-response') expect(event.line.includes(0x0a)).toBe(false);
 }
 
-function cut(bytes: Uint8Array, points: number[]): Uint8Array[] {
-  const at = [...new Set(points.map((p) => p % (bytes.length + 1)))].sort((a, b) => a - b);
-  const chunks: Uint8Array[] = [];
-  let prev = 0;
-  for (const p of at) {
-    chunks.push(bytes.subarray(prev, p));
-    prev = p;
-  }
-  chunks.push(bytes.subarray(prev));
-  return chunks;
-}
-
 const limitsArb: fc.Arbitrary<Partial<Pop3ParserLimits>> = fc.record({
   maxLineBytes: fc.integer({ min: 1, max: 120 }),
   maxSaslLineBytes: fc.integer({ min: 1, max: 200 }),
@@ -97,11 +86,9 @@ const limitsArb: fc.Arbitrary<Partial<Pop3ParserLimits>> = fc.record({
 const TOKENS = [
   'USER ', 'PASS ', 'pass ', 'AUTH ', 'AUTH PLAIN', 'AUTH LOGIN', 'STLS', 'CAPA', 'QUIT', 'APOP ', 'RETR 1', 'alice', 'pw', ' ', '  ', '*', '=',
   'AGFsaWNlAHB3', '\r\n', '\n', '\r', '\0', '\xff', 'GET / HTTP/1.1', 'OPTIONS * HTTP/1.0', 'x HTTP/1.1', '.', 'y'.repeat(60),
-].map((t) => Buffer.from(t, 'latin1'));
+];
 
-const soupArb = fc
-  .array(fc.oneof(fc.constantFrom(...TOKENS), fc.uint8Array({ maxLength: 10 }).map((u) => Buffer.from(u))), { maxLength: 60 })
-  .map((parts) => new Uint8Array(Buffer.concat(parts)));
+const soupArb = byteSoup(TOKENS, { parts: 60, partBytes: 10 });
 
 const inputArb = fc.oneof(fc.uint8Array({ maxLength: 500 }), soupArb);
 

@@ -3,21 +3,17 @@
  * test/support/dovecot.ts, exercised by real clients (Python imaplib/poplib,
  * curl, ImapFlow) talking DIRECTLY to it. No mailgate code is involved.
  */
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
-import { ImapFlow } from 'imapflow';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { makeTestPki } from '../support/pki.js';
-import { dedent, runPython, type PythonResult } from '../support/python.js';
+import { mailClientScript, pythonJson } from '../support/python.js';
+import { curlFetch, idleUntilDelivered, imapFlow } from '../support/real-clients.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
-
-const execFileP = promisify(execFile);
 
 const MSG1 = Buffer.from(
   [
@@ -48,27 +44,8 @@ const MSG2 = Buffer.from(
   ['From: other@example.org', 'To: alice@example.org', 'Subject: harness message two (seeded into new/)', '', 'second', ''].join('\r\n'),
 );
 
-/** Python helpers shared by every client script. */
-const PY_COMMON = dedent(`
-  import imaplib, poplib, socket, ssl
-
-  def ctx():
-      c = ssl.create_default_context(cafile=INPUT['ca'])
-      c.minimum_version = ssl.TLSVersion.TLSv1_2
-      return c
-
-  class IMAPS(imaplib.IMAP4_SSL):
-      """Connect to 127.0.0.1 but verify the certificate as 'localhost'."""
-      def _create_socket(self, timeout):
-          raw = socket.create_connection(('127.0.0.1', self.port), timeout)
-          return self.ssl_context.wrap_socket(raw, server_hostname='localhost')
-
-  class POP3S(poplib.POP3_SSL):
-      """Connect to 127.0.0.1 but verify the certificate as 'localhost'."""
-      def _create_socket(self, timeout):
-          raw = socket.create_connection(('127.0.0.1', self.port), timeout)
-          return self.context.wrap_socket(raw, server_hostname='localhost')
-
+/** Python helpers of this file's client scripts, after the shared mail-client ones. */
+const PY_HARNESS = `
   def fetch_uid(M, uid):
       typ, data = M.uid('FETCH', str(uid), '(BODY.PEEK[])')
       assert typ == 'OK', (typ, data)
@@ -76,14 +53,6 @@ const PY_COMMON = dedent(`
           if isinstance(item, tuple):
               return item[1]
       raise AssertionError('no literal in FETCH response: %r' % (data,))
-
-  def b64(data):
-      return base64.b64encode(data).decode('ascii')
-
-  def retr_bytes(p, n):
-      # poplib strips CRLFs and un-stuffs leading dots; put the CRLFs back.
-      resp, lines, octets = p.retr(n)
-      return b''.join(line + b'\\r\\n' for line in lines)
 
   def imap_login_fails(port, user, pw):
       M = IMAPS('localhost', port, ssl_context=ctx())
@@ -97,31 +66,13 @@ const PY_COMMON = dedent(`
           except Exception:
               pass
       return False
-`);
+`;
 
-async function py(body: string, input: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const res: PythonResult = await runPython(`${PY_COMMON}\n${dedent(body)}`, input, { timeoutMs: 15_000 });
-  if (res.code !== 0 || typeof res.json !== 'object' || res.json === null) {
-    throw new Error(`python failed (code ${res.code})\n--- stdout ---\n${res.stdout}\n--- stderr ---\n${res.stderr}`);
-  }
-  return res.json as Record<string, unknown>;
-}
+const py = (body: string, input: Record<string, unknown>) => pythonJson(mailClientScript(PY_HARNESS, body), input, 15_000);
 
 function unb64(v: unknown): Buffer {
   if (typeof v !== 'string') throw new Error(`expected base64 string, got ${typeof v}`);
   return Buffer.from(v, 'base64');
-}
-
-/** Wait until the Dovecot log matches (log lines arrive via Dovecot's log process, slightly after the fact). */
-async function waitForLog(dc: DovecotHandle, re: RegExp, timeoutMs = 3_000): Promise<string> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const text = await dc.logText();
-    const m = text.split('\n').find((line) => re.test(line));
-    if (m !== undefined) return m;
-    if (Date.now() > deadline) throw new Error(`log never matched ${re}\n--- log ---\n${text.split('\n').slice(-30).join('\n')}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 /** Pids whose command line mentions `needle` (Linux /proc; Dovecot's process titles carry the instance name). */
@@ -279,7 +230,7 @@ describe('Dovecot test harness (real Dovecot, real clients)', () => {
     expect(unb64(out.viaAuthzid).equals(MSG1)).toBe(true);
     expect(unb64(out.viaSeparator).equals(MSG1)).toBe(true);
     expect(out).toMatchObject({ wrongMasterPw: true, nonexistentTarget: true, masterAsItself: true, userWrongPw: true, userWithBobPw: true });
-    await waitForLog(dc, /imap-login: Info: Login: user=<alice>, method=PLAIN, rip=127\.0\.0\.1/);
+    await dc.waitForLog(/imap-login: Info: Login: user=<alice>, method=PLAIN, rip=127\.0\.0\.1/);
   });
 
   it('IMAP ID x-originating-ip from a trusted network becomes the logged rip=', async () => {
@@ -295,7 +246,7 @@ describe('Dovecot test harness (real Dovecot, real clients)', () => {
       `,
       { ca: dc.caCert, port: dc.imapsPort, password: dc.users.find((u) => u.name === 'carol')?.password },
     );
-    await waitForLog(dc, /imap-login: Info: Login: user=<carol>.*rip=203\.0\.113\.7/);
+    await dc.waitForLog(/imap-login: Info: Login: user=<carol>.*rip=203\.0\.113\.7/);
   });
 
   it('POP3S (implicit TLS): USER/PASS, STAT, RETR is byte-identical; POP3 master logins', async () => {
@@ -368,74 +319,32 @@ describe('Dovecot test harness (real Dovecot, real clients)', () => {
     expect(out.count).toBe(2);
     expect(unb64(out.one).equals(MSG1)).toBe(true);
     expect(out.xclient).toMatch(/^\+OK/);
-    await waitForLog(dc, /pop3-login: Info: Login: user=<bob>.*rip=203\.0\.113\.8/);
+    await dc.waitForLog(/pop3-login: Info: Login: user=<bob>.*rip=203\.0\.113\.8/);
   });
 
   it('curl over IMAPS fetches UID 1 byte-identically', async () => {
-    const { stdout } = await execFileP(
-      'curl',
-      [
-        '--silent',
-        '--show-error',
-        '--max-time',
-        '10',
-        '--cacert',
-        dc.caCert,
-        '--resolve',
-        `localhost:${dc.imapsPort}:127.0.0.1`,
-        '--user',
-        `alice:${alice.password}`,
-        `imaps://localhost:${dc.imapsPort}/INBOX;UID=1`,
-      ],
-      { encoding: 'buffer', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: dc.dir } },
-    );
-    expect(stdout.equals(MSG1)).toBe(true);
+    const body = await curlFetch(`imaps://localhost:${dc.imapsPort}/INBOX;UID=1`, { ca: dc.caCert, user: 'alice', password: alice.password, home: dc.dir });
+    expect(body.equals(MSG1)).toBe(true);
   });
 
   it('deliver() is seen by an IDLEing client (ImapFlow)', async () => {
     const bob = dc.users.find((u) => u.name === 'bob');
     if (!bob) throw new Error('no bob');
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: dc.imapsPort,
-      secure: true,
-      tls: { ca: [await readFile(dc.caCert, 'utf8')], servername: 'localhost', rejectUnauthorized: true },
-      auth: { user: bob.name, pass: bob.password },
-      logger: false,
+    const client = imapFlow(dc.imapsPort, dc.caCert, { user: bob.name, pass: bob.password });
+    const delivered = Buffer.from('From: x@example.org\r\nSubject: live\r\n\r\nlive delivery\r\n');
+    const { after, newest } = await idleUntilDelivered(client, async () => {
+      const file = await dc.deliver('bob', delivered);
+      expect(path.dirname(file)).toBe(path.join(dc.maildir('bob'), 'new'));
     });
-    await client.connect();
-    try {
-      const lock = await client.getMailboxLock('INBOX');
-      try {
-        const seen = new Promise<number>((resolve) => client.on('exists', (d: { count: number }) => resolve(d.count)));
-        // Enter IDLE explicitly; ImapFlow would otherwise only IDLE after its own delay.
-        const idling = client.idle();
-        await new Promise((r) => setTimeout(r, 100));
-        const delivered = Buffer.from('From: x@example.org\r\nSubject: live\r\n\r\nlive delivery\r\n');
-        const file = await dc.deliver('bob', delivered);
-        expect(path.dirname(file)).toBe(path.join(dc.maildir('bob'), 'new'));
-        const count = await Promise.race([
-          seen,
-          new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no EXISTS within 5 s')), 5_000)),
-        ]);
-        expect(count).toBe(1);
-        await client.noop(); // ends IDLE
-        await idling.catch(() => undefined);
-        const msg = await client.fetchOne('*', { source: true }, { uid: false });
-        expect(msg && msg.source?.equals(delivered)).toBe(true);
-      } finally {
-        lock.release();
-      }
-    } finally {
-      await client.logout().catch(() => client.close());
-    }
+    expect(after).toBe(1);
+    expect(newest?.equals(delivered)).toBe(true);
   });
 
   it('logs the login of alice with rip=127.0.0.1 (and the IMAP ID)', async () => {
-    const line = await waitForLog(dc, /imap-login: Info: Login: user=<alice>, method=PLAIN, rip=127\.0\.0\.1, lip=127\.0\.0\.1/);
+    const line = await dc.waitForLog(/imap-login: Info: Login: user=<alice>, method=PLAIN, rip=127\.0\.0\.1, lip=127\.0\.0\.1/);
     expect(line).toContain('TLS');
-    await waitForLog(dc, /pop3-login: Info: Login: user=<alice>, method=PLAIN, rip=127\.0\.0\.1/);
-    await waitForLog(dc, /ID sent: .*x-originating-ip=203\.0\.113\.7/);
+    await dc.waitForLog(/pop3-login: Info: Login: user=<alice>, method=PLAIN, rip=127\.0\.0\.1/);
+    await dc.waitForLog(/ID sent: .*x-originating-ip=203\.0\.113\.7/);
   });
 
   it('sslRequired: plaintext auth is refused from an untrusted, non-local source address until STARTTLS', async () => {

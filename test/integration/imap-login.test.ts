@@ -5,22 +5,18 @@
  * login by authzid or by separator, passthrough), and real clients (Python
  * imaplib over implicit TLS and STARTTLS, curl).
  */
-import { execFile } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
-
-import { ImapFlow } from 'imapflow';
-
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { b64, credentialFailure, enableTotp, logLines, RawImap, saslPlain, sessionClosed, waitUntil } from '../support/imap-client.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { credentialFailure, ImapClient, imaps } from '../support/imap-client.js';
 import { makeTestPki } from '../support/pki.js';
-import { dedent, runPython } from '../support/python.js';
+import { mailClientScript, runPython } from '../support/python.js';
+import { b64, saslPlain } from '../support/raw-client.js';
+import { curlFetch, imapFlow } from '../support/real-clients.js';
+import { enableTotp } from '../support/store.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
-
-const execFileP = promisify(execFile);
+import { waitUntil } from '../support/timing.js';
 
 const HELP_URL = 'https://mail.example.test/app-passwords';
 const DAVE_PW = 'Grüße aus Köln'; // UTF-8 and spaces
@@ -65,8 +61,7 @@ beforeAll(async () => {
   aliceApp = (await gw.store.appPasswords.create('alice', { name: 'Laptop', scopes: ['imap'] })).password;
   await dc.seedMessage('alice', MSG);
 
-  const direct = await RawImap.connect({ port: dc.imapsPort, tls: true, ca: dc.caCert });
-  await direct.readLine();
+  const { client: direct } = await ImapClient.open({ port: dc.imapsPort, tls: true, ca: dc.caCert });
   const ok = await direct.command('d1', 'LOGIN bob bob-upstream-pw');
   dovecotPostLogin = /^d1 OK \[CAPABILITY ([^\]]*)\]/m.exec(ok)![1]!;
   await direct.command('d2', 'LOGOUT');
@@ -78,18 +73,14 @@ afterAll(async () => {
   await dc?.stop();
 });
 
-async function connect(): Promise<RawImap> {
-  const c = await RawImap.connect({ port: gw.ports.imaps, tls: true, ca: gw.caCert });
-  await c.readLine();
-  return c;
-}
+const connect = () => imaps(gw);
 
 function loggedIn(tag: string): string {
   return `${tag} OK [CAPABILITY ${dovecotPostLogin}] Logged in\r\n`;
 }
 
 /** After a successful login the session relays: prove it with a real upstream command, then log out. */
-async function selectAndLogout(c: RawImap): Promise<void> {
+async function selectAndLogout(c: ImapClient): Promise<void> {
   expect(await c.command('s', 'SELECT INBOX')).toMatch(/\r\ns OK \[READ-WRITE\] Select completed/);
   expect(await c.command('z', 'LOGOUT')).toMatch(/^\* BYE Logging out\r\nz OK Logout completed/);
   await c.waitClosed();
@@ -150,7 +141,7 @@ describe('LOGIN arguments', () => {
     c.send(Buffer.concat([Buffer.from('a9 LOGIN "j'), Buffer.from([0xff, 0xfe]), Buffer.from('rgen" "irrelevant-pw-2"\r\n')]));
     expect(await c.readUntilTagged('a9')).toBe('a9 BAD The username is not valid UTF-8.\r\n');
     await c.end();
-    expect(logLines(gw.logs, 'login failed', { clientPort: c.localPort }).map((l) => [l.user, l.reason])).toEqual([['jürgen', 'unknown-account']]);
+    expect(logLines(gw, 'login failed', { clientPort: c.localPort }).map((l) => [l.user, l.reason])).toEqual([['jürgen', 'unknown-account']]);
   });
 
   it('LOGIN with a missing password is BAD', async () => {
@@ -241,10 +232,7 @@ describe('AUTHENTICATE', () => {
 describe('upstream login', () => {
   /** The Dovecot log line for the login of this mailgate session. */
   async function dovecotLogin(session: string): Promise<string> {
-    return waitUntil(
-      async () => (await dc.logText()).split('\n').find((l) => l.includes('imap-login: Info: Login:') && l.includes(`session=<${session}>`)),
-      `Dovecot's login line for session ${session}`,
-    );
+    return dc.waitForLog((l) => l.includes('imap-login: Info: Login:') && l.includes(`session=<${session}>`));
   }
 
   it('app password: master login by SASL PLAIN authzid over verified STARTTLS, with the client address forwarded by ID', async () => {
@@ -252,7 +240,7 @@ describe('upstream login', () => {
     expect(await c.command('c1', `LOGIN alice "${aliceApp}"`)).toBe(loggedIn('c1'));
     const port = c.localPort;
     await selectAndLogout(c);
-    const session = (await sessionClosed(gw.logs, port)).session as string;
+    const session = (await sessionClosed(gw, port)).session as string;
     expect(session).toMatch(/^[A-Za-z0-9_-]{8}$/);
     const login = await dovecotLogin(session);
     // rport is the client's port, not that of mailgate's own connection: the ID was applied.
@@ -273,7 +261,7 @@ describe('upstream login', () => {
     expect(await c.command('c1', 'LOGIN bob bob-upstream-pw')).toBe(loggedIn('c1'));
     const port = c.localPort;
     await selectAndLogout(c);
-    const session = (await sessionClosed(gw.logs, port)).session as string;
+    const session = (await sessionClosed(gw, port)).session as string;
     expect(await dovecotLogin(session)).toContain(`rip=127.0.0.1, rport=${port},`);
     const log = await dc.logText();
     expect(log).not.toContain('203.0.113.66');
@@ -285,7 +273,7 @@ describe('upstream login', () => {
     expect(await c.command('c2', 'LOGIN bob bob-upstream-pw')).toBe(loggedIn('c2'));
     const port = c.localPort;
     await selectAndLogout(c);
-    const closed = await sessionClosed(gw.logs, port);
+    const closed = await sessionClosed(gw, port);
     expect(closed).toMatchObject({ user: 'bob', mode: 'upstream-password', method: 'login' });
     expect(await dovecotLogin(closed.session as string)).toContain(`user=<bob>, orig=<bob>, method=PLAIN, rip=127.0.0.1, rport=${port},`);
   });
@@ -303,21 +291,19 @@ describe('upstream login', () => {
       const app = (await sep.store.appPasswords.create('alice', { name: 'Phone' })).password;
       const wrongApp = (await wrongSep.store.appPasswords.create('alice', { name: 'Phone' })).password;
 
-      const c = await RawImap.connect({ port: sep.ports.imaps, tls: true, ca: sep.caCert });
-      await c.readLine();
+      const c = await imaps(sep);
       expect(await c.command('c3', `LOGIN alice "${app}"`)).toBe(loggedIn('c3'));
       const port = c.localPort;
       await selectAndLogout(c);
-      const session = (await sessionClosed(sep.logs, port)).session as string;
+      const session = (await sessionClosed(sep, port)).session as string;
       expect(await dovecotLogin(session)).toContain(`user=<alice>, orig=<${dc.master.name}>, method=PLAIN, rip=127.0.0.1, rport=${port},`);
 
-      const d = await RawImap.connect({ port: wrongSep.ports.imaps, tls: true, ca: wrongSep.caCert });
-      await d.readLine();
+      const d = await imaps(wrongSep);
       expect(await d.command('c4', `LOGIN alice "${wrongApp}"`)).toBe(
         'c4 NO [UNAVAILABLE] The mail service is temporarily unavailable; try again in a few minutes.\r\n',
       );
       await d.end();
-      const why = await waitUntil(() => logLines(wrongSep.logs, 'upstream login failed')[0], 'the upstream failure in the log');
+      const why = await waitUntil(() => logLines(wrongSep, 'upstream login failed')[0], 'the upstream failure in the log');
       expect(why.reason).toMatch(/^the upstream refused the master login: mg\d+ NO \[AUTHENTICATIONFAILED\]/);
     } finally {
       await Promise.all([sep.stop(), wrongSep.stop()]);
@@ -330,15 +316,14 @@ describe('upstream login', () => {
       const other = await makeTestPki(dir);
       const g = await startGateway(dc, { config: { upstream: { imap: { ca: other.caCert } } } });
       try {
-        const c = await RawImap.connect({ port: g.ports.imaps, tls: true, ca: g.caCert });
-        await c.readLine();
+        const c = await imaps(g);
         expect(await c.command('c5', 'LOGIN carol irrelevant')).toBe(credentialFailure('c5', HELP_URL)); // unknown to this store
         g.store.accounts.add('bob');
         expect(await c.command('c6', 'LOGIN bob bob-upstream-pw')).toBe(
           'c6 NO [UNAVAILABLE] The mail service is temporarily unavailable; try again in a few minutes.\r\n',
         );
         await c.end();
-        const why = await waitUntil(() => logLines(g.logs, 'upstream login failed')[0], 'the TLS failure in the log');
+        const why = await waitUntil(() => logLines(g, 'upstream login failed')[0], 'the TLS failure in the log');
         expect(why.reason).toMatch(/^TLS with the upstream failed: .*(self[- ]signed|unable to (get|verify)|certificate)/i);
       } finally {
         await g.stop();
@@ -350,24 +335,7 @@ describe('upstream login', () => {
 });
 
 describe('real clients', () => {
-  const PY = dedent(`
-    import imaplib, socket, ssl
-    imaplib.Commands.setdefault('ID', ('NONAUTH', 'AUTH', 'SELECTED'))
-
-    def ctx():
-        c = ssl.create_default_context(cafile=INPUT['ca'])
-        c.minimum_version = ssl.TLSVersion.TLSv1_2
-        return c
-
-    class IMAPS(imaplib.IMAP4_SSL):
-        def _create_socket(self, timeout):
-            raw = socket.create_connection(('127.0.0.1', self.port), timeout)
-            return self.ssl_context.wrap_socket(raw, server_hostname='localhost')
-
-    class IMAP(imaplib.IMAP4):
-        def _create_socket(self, timeout):
-            return socket.create_connection(('127.0.0.1', self.port), timeout)
-
+  const PY = mailClientScript(`
     def session(M):
         typ, data = M._simple_command('ID', '("name" "imaplib" "version" "3")')
         assert typ == 'OK', (typ, data)
@@ -422,45 +390,17 @@ emit({'before': before, 'after': after, 'tls': tls, 'body': session(M)})
   });
 
   it('curl imaps://localhost/INBOX;UID=1 with an app password fetches the message byte-identically', async () => {
-    const { stdout } = await execFileP(
-      'curl',
-      [
-        '--silent', '--show-error', '--max-time', '10',
-        '--cacert', gw.caCert,
-        '--resolve', `localhost:${gw.ports.imaps}:127.0.0.1`,
-        '--user', `alice:${aliceApp}`,
-        `imaps://localhost:${gw.ports.imaps}/INBOX;UID=1`,
-      ],
-      { encoding: 'buffer', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: gw.dir } },
-    );
-    expect(stdout.equals(MSG)).toBe(true);
+    const body = await curlFetch(`imaps://localhost:${gw.ports.imaps}/INBOX;UID=1`, { ca: gw.caCert, user: 'alice', password: aliceApp, home: gw.dir });
+    expect(body.equals(MSG)).toBe(true);
   });
 
   it('curl over STARTTLS (imap:// --ssl-reqd) fetches the message byte-identically', async () => {
-    const { stdout } = await execFileP(
-      'curl',
-      [
-        '--silent', '--show-error', '--max-time', '10', '--ssl-reqd',
-        '--cacert', gw.caCert,
-        '--resolve', `localhost:${gw.ports.imap}:127.0.0.1`,
-        '--user', `alice:${aliceApp}`,
-        `imap://localhost:${gw.ports.imap}/INBOX;UID=1`,
-      ],
-      { encoding: 'buffer', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: gw.dir } },
-    );
-    expect(stdout.equals(MSG)).toBe(true);
+    const body = await curlFetch(`imap://localhost:${gw.ports.imap}/INBOX;UID=1`, { ca: gw.caCert, user: 'alice', password: aliceApp, home: gw.dir, sslReqd: true });
+    expect(body.equals(MSG)).toBe(true);
   });
 
   it('ImapFlow over STARTTLS', async () => {
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: gw.ports.imap,
-      secure: false,
-      doSTARTTLS: true,
-      tls: { ca: [await readFile(gw.caCert, 'utf8')], servername: 'localhost', rejectUnauthorized: true },
-      auth: { user: 'alice', pass: aliceApp },
-      logger: false,
-    });
+    const client = imapFlow(gw.ports.imap, gw.caCert, { user: 'alice', pass: aliceApp }, { secure: false, doSTARTTLS: true });
     await client.connect();
     try {
       // The login itself shows STARTTLS happened: before it, mailgate refuses credentials.

@@ -9,9 +9,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { credentialFailure, enableTotp, logLines, RawImap, saslPlain, sessionClosed, waitUntil } from '../support/imap-client.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { credentialFailure, ImapClient, imaps } from '../support/imap-client.js';
 import { freePort } from '../support/ports.js';
+import { saslPlain } from '../support/raw-client.js';
+import { enableTotp } from '../support/store.js';
 
 const HELP_URL = 'https://mail.example.test/app-passwords';
 const UNAVAILABLE = (tag: string) => `${tag} NO [UNAVAILABLE] The mail service is temporarily unavailable; try again in a few minutes.\r\n`;
@@ -71,16 +73,11 @@ afterAll(async () => {
   await dc?.stop();
 });
 
-async function connect(g: GatewayHandle, via: 'imaps' | 'starttls' = 'imaps'): Promise<RawImap> {
-  if (via === 'imaps') {
-    const c = await RawImap.connect({ port: g.ports.imaps, tls: true, ca: g.caCert });
-    await c.readLine();
-    return c;
-  }
-  const c = await RawImap.connect({ port: g.ports.imap, tls: false, ca: g.caCert });
-  await c.readLine();
+async function connect(g: GatewayHandle, via: 'imaps' | 'starttls' = 'imaps'): Promise<ImapClient> {
+  if (via === 'imaps') return imaps(g);
+  const { client: c } = await ImapClient.open({ port: g.ports.imap, ca: g.caCert });
   expect(await c.command('s0', 'STARTTLS')).toBe('s0 OK Begin TLS negotiation now\r\n');
-  await c.upgrade();
+  await c.startTls();
   return c;
 }
 
@@ -102,7 +99,7 @@ async function attempt(g: GatewayHandle, command: string, via: 'imaps' | 'startt
 const login = (user: string, password: string) => `LOGIN "${user}" "${password}"`;
 
 function reasonFor(g: GatewayHandle, port: number): string | undefined {
-  const lines = logLines(g.logs, 'login failed', { clientPort: port });
+  const lines = logLines(g, 'login failed', { clientPort: port });
   return lines.length === 1 ? (lines[0]!.reason as string) : undefined;
 }
 
@@ -113,7 +110,7 @@ describe('who may log in', () => {
       attempt(gw, `AUTHENTICATE PLAIN ${saslPlain('alice', app.aliceBoth!.password)}`),
     ]);
     for (const r of results) expect(r.answer).toMatch(/^a1 OK \[CAPABILITY IMAP4rev1 [^\]]*\] Logged in\r\n$/);
-    const closed = await Promise.all(results.map((r) => sessionClosed(gw.logs, r.port)));
+    const closed = await Promise.all(results.map((r) => sessionClosed(gw, r.port)));
     expect(closed.map((l) => [l.user, l.mode, l.appPasswordId])).toEqual([
       ['alice', 'app-password', app.aliceImap!.id],
       ['alice', 'app-password', app.aliceBoth!.id],
@@ -127,8 +124,8 @@ describe('who may log in', () => {
     ]);
     expect(viaApp.answer).toMatch(/^a1 OK \[CAPABILITY /);
     expect(viaUpstream.answer).toMatch(/^a1 OK \[CAPABILITY /);
-    expect((await sessionClosed(gw.logs, viaApp.port)).mode).toBe('app-password');
-    expect((await sessionClosed(gw.logs, viaUpstream.port)).mode).toBe('upstream-password');
+    expect((await sessionClosed(gw, viaApp.port)).mode).toBe('app-password');
+    expect((await sessionClosed(gw, viaUpstream.port)).mode).toBe('upstream-password');
   });
 
   it('unknown accounts are refused by default, even with correct upstream credentials', async () => {
@@ -140,8 +137,8 @@ describe('who may log in', () => {
   it('unknown_users = "passthrough": an unknown account logs in to Dovecot with its own credentials', async () => {
     const r = await attempt(open, login('carol', 'carol-upstream-pw'));
     expect(r.answer).toMatch(/^a1 OK \[CAPABILITY IMAP4rev1 /);
-    expect(await sessionClosed(open.logs, r.port)).toMatchObject({ user: 'carol', mode: 'upstream-password' });
-    await waitUntil(async () => /imap-login: Info: Login: user=<carol>, method=PLAIN, rip=127\.0\.0\.1/.test(await dc.logText()), "carol's login in Dovecot's log");
+    expect(await sessionClosed(open, r.port)).toMatchObject({ user: 'carol', mode: 'upstream-password' });
+    await dc.waitForLog(/imap-login: Info: Login: user=<carol>, method=PLAIN, rip=127\.0\.0\.1/);
   });
 
   it('main_password_without_2fa = "reject": the upstream password of an account without 2FA is refused', async () => {
@@ -216,8 +213,8 @@ describe('one answer for every credential failure', () => {
     const c = await connect(open);
     expect(await c.command('u1', login('frank', 'frank-upstream-pw'))).toBe(credentialFailure('u1', HELP_URL));
     await c.end();
-    expect(c.transcriptText()).not.toContain(UPSTREAM_WORDING);
-    const line = logLines(open.logs, 'login failed', { clientPort: c.localPort })[0]!;
+    expect(c.transcript()).not.toContain(UPSTREAM_WORDING);
+    const line = logLines(open, 'login failed', { clientPort: c.localPort })[0]!;
     expect(line).toMatchObject({ user: 'frank', reason: 'upstream-rejected' });
     expect(String(line.upstream)).toContain(UPSTREAM_WORDING);
   });
@@ -232,7 +229,7 @@ describe('upstream down', () => {
     expect(await c.command('d3', `AUTHENTICATE PLAIN ${saslPlain('alice', app.downAlice!.password)}`)).toBe(UNAVAILABLE('d3'));
     expect(await c.command('d4', login('alice', app.downAlice!.password))).toBe(UNAVAILABLE('d4'));
     // Temporary failures are not credential failures: no ALERT, no limit reached.
-    expect(c.transcriptText()).not.toContain('[ALERT]');
+    expect(c.transcript()).not.toContain('[ALERT]');
     expect(await c.command('d5', 'NOOP')).toBe('d5 OK NOOP completed\r\n');
     await c.end();
     // A new connection is greeted as ever.
@@ -240,16 +237,16 @@ describe('upstream down', () => {
     expect(await d.command('d6', 'CAPABILITY')).toMatch(/^\* CAPABILITY IMAP4rev1 .*AUTH=PLAIN.*\r\nd6 OK CAPABILITY completed\r\n$/);
     await d.end();
 
-    const why = logLines(down.logs, 'upstream login failed');
+    const why = logLines(down, 'upstream login failed');
     expect(why.length).toBe(3);
     expect(why[0]).toMatchObject({ user: 'alice', clientIp: '127.0.0.1' });
     expect(String(why[0]!.reason)).toBe(`cannot connect to 127.0.0.1:${deadPort}: connect ECONNREFUSED 127.0.0.1:${deadPort}`);
-    expect(logLines(down.logs, 'login temporarily failed', { clientPort: c.localPort }).map((l) => l.reason)).toEqual([
+    expect(logLines(down, 'login temporarily failed', { clientPort: c.localPort }).map((l) => l.reason)).toEqual([
       'upstream-unavailable',
       'upstream-unavailable',
       'upstream-unavailable',
     ]);
-    expect(logLines(down.logs, 'login failed')).toEqual([]);
-    expect((await sessionClosed(down.logs, c.localPort)).outcome).toBe('closed-before-login');
+    expect(logLines(down, 'login failed')).toEqual([]);
+    expect((await sessionClosed(down, c.localPort)).outcome).toBe('closed-before-login');
   });
 });

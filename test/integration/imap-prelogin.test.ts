@@ -9,8 +9,11 @@ import { spawn } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { b64, credentialFailure, enableTotp, logLines, RawImap, saslPlain, sessionClosed, waitUntil } from '../support/imap-client.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { credentialFailure, ImapClient } from '../support/imap-client.js';
+import { b64, saslPlain } from '../support/raw-client.js';
+import { enableTotp } from '../support/store.js';
+import { waitUntil } from '../support/timing.js';
 
 /** Runs a program with `input` on stdin; kills it after 10 s. */
 function run(cmd: string, args: string[], input: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -46,8 +49,7 @@ beforeAll(async () => {
   gw.store.accounts.add('alice');
   enableTotp(gw.store, 'alice');
   appPassword = (await gw.store.appPasswords.create('alice', { name: 'Thunderbird', scopes: ['imap'] })).password;
-  const direct = await RawImap.connect({ port: dc.imapsPort, tls: true, ca: dc.caCert });
-  const greeting = await direct.readLine();
+  const { client: direct, greeting } = await ImapClient.open({ port: dc.imapsPort, tls: true, ca: dc.caCert });
   dovecotPrelogin = /\[CAPABILITY ([^\]]*)\]/.exec(greeting)![1]!.split(' ');
   await direct.command('z', 'LOGOUT');
   await direct.end();
@@ -58,14 +60,14 @@ afterAll(async () => {
   await dc?.stop();
 });
 
-async function imaps(): Promise<{ c: RawImap; greeting: string }> {
-  const c = await RawImap.connect({ port: gw.ports.imaps, tls: true, ca: gw.caCert });
-  return { c, greeting: await c.readLine() };
+async function imaps(): Promise<{ c: ImapClient; greeting: string }> {
+  const { client: c, greeting } = await ImapClient.open({ port: gw.ports.imaps, tls: true, ca: gw.caCert });
+  return { c, greeting };
 }
 
-async function plain(): Promise<{ c: RawImap; greeting: string }> {
-  const c = await RawImap.connect({ port: gw.ports.imap, tls: false, ca: gw.caCert });
-  return { c, greeting: await c.readLine() };
+async function plain(): Promise<{ c: ImapClient; greeting: string }> {
+  const { client: c, greeting } = await ImapClient.open({ port: gw.ports.imap, ca: gw.caCert });
+  return { c, greeting };
 }
 
 function capsOf(line: string): string[] {
@@ -110,14 +112,14 @@ describe('greeting and capabilities', () => {
     expect(await c.command('a5', 'NOOP')).toBe('a5 OK NOOP completed\r\n');
     const port = c.localPort;
     await c.end();
-    await sessionClosed(gw.logs, port);
-    expect(logLines(gw.logs, 'login failed', { clientPort: port })).toEqual([]);
+    await sessionClosed(gw, port);
+    expect(logLines(gw, 'login failed', { clientPort: port })).toEqual([]);
   });
 
   it('STARTTLS: OK, handshake (certificate verified as localhost), then CAPABILITY afresh with AUTH= and without STARTTLS/LOGINDISABLED', async () => {
     const { c } = await plain();
     expect(await c.command('s1', 'STARTTLS')).toBe('s1 OK Begin TLS negotiation now\r\n');
-    expect(await c.upgrade()).toBe(0);
+    expect(await c.startTls()).toBe(0);
     expect(c.tlsVersion).toMatch(/^TLSv1\.[23]$/);
     const caps = await c.command('s2', 'CAPABILITY');
     expect(caps).toBe(`* CAPABILITY ${OWN} IDLE AUTH=PLAIN AUTH=LOGIN\r\ns2 OK CAPABILITY completed\r\n`);
@@ -135,16 +137,16 @@ describe('greeting and capabilities', () => {
     c.send('a STARTTLS\r\nb CAPABILITY\r\n');
     expect(await c.readLine()).toBe('a OK Begin TLS negotiation now\r\n');
     // Nothing else came in clear text: b was not answered before the handshake...
-    expect(await c.upgrade()).toBe(0);
+    expect(await c.startTls()).toBe(0);
     // ...nor after it: the first response over TLS is for our next command.
     c.send('c NOOP\r\n');
     expect(await c.readLine()).toBe('c OK NOOP completed\r\n');
-    expect(c.transcriptText()).not.toContain('b OK');
+    expect(c.transcript()).not.toContain('b OK');
     const port = c.localPort;
     await c.end();
-    const warn = await waitUntil(() => logLines(gw.logs, 'dropped plaintext sent after STARTTLS').find((l) => l.bytes === 14), 'the injection warning');
+    const warn = await waitUntil(() => logLines(gw, 'dropped plaintext sent after STARTTLS').find((l) => l.bytes === 14), 'the injection warning');
     expect(warn.clientIp).toBe('127.0.0.1');
-    await sessionClosed(gw.logs, port);
+    await sessionClosed(gw, port);
   });
 
   it('openssl s_client -starttls imap verifies the certificate and gets AUTH= after the handshake', async () => {
@@ -172,7 +174,7 @@ describe('pre-login commands', () => {
     const port = c.localPort;
     expect(await c.command('t6', 'logout')).toBe('* BYE Logging out\r\nt6 OK LOGOUT completed\r\n');
     expect(await c.waitClosed()).toBe('');
-    const closed = await sessionClosed(gw.logs, port);
+    const closed = await sessionClosed(gw, port);
     expect(closed).toMatchObject({ outcome: 'logout', client: 'Thunderbird', clientVersion: '153.0' });
   });
 
@@ -230,12 +232,12 @@ describe('Thunderbird, replayed with a raw client', () => {
     // Three failures on one connection: the limit; the answer came first, then the goodbye.
     expect(await c.waitClosed()).toBe('* BYE Too many failed logins.\r\n');
     const port = c.localPort;
-    const failures = logLines(gw.logs, 'login failed', { clientPort: port });
+    const failures = logLines(gw, 'login failed', { clientPort: port });
     expect(failures.map((l) => [l.method, l.reason])).toEqual([
       ['authenticate-plain', 'two-factor-required'],
       ['authenticate-login', 'two-factor-required'],
       ['login', 'two-factor-required'],
     ]);
-    expect((await sessionClosed(gw.logs, port)).outcome).toBe('too-many-login-failures');
+    expect((await sessionClosed(gw, port)).outcome).toBe('too-many-login-failures');
   });
 });

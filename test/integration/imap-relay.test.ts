@@ -10,13 +10,16 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
-import { ImapFlow } from 'imapflow';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { b64, credentialFailure, enableTotp, logLines, RawImap, saslPlain, sessionClosed, waitUntil } from '../support/imap-client.js';
-import { dedent, runPython } from '../support/python.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { credentialFailure, imaps } from '../support/imap-client.js';
+import { mailClientScript, runPython } from '../support/python.js';
+import { b64, saslPlain } from '../support/raw-client.js';
+import { idleUntilDelivered, imapFlow } from '../support/real-clients.js';
+import { enableTotp } from '../support/store.js';
+import { sleep, waitUntil } from '../support/timing.js';
 
 const execFileP = promisify(execFile);
 
@@ -91,11 +94,7 @@ afterAll(async () => {
   await dc?.stop();
 });
 
-async function connect(): Promise<RawImap> {
-  const c = await RawImap.connect({ port: gw.ports.imaps, tls: true, ca: gw.caCert, timeoutMs: 15_000 });
-  await c.readLine();
-  return c;
-}
+const connect = () => imaps(gw, { timeoutMs: 15_000 });
 
 function taggedLines(text: string): string[] {
   return text.split('\r\n').filter((l) => /^[A-Za-z0-9]+ (OK|NO|BAD) /.test(l)).map((l) => l.split(' ').slice(0, 2).join(' '));
@@ -103,6 +102,25 @@ function taggedLines(text: string): string[] {
 
 function tcpSockets(): number {
   return process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
+}
+
+/**
+ * The process's TCP socket count once it has stopped changing for half a
+ * second: sockets of earlier tests (closing sessions, the start-up probe)
+ * must not be counted as this test's baseline.
+ */
+async function settledTcpSockets(): Promise<number> {
+  let last = tcpSockets();
+  let since = Date.now();
+  while (Date.now() - since < 500) {
+    await sleep(25);
+    const now = tcpSockets();
+    if (now !== last) {
+      last = now;
+      since = Date.now();
+    }
+  }
+  return last;
 }
 
 describe('relay', () => {
@@ -138,7 +156,7 @@ describe('relay', () => {
     c.send(Buffer.concat([msg, Buffer.from('\r\n')]));
     expect(await c.readUntilTagged('r3')).toMatch(/^r3 OK \[APPENDUID \d+ 1\] Append completed/);
     expect(await c.command('r4', 'SELECT Uploads')).toMatch(/\* 1 EXISTS/);
-    const fetched = await c.readFetchedLiteral('r5 UID FETCH 1 BODY.PEEK[]');
+    const fetched = await c.fetchLiteral('r5 UID FETCH 1 BODY.PEEK[]');
     expect(fetched.equals(msg)).toBe(true);
     await c.command('r6', 'LOGOUT');
     await c.waitClosed();
@@ -151,7 +169,7 @@ describe('relay', () => {
     expect(await c.command('f1', 'LOGIN bob bob-upstream-pw')).toMatch(/^f1 OK /);
     expect(await c.command('f2', 'EXAMINE INBOX')).toMatch(/f2 OK \[READ-ONLY\]/);
     const t0 = Date.now();
-    const fetched = await c.readFetchedLiteral('f3 UID FETCH 2 BODY.PEEK[]');
+    const fetched = await c.fetchLiteral('f3 UID FETCH 2 BODY.PEEK[]');
     const ms = Date.now() - t0;
     expect(fetched.length).toBe(BIG_SIZE);
     expect(fetched.equals(file)).toBe(true);
@@ -159,7 +177,7 @@ describe('relay', () => {
     const port = c.localPort;
     await c.command('f4', 'LOGOUT');
     await c.waitClosed();
-    const closed = await sessionClosed(gw.logs, port);
+    const closed = await sessionClosed(gw, port);
     expect(closed.bytesOut).toBeGreaterThan(BIG_SIZE);
   });
 
@@ -170,13 +188,13 @@ describe('relay', () => {
     const port = c.localPort;
     await execFileP('doveadm', ['-c', dc.configPath, 'kick', 'bob'], { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
     expect(await c.waitClosed()).toMatch(/^\* BYE /);
-    expect((await sessionClosed(gw.logs, port)).outcome).toBe('upstream-closed');
+    expect((await sessionClosed(gw, port)).outcome).toBe('upstream-closed');
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'no session left');
   });
 
   it('client hangs up: the upstream connection is closed too, and no socket leaks', async () => {
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'no session left');
-    const baseline = tcpSockets();
+    const baseline = await settledTcpSockets();
     const clients = await Promise.all([connect(), connect(), connect()]);
     const ports = clients.map((c) => c.localPort);
     await Promise.all(clients.map(async (c, i) => expect(await c.command(`h${i}`, 'LOGIN bob bob-upstream-pw')).toMatch(/ OK /)));
@@ -184,28 +202,27 @@ describe('relay', () => {
     expect(gw.gateway.services.registry.size).toBe(3);
     // 3 client ends + 3 gateway ends + 3 upstream connections
     expect(tcpSockets()).toBe(baseline + 9);
-    await Promise.all(clients.map((c) => c.destroy()));
-    const closed = await Promise.all(ports.map((p) => sessionClosed(gw.logs, p)));
+    for (const c of clients) c.destroy();
+    await Promise.all(clients.map((c) => c.closed));
+    const closed = await Promise.all(ports.map((p) => sessionClosed(gw, p)));
     expect(closed.map((l) => l.outcome)).toEqual(['client-closed', 'client-closed', 'client-closed']);
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'registry empty');
     await waitUntil(() => tcpSockets() === baseline, `TCP sockets back to ${baseline} (now ${tcpSockets()})`);
     // Dovecot saw each of its connections closed (not logged out).
     for (const l of closed) {
-      await waitUntil(
-        async () => (await dc.logText()).split('\n').some((line) => line.includes(`<${String(l.session)}>: Info: Disconnected: Connection closed`)),
-        `Dovecot's disconnect for session ${String(l.session)}`,
-      );
+      await dc.waitForLog((line) => line.includes(`<${String(l.session)}>: Info: Disconnected: Connection closed`));
     }
   });
   it('client hangs up while mailgate is still logging in upstream: nothing is left behind', async () => {
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'no session left');
-    const baseline = tcpSockets();
+    const baseline = await settledTcpSockets();
     const clients = await Promise.all([connect(), connect()]);
     clients[0]!.send('g1 LOGIN bob bob-upstream-pw\r\n');
     clients[1]!.send(`g2 AUTHENTICATE PLAIN ${saslPlain('alice', alice.password)}\r\n`);
-    await Promise.all(clients.map((c) => c.destroy()));
-    const closed = await Promise.all(clients.map((c) => sessionClosed(gw.logs, c.localPort)));
-    for (const l of closed) expect(logLines(gw.logs, 'session closed', { session: l.session })).toHaveLength(1);
+    for (const c of clients) c.destroy();
+    await Promise.all(clients.map((c) => c.closed));
+    const closed = await Promise.all(clients.map((c) => sessionClosed(gw, c.localPort)));
+    for (const l of closed) expect(logLines(gw, 'session closed', { session: l.session })).toHaveLength(1);
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'registry empty');
     await waitUntil(() => tcpSockets() === baseline, `TCP sockets back to ${baseline} (now ${tcpSockets()})`);
   });
@@ -220,7 +237,7 @@ describe('relay', () => {
     const uid = /^m2 OK \[APPENDUID \d+ (\d+)\]/.exec(appended)?.[1];
     expect(uid).toBeDefined();
     await c.command('m3', 'EXAMINE INBOX');
-    const fetched = await c.readFetchedLiteral(`m4 UID FETCH ${uid} BODY.PEEK[]`);
+    const fetched = await c.fetchLiteral(`m4 UID FETCH ${uid} BODY.PEEK[]`);
     expect(fetched.equals(msg)).toBe(true);
     await c.command('m5', 'LOGOUT');
     await c.waitClosed();
@@ -229,40 +246,11 @@ describe('relay', () => {
 
 describe('IDLE', () => {
   it('ImapFlow sits in IDLE through the gateway and sees a newly delivered message', async () => {
-    const client = new ImapFlow({
-      host: '127.0.0.1',
-      port: gw.ports.imaps,
-      secure: true,
-      tls: { ca: [await readFile(gw.caCert, 'utf8')], servername: 'localhost', rejectUnauthorized: true },
-      auth: { user: 'alice', pass: alice.password },
-      logger: false,
-      clientInfo: { name: 'imapflow-test', version: '2' },
-    });
-    await client.connect();
-    try {
-      const lock = await client.getMailboxLock('INBOX');
-      try {
-        const before = (client.mailbox as { exists: number }).exists;
-        const seen = new Promise<number>((resolve) => client.on('exists', (d: { count: number }) => resolve(d.count)));
-        const idling = client.idle();
-        await new Promise((r) => setTimeout(r, 150));
-        const delivered = Buffer.from('From: x@example.org\r\nTo: alice@example.org\r\nSubject: live\r\n\r\ndelivered while idling\r\n');
-        await dc.deliver('alice', delivered);
-        const count = await Promise.race([
-          seen,
-          new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no EXISTS within 5 s')), 5_000)),
-        ]);
-        expect(count).toBe(before + 1);
-        await client.noop();
-        await idling.catch(() => undefined);
-        const msg = await client.fetchOne('*', { source: true }, { uid: false });
-        expect(msg && msg.source?.equals(delivered)).toBe(true);
-      } finally {
-        lock.release();
-      }
-    } finally {
-      await client.logout().catch(() => client.close());
-    }
+    const client = imapFlow(gw.ports.imaps, gw.caCert, { user: 'alice', pass: alice.password }, { clientInfo: { name: 'imapflow-test', version: '2' } });
+    const delivered = Buffer.from('From: x@example.org\r\nTo: alice@example.org\r\nSubject: live\r\n\r\ndelivered while idling\r\n');
+    const { before, after, newest } = await idleUntilDelivered(client, () => dc.deliver('alice', delivered));
+    expect(after).toBe(before + 1);
+    expect(newest?.equals(delivered)).toBe(true);
   });
 });
 
@@ -280,7 +268,7 @@ describe('log', () => {
     const sent = c.socket.bytesWritten;
     const received = c.socket.bytesRead;
     const port = c.localPort;
-    const line = await sessionClosed(gw.logs, port);
+    const line = await sessionClosed(gw, port);
     const elapsed = Date.now() - t0;
     expect(line).toMatchObject({
       level: 30,
@@ -305,8 +293,8 @@ describe('log', () => {
     expect(line.durationMs).toEqual(expect.any(Number));
     expect(line.durationMs as number).toBeLessThanOrEqual(elapsed + 50);
     // Exactly one per session.
-    expect(logLines(gw.logs, 'session closed', { session: line.session })).toHaveLength(1);
-    const ok = logLines(gw.logs, 'login ok', { session: line.session });
+    expect(logLines(gw, 'session closed', { session: line.session })).toHaveLength(1);
+    const ok = logLines(gw, 'login ok', { session: line.session });
     expect(ok).toEqual([expect.objectContaining({ user: 'alice', appPasswordId: alice.id, appPasswordName: alice.name })]);
   });
 
@@ -326,13 +314,13 @@ describe('log', () => {
     expect(await c.command('w3', 'LOGIN nobody bad-pass-for-nobody')).toBe(credentialFailure('w3', HELP_URL));
     await c.waitClosed();
     const port = c.localPort;
-    const failures = logLines(gw.logs, 'login failed', { clientPort: port });
+    const failures = logLines(gw, 'login failed', { clientPort: port });
     expect(failures.map((l) => ({ user: l.user, method: l.method, reason: l.reason, clientIp: l.clientIp, protocol: l.protocol }))).toEqual([
       { user: 'alice', method: 'login', reason: 'wrong-password', clientIp: '127.0.0.1', protocol: 'imap' },
       { user: 'alice', method: 'authenticate-login', reason: 'two-factor-required', clientIp: '127.0.0.1', protocol: 'imap' },
       { user: 'nobody', method: 'login', reason: 'unknown-account', clientIp: '127.0.0.1', protocol: 'imap' },
     ]);
-    const closed = await sessionClosed(gw.logs, port);
+    const closed = await sessionClosed(gw, port);
     expect(closed).toMatchObject({ outcome: 'too-many-login-failures', client: null, clientVersion: null });
     expect(closed.user).toBeUndefined();
   });
@@ -345,15 +333,8 @@ describe('log', () => {
     expect(lastUsed()).toBeNull();
     const pyLogin = (name: string, version: string) =>
       runPython(
-        dedent(`
-          import imaplib, socket, ssl
-          imaplib.Commands.setdefault('ID', ('NONAUTH', 'AUTH', 'SELECTED'))
-          class IMAPS(imaplib.IMAP4_SSL):
-              def _create_socket(self, timeout):
-                  raw = socket.create_connection(('127.0.0.1', self.port), timeout)
-                  return self.ssl_context.wrap_socket(raw, server_hostname='localhost')
-          ctx = ssl.create_default_context(cafile=INPUT['ca'])
-          M = IMAPS('localhost', INPUT['port'], ssl_context=ctx)
+        mailClientScript(`
+          M = IMAPS('localhost', INPUT['port'], ssl_context=ctx())
           typ, data = M._simple_command('ID', '("name" "%s" "version" "%s")' % (INPUT['name'], INPUT['version']))
           assert typ == 'OK', (typ, data)
           typ, _ = M.login('alice', INPUT['password'])
@@ -389,16 +370,16 @@ describe('log', () => {
     secrets.add('bob-wrong-upstream-pw');
     expect(await d.command('x3', `AUTHENTICATE PLAIN ${irWrong}`)).toBe(credentialFailure('x3', HELP_URL));
     await d.end();
-    await sessionClosed(gw.logs, d.localPort);
+    await sessionClosed(gw, d.localPort);
 
     const text = gw.logText();
     expect(text.length).toBeGreaterThan(1000);
     // By the way: every session wrote exactly one "session closed" line.
-    const closedIds = logLines(gw.logs, 'session closed').map((l) => l.session);
+    const closedIds = logLines(gw, 'session closed').map((l) => l.session);
     expect(new Set(closedIds).size).toBe(closedIds.length);
     expect(closedIds.length).toBeGreaterThanOrEqual(15);
-    expect(logLines(gw.logs, 'login failed').length).toBeGreaterThanOrEqual(4);
-    expect(logLines(gw.logs, 'login ok').length).toBeGreaterThanOrEqual(5);
+    expect(logLines(gw, 'login failed').length).toBeGreaterThanOrEqual(4);
+    expect(logLines(gw, 'login ok').length).toBeGreaterThanOrEqual(5);
     const lower = text.toLowerCase();
     for (const secret of secrets) {
       expect(secret.length).toBeGreaterThanOrEqual(8);

@@ -10,17 +10,15 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateSync } from 'otplib';
 
 import { DEFAULT_DOVECOT_USERS, startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { runFetchmail, stripFetchmailTrace } from '../support/fetchmail.js';
 import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { dedent, runPython } from '../support/python.js';
-
-const execFileP = promisify(execFile);
+import { mailClientScript, pythonJson } from '../support/python.js';
+import { curlFetch } from '../support/real-clients.js';
+import { enableTotp } from '../support/store.js';
 
 const USERS = [...DEFAULT_DOVECOT_USERS, { name: 'dave', password: 'dave-upstream-pw' }, { name: 'erin', password: 'erin-upstream-pw' }];
 const upstreamPassword = (name: string) => USERS.find((u) => u.name === name)!.password;
@@ -65,51 +63,20 @@ async function mailboxNames(dc: DovecotHandle, user: string): Promise<string[]> 
   return names.sort();
 }
 
-const PY = dedent(`
-  import poplib, socket, ssl
-
-  def ctx():
-      c = ssl.create_default_context(cafile=INPUT['ca'])
-      c.minimum_version = ssl.TLSVersion.TLSv1_2
-      return c
-
-  class POP3S(poplib.POP3_SSL):
-      """Implicit TLS to 127.0.0.1, the certificate verified as 'localhost'."""
-      def _create_socket(self, timeout):
-          raw = socket.create_connection(('127.0.0.1', self.port), timeout)
-          return self.context.wrap_socket(raw, server_hostname='localhost')
-
-  class POP3Loopback(poplib.POP3):
-      """Plain TCP to 127.0.0.1; stls() then verifies the certificate as self.host, 'localhost'."""
-      def _create_socket(self, timeout):
-          return socket.create_connection(('127.0.0.1', self.port), timeout)
-
-  def b64(data):
-      return base64.b64encode(data).decode('ascii')
-
-  def retr_bytes(p, n):
-      # poplib strips the CRLFs and undoes the dot-stuffing; put the CRLFs back.
-      resp, lines, octets = p.retr(n)
-      return b''.join(line + b'\\r\\n' for line in lines)
-
+/** Python helper of this file's client scripts, after the shared mail-client ones. */
+const PY_CONNECT = `
   def connect(port, tls):
       if tls == 'implicit':
           p = POP3S('localhost', port, context=ctx())
           before = None
       else:
-          p = POP3Loopback('localhost', port)
+          p = POP3('localhost', port)
           before = sorted(p.capa().keys())
           p.stls(context=ctx())
       return p, before
-`);
+`;
 
-async function py(body: string, input: Record<string, unknown>): Promise<Record<string, unknown>> {
-  const res = await runPython(`${PY}\n${dedent(body)}`, input, { timeoutMs: 20_000 });
-  if (res.code !== 0 || typeof res.json !== 'object' || res.json === null) {
-    throw new Error(`python failed (code ${res.code})\n--- stdout ---\n${res.stdout}\n--- stderr ---\n${res.stderr}`);
-  }
-  return res.json as Record<string, unknown>;
-}
+const py = (body: string, input: Record<string, unknown>) => pythonJson(mailClientScript(PY_CONNECT, body), input, 20_000);
 
 const unb64 = (v: unknown) => Buffer.from(String(v), 'base64');
 
@@ -125,9 +92,7 @@ describe('real POP3 clients read and delete mail through mailgate with an app pa
     gw = await startGateway(dc);
     for (const { name } of USERS) {
       gw.store.accounts.add(name);
-      const enrolment = gw.store.totp.enroll(name);
-      totpSecrets.push(enrolment.secret);
-      gw.store.totp.confirm(name, generateSync({ secret: enrolment.secret }));
+      totpSecrets.push(enableTotp(gw.store, name));
       expect(gw.store.accounts.find(name)?.totpState).toBe('enabled');
       const created = await gw.store.appPasswords.create(name, { name: `${name}'s mail client`, scopes: ['pop3'] });
       appPw[name] = { id: created.info.id, password: created.password };
@@ -228,17 +193,11 @@ describe('real POP3 clients read and delete mail through mailgate with an app pa
 
   it('curl pop3s://localhost:PORT/1 (and pop3:// with --ssl-reqd) retrieves message 1 byte for byte', async () => {
     const user = 'carol';
-    const common = ['-sS', '--max-time', '10', '--cacert', gw.caCert, '-u', `${user}:${appPw[user]!.password}`];
-    const pop3s = await execFileP('curl', [...common, '--resolve', `localhost:${gw.ports.pop3s}:127.0.0.1`, `pop3s://localhost:${gw.ports.pop3s}/1`], {
-      encoding: 'buffer',
-    });
-    expect(pop3s.stdout.equals(seeded[user]![0]!.raw)).toBe(true);
-    const stls = await execFileP(
-      'curl',
-      [...common, '--ssl-reqd', '--resolve', `localhost:${gw.ports.pop3}:127.0.0.1`, `pop3://localhost:${gw.ports.pop3}/3`],
-      { encoding: 'buffer' },
-    );
-    expect(stls.stdout.equals(seeded[user]![2]!.raw)).toBe(true);
+    const login = { ca: gw.caCert, user, password: appPw[user]!.password, home: gw.dir };
+    const pop3s = await curlFetch(`pop3s://localhost:${gw.ports.pop3s}/1`, login);
+    expect(pop3s.equals(seeded[user]![0]!.raw)).toBe(true);
+    const stls = await curlFetch(`pop3://localhost:${gw.ports.pop3}/3`, { ...login, sslReqd: true });
+    expect(stls.equals(seeded[user]![2]!.raw)).toBe(true);
     // curl only read: nothing was deleted.
     expect(await mailboxNames(dc, user)).toHaveLength(3);
   });

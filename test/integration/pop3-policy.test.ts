@@ -11,12 +11,14 @@
  * session and failure log lines, and a log free of every secret used.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateSync } from 'otplib';
 
 import { DEFAULT_DOVECOT_USERS, startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { makeTestPki } from '../support/pki.js';
-import { b64, RawPop3, saslPlain } from '../support/pop3-client.js';
+import { Pop3Client } from '../support/pop3-client.js';
+import { b64, saslPlain } from '../support/raw-client.js';
+import { enableTotp } from '../support/store.js';
+import { sleep, waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
 const HELP_URL = 'https://mail.example.test/app-passwords';
@@ -33,31 +35,11 @@ const DOVECOT_EXTRA = [
   'login_log_format_elements = user=<%u> orig=<%{orig_user}> method=%m rip=%r rport=%b lip=%l mpid=%e %c session=<%{session}>',
 ].join('\n');
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 4_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
-/** Turns 2-step verification on for a new account; returns the TOTP secret. */
-function enableTotp(gw: GatewayHandle, user: string): string {
-  gw.store.accounts.add(user);
-  const enrolment = gw.store.totp.enroll(user);
-  gw.store.totp.confirm(user, generateSync({ secret: enrolment.secret }));
-  return enrolment.secret;
-}
-
 describe('POP3 credential policy, upstream login and logging (real Dovecot, real mailgate)', () => {
   let dc: DovecotHandle;
   let gw: GatewayHandle;
   const extraGateways: GatewayHandle[] = [];
-  const clients: RawPop3[] = [];
+  const clients: Pop3Client[] = [];
   /** Every secret this file hands to mailgate: none may show up in any log. */
   const secrets = new Set<string>();
   const pw: Record<string, { id: number; password: string }> = {};
@@ -71,15 +53,15 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     }
   }
 
-  async function connect(g: GatewayHandle = gw, timeoutMs?: number): Promise<RawPop3> {
-    const { client, greeting } = await RawPop3.open({ port: g.ports.pop3s, tls: true, ca: g.caCert, ...(timeoutMs ? { timeoutMs } : {}) });
+  async function connect(g: GatewayHandle = gw, timeoutMs?: number): Promise<Pop3Client> {
+    const { client, greeting } = await Pop3Client.open({ port: g.ports.pop3s, tls: true, ca: g.caCert, timeoutMs });
     expect(greeting).toMatch(/^\+OK /);
     clients.push(client);
     return client;
   }
 
   /** USER/PASS, AUTH PLAIN or AUTH LOGIN: the answer to the login. Records every payload as a secret. */
-  async function login(client: RawPop3, user: string, password: string, method: 'user-pass' | 'plain' | 'login' = 'user-pass'): Promise<string> {
+  async function login(client: Pop3Client, user: string, password: string, method: 'user-pass' | 'plain' | 'login' = 'user-pass'): Promise<string> {
     remember(password);
     if (method === 'user-pass') {
       expect(await client.command(`USER ${user}`)).toBe('+OK Send PASS\r\n');
@@ -94,14 +76,6 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     expect(await client.command(b64(user))).toBe('+ UGFzc3dvcmQ6\r\n');
     secrets.add(b64(password));
     return client.command(b64(password));
-  }
-
-  function sessionClosed(g: GatewayHandle, port: number): Record<string, unknown> | undefined {
-    return g.logs().find((l) => l.msg === 'session closed' && l.clientPort === port);
-  }
-
-  async function dovecotLine(re: RegExp): Promise<string> {
-    return waitFor(`a Dovecot log line matching ${re}`, async () => (await dc.logText()).split('\n').find((l) => re.test(l)));
   }
 
   /**
@@ -131,7 +105,8 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     for (const u of USERS) secrets.add(u.password);
     secrets.add(dc.master.password);
 
-    secrets.add(enableTotp(gw, 'alice'));
+    gw.store.accounts.add('alice');
+    secrets.add(enableTotp(gw.store, 'alice'));
     const make = async (user: string, key: string, opts: { scopes?: Array<'imap' | 'pop3'> } = {}) => {
       const created = await gw.store.appPasswords.create(user, { name: key, ...opts });
       pw[key] = { id: created.info.id, password: created.password };
@@ -144,7 +119,8 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     gw.store.appPasswords.revoke('alice', pw.revoked!.id);
     gw.store.accounts.add('bob'); // no 2-step verification: main password passed through
     gw.store.accounts.add('dave');
-    secrets.add(enableTotp(gw, 'erin'));
+    gw.store.accounts.add('erin');
+    secrets.add(enableTotp(gw.store, 'erin'));
     await make('erin', 'erin');
     await dc.seedMessage('dave', Buffer.from('Subject: d\r\n\r\nd\r\n'));
     await dc.seedMessage('erin', Buffer.from('Subject: e\r\n\r\ne\r\n'));
@@ -200,7 +176,7 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
 
     // The reason goes to the log only, one "login failed" line per failure.
     for (const r of results) {
-      const failed = gw.logs().filter((l) => l.msg === 'login failed' && l.clientPort === r.port);
+      const failed = logLines(gw, 'login failed', { clientPort: r.port });
       expect(failed).toHaveLength(1);
       expect(failed[0]).toMatchObject({ reason: r.why, protocol: 'pop3', clientIp: '127.0.0.1' });
     }
@@ -216,7 +192,7 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     expect(await login(stubborn, 'alice', 'wrong one')).toBe(AUTH_FAILED);
     expect(await login(stubborn, 'alice', 'wrong two')).toBe(AUTH_FAILED);
     expect(await login(stubborn, 'alice', 'wrong three')).toBe(AUTH_FAILED);
-    expect(await stubborn.readToEnd()).toBe('');
+    expect(await stubborn.waitClosed()).toBe('');
   });
 
   it("the app password's last use is recorded with protocol pop3", async () => {
@@ -235,15 +211,15 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     const client = await connect();
     expect(await login(client, 'alice', pw.pop3!.password, 'plain')).toBe('+OK Logged in.\r\n');
     await client.quit();
-    const closed = await waitFor('the session log', () => sessionClosed(gw, client.localPort));
+    const closed = await sessionClosed(gw, client.localPort);
     expect(closed).toMatchObject({ mode: 'app-password', method: 'auth-plain', user: 'alice' });
     const id = String(closed.session);
     // Without XCLIENT, rport would be mailgate's own outgoing port and session Dovecot's own id.
-    const line = await dovecotLine(new RegExp(`pop3-login: Info: Login: .*session=<${id}>`));
+    const line = await dc.waitForLog(new RegExp(`pop3-login: Info: Login: .*session=<${id}>`));
     expect(line).toContain('user=<alice>, orig=<gwmaster>, method=PLAIN');
     expect(line).toContain(`rip=127.0.0.1, rport=${client.localPort},`);
     expect(line).toContain('TLS');
-    await dovecotLine(/auth: Info: Master user logging in as alice/);
+    await dc.waitForLog(/auth: Info: Master user logging in as alice/);
   });
 
   it("passthrough: an account without 2-step verification logs in upstream with the client's own credentials", async () => {
@@ -251,9 +227,9 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     expect(await login(client, 'bob', upstreamPassword('bob'), 'login')).toBe('+OK Logged in.\r\n');
     expect(await client.command('STAT')).toBe('+OK 0 0\r\n');
     await client.quit();
-    const closed = await waitFor('the session log', () => sessionClosed(gw, client.localPort));
+    const closed = await sessionClosed(gw, client.localPort);
     expect(closed).toMatchObject({ mode: 'upstream-password', method: 'auth-login', user: 'bob' });
-    const line = await dovecotLine(new RegExp(`pop3-login: Info: Login: .*session=<${String(closed.session)}>`));
+    const line = await dc.waitForLog(new RegExp(`pop3-login: Info: Login: .*session=<${String(closed.session)}>`));
     expect(line).toContain('user=<bob>, orig=<bob>, method=PLAIN');
     expect(line).toContain(`rport=${client.localPort},`);
   });
@@ -267,7 +243,8 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     const [good, bad] = await Promise.all([start(dc.masterSeparator), start('+')]);
     const carolPw: string[] = [];
     for (const g of [good, bad]) {
-      secrets.add(enableTotp(g, 'carol'));
+      g.store.accounts.add('carol');
+      secrets.add(enableTotp(g.store, 'carol'));
       const created = await g.store.appPasswords.create('carol', { name: 'sep', scopes: ['pop3'] });
       remember(created.password);
       carolPw.push(created.password);
@@ -280,10 +257,10 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     // Dovecot refuses "carol+gwmaster": a refused master login is mailgate's problem, not the user's.
     expect(badAnswer).toMatch(/^-ERR \[SYS\/TEMP\] /);
     await viaBad.quit();
-    const closed = await waitFor('the session log', () => sessionClosed(good, viaGood.localPort));
-    const line = await dovecotLine(new RegExp(`pop3-login: Info: Login: .*session=<${String(closed.session)}>`));
+    const closed = await sessionClosed(good, viaGood.localPort);
+    const line = await dc.waitForLog(new RegExp(`pop3-login: Info: Login: .*session=<${String(closed.session)}>`));
     expect(line).toContain('user=<carol>, orig=<gwmaster>, method=PLAIN');
-    expect(bad.logs().find((l) => l.msg === 'upstream login failed')?.reason).toMatch(/refused the master login/);
+    expect(logLines(bad, 'upstream login failed')[0]?.reason).toMatch(/refused the master login/);
   });
 
   it("mailgate's STLS to Dovecot verifies Dovecot's certificate: with another CA configured, no login reaches Dovecot", async () => {
@@ -296,9 +273,9 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
       const client = await connect(strict);
       expect(await login(client, 'bob', upstreamPassword('bob'))).toMatch(/^-ERR \[SYS\/TEMP\] /);
       await client.quit();
-      const failure = strict.logs().find((l) => l.msg === 'upstream login failed');
+      const failure = logLines(strict, 'upstream login failed')[0];
       expect(String(failure?.reason)).toMatch(/TLS with the upstream failed/);
-      expect(strict.logs().filter((l) => l.msg === 'login ok')).toEqual([]);
+      expect(logLines(strict, 'login ok')).toEqual([]);
     } finally {
       await removeTempDir(otherDir);
     }
@@ -316,7 +293,7 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
       expect(r.retry).toBe('+OK Logged in.\r\n');
       expect(r.stat).toMatch(/^\+OK 1 \d+\r\n$/);
       // In use is not a credential failure.
-      expect(gw.logs().filter((l) => l.msg === 'login failed' && l.clientPort === r.waiterPort)).toEqual([]);
+      expect(logLines(gw, 'login failed', { clientPort: r.waiterPort })).toEqual([]);
       expect(gw.logs().some((l) => l.user === user && /IN-USE/.test(String(l.upstream ?? '')))).toBe(true);
     }
   });
@@ -324,10 +301,11 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
   it('logs one "session closed" line per session, with its outcome', async () => {
     expect(clients.length).toBeGreaterThan(15);
     for (const port of clients.map((c) => c.localPort)) {
-      const owner = await waitFor(`"session closed" for client port ${port}`, () =>
-        [gw, ...extraGateways].find((g) => g.logs().some((l) => l.msg === 'session closed' && l.clientPort === port)),
+      const owner = await waitUntil(
+        () => [gw, ...extraGateways].find((g) => logLines(g, 'session closed', { clientPort: port }).length > 0),
+        `"session closed" for client port ${port}`,
       );
-      const lines = owner!.logs().filter((l) => l.msg === 'session closed' && l.clientPort === port);
+      const lines = logLines(owner, 'session closed', { clientPort: port });
       expect(lines).toHaveLength(1);
       expect(lines[0]).toMatchObject({ protocol: 'pop3', clientIp: '127.0.0.1', listener: expect.stringMatching(/^pop3\/implicit@/) });
       expect(typeof lines[0]!.outcome).toBe('string');

@@ -11,12 +11,13 @@
  * unreachable upstream.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { generateSync } from 'otplib';
 
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { startGateway, type GatewayHandle } from '../support/gateway.js';
-import { b64, multilineBody, RawPop3, saslPlain } from '../support/pop3-client.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { multilineBody, Pop3Client } from '../support/pop3-client.js';
 import { freePort } from '../support/ports.js';
+import { b64, saslPlain } from '../support/raw-client.js';
+import { enableTotp } from '../support/store.js';
 
 const MSG1 = Buffer.from(
   ['From: Sender <sender@example.org>', 'To: alice@example.org', 'Subject: one', '', '.starts with a dot', 'body one', ''].join('\r\n'),
@@ -34,37 +35,23 @@ function sorted(lines: string[]): string[] {
   return [...lines].sort();
 }
 
-async function waitFor<T>(what: string, probe: () => T | undefined | Promise<T | undefined>, timeoutMs = 4_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 describe('POP3 before login through mailgate (real Dovecot, raw client)', () => {
   let dc: DovecotHandle;
   let gw: GatewayHandle;
   /** alice: 2-step verification on, app password for POP3 only, shown with spaces. */
   let alicePw: string;
-  const open: Array<RawPop3> = [];
+  const open: Pop3Client[] = [];
 
-  async function connect(kind: 'implicit' | 'starttls'): Promise<{ client: RawPop3; greeting: string }> {
-    const res = await RawPop3.open({ port: kind === 'implicit' ? gw.ports.pop3s : gw.ports.pop3, tls: kind === 'implicit', ca: gw.caCert });
+  async function connect(kind: 'implicit' | 'starttls'): Promise<{ client: Pop3Client; greeting: string }> {
+    const res = await Pop3Client.open({ port: kind === 'implicit' ? gw.ports.pop3s : gw.ports.pop3, tls: kind === 'implicit', ca: gw.caCert });
     open.push(res.client);
     return res;
   }
 
-  async function capa(client: RawPop3): Promise<string[]> {
+  async function capa(client: Pop3Client): Promise<string[]> {
     const block = await (client.send('CAPA\r\n'), client.readMultiline());
     expect(block.startsWith('+OK')).toBe(true);
     return multilineBody(block);
-  }
-
-  function sessionLog(clientPort: number): Record<string, unknown> | undefined {
-    return gw.logs().find((l) => l.msg === 'session closed' && l.clientPort === clientPort);
   }
 
   beforeAll(async () => {
@@ -73,8 +60,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     await dc.seedMessage('alice', MSG1);
     await dc.seedMessage('alice', MSG2);
     gw.store.accounts.add('alice');
-    const enrolment = gw.store.totp.enroll('alice');
-    gw.store.totp.confirm('alice', generateSync({ secret: enrolment.secret }));
+    enableTotp(gw.store, 'alice');
     alicePw = (await gw.store.appPasswords.create('alice', { name: 'pop3 client', scopes: ['pop3'] })).password;
     expect(alicePw).toMatch(/^[a-z]{4} [a-z]{4} [a-z]{4} [a-z]{4}$/);
   });
@@ -90,7 +76,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
       const { client, greeting } = await connect(kind);
       expect(greeting).toMatch(/^\+OK [^\r\n]*\r\n$/);
       expect(greeting).not.toMatch(/<[^<>]*@[^<>]*>/);
-      expect(await client.unsolicited(100)).toBe('');
+      await client.expectSilence(100);
       expect(await client.quit()).toMatch(/^\+OK/);
     }
   });
@@ -112,7 +98,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     expect(await client.command('USER alice')).toBe(USE_STLS_FIRST);
     expect(await client.command(`PASS ${alicePw}`)).toBe(USE_STLS_FIRST);
     expect(await client.command('STLS')).toBe('+OK Begin TLS negotiation\r\n');
-    await client.startTls();
+    expect(await client.startTls()).toBe(0);
     const after = await capa(client);
     expect(sorted(after)).toEqual(sorted([...SERVICE_CAPS, ...LOGIN_CAPS]));
     expect(await client.command('USER alice')).toBe('+OK Send PASS\r\n');
@@ -132,13 +118,13 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     const { client } = await connect('starttls');
     client.send('STLS\r\nUSER evil\r\n');
     expect(await client.readLine()).toBe('+OK Begin TLS negotiation\r\n');
-    await client.startTls(); // refuses if anything else arrived in clear text
+    expect(await client.startTls()).toBe(0); // nothing else arrived in clear text
     // Had "USER evil" survived, PASS would now start a login; it must say USER comes first.
     expect(await client.command('PASS whatever')).toBe('-ERR Send USER first.\r\n');
     const caps = await capa(client);
     expect(sorted(caps)).toEqual(sorted([...SERVICE_CAPS, ...LOGIN_CAPS]));
     await client.quit();
-    const dropped = gw.logs().filter((l) => l.msg === 'dropped plaintext sent after STARTTLS');
+    const dropped = logLines(gw, 'dropped plaintext sent after STARTTLS');
     expect(dropped.some((l) => l.bytes === 'USER evil\r\n'.length)).toBe(true);
   });
 
@@ -146,8 +132,8 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     const { client } = await connect('starttls');
     client.send('STLS\r\nCAPA\r\n');
     expect(await client.readLine()).toBe('+OK Begin TLS negotiation\r\n');
-    await client.startTls();
-    expect(await client.unsolicited(300)).toBe('');
+    expect(await client.startTls()).toBe(0);
+    await client.expectSilence(300);
     // The first line read after the handshake answers our own command, and it is the fresh list.
     expect(await client.command('NOOP')).toBe('-ERR Log in first.\r\n');
     const caps = await capa(client);
@@ -164,7 +150,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     await implicit.client.quit();
     const starttls = await connect('starttls');
     expect(await starttls.client.command('STLS')).toBe('+OK Begin TLS negotiation\r\n');
-    await starttls.client.startTls();
+    expect(await starttls.client.startTls()).toBe(0);
     expect(await starttls.client.command('STLS')).toBe('-ERR The connection is already encrypted.\r\n');
     expect(await starttls.client.quit()).toMatch(/^\+OK/);
   });
@@ -218,7 +204,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     expect(await capa(client)).toEqual(expect.arrayContaining(LOGIN_CAPS));
     expect(await client.command(`AUTH PLAIN ${saslPlain('alice', alicePw)}`)).toBe('+OK Logged in.\r\n');
     await client.quit();
-    expect(gw.logs().filter((l) => l.msg === 'login failed' && l.clientPort === client.localPort)).toEqual([]);
+    expect(logLines(gw, 'login failed', { clientPort: client.localPort })).toEqual([]);
   });
 
   it('a bare AUTH lists the mechanisms: +OK, PLAIN, LOGIN, "."', async () => {
@@ -233,7 +219,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     const { client } = await connect('starttls');
     expect(await capa(client)).toContain('STLS');
     expect(await client.command('STLS')).toBe('+OK Begin TLS negotiation\r\n');
-    await client.startTls();
+    expect(await client.startTls()).toBe(0);
     const caps = await capa(client);
     expect(caps).toContain('SASL PLAIN LOGIN');
     expect(caps).not.toContain('STLS');
@@ -254,9 +240,8 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
   it('QUIT before login says +OK and closes', async () => {
     const { client } = await connect('implicit');
     expect(await client.command('QUIT')).toMatch(/^\+OK[^\r\n]*\r\n$/);
-    expect(await client.readToEnd()).toBe('');
-    await client.waitClosed();
-    expect(await waitFor('the session log', () => sessionLog(client.localPort))).toMatchObject({ outcome: 'quit' });
+    expect(await client.waitClosed()).toBe('');
+    expect(await sessionClosed(gw, client.localPort)).toMatchObject({ outcome: 'quit' });
   });
 
   it('any other command before login gets -ERR; too many of them close the session', async () => {
@@ -269,7 +254,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     expect(await other.client.command('APOP alice c4c9334bac560ecc979e58001b3e22fb')).toBe('-ERR APOP is not supported; use USER/PASS or AUTH.\r\n');
     expect(await other.client.command('RETR 1')).toBe('-ERR Log in first.\r\n');
     other.client.send('LIST\r\n');
-    expect(await other.client.readToEnd()).toBe('-ERR Log in first.\r\n-ERR Too many invalid commands.\r\n');
+    expect(await other.client.waitClosed()).toBe('-ERR Log in first.\r\n-ERR Too many invalid commands.\r\n');
   });
 
   it('bytes pipelined after PASS reach Dovecot in order; Dovecot closing after QUIT closes the client too', async () => {
@@ -285,9 +270,8 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     const stuffed = MSG1.toString('latin1').replace(/^\./gm, '..');
     expect((await client.readBytes(stuffed.length + 3)).toString('latin1')).toBe(`${stuffed}.\r\n`);
     expect(await client.readLine()).toBe('+OK Logging out.\r\n');
-    expect(await client.readToEnd()).toBe('');
-    await client.waitClosed();
-    const closed = await waitFor('the session log', () => sessionLog(client.localPort));
+    expect(await client.waitClosed()).toBe('');
+    const closed = await sessionClosed(gw, client.localPort);
     expect(closed).toMatchObject({ outcome: 'upstream-closed', user: 'alice', mode: 'app-password', method: 'user-pass', protocol: 'pop3' });
   });
 
@@ -296,13 +280,11 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     expect(await client.command(`AUTH PLAIN ${saslPlain('alice', alicePw)}`)).toBe('+OK Logged in.\r\n');
     expect(await client.command('NOOP')).toBe('+OK\r\n');
     client.destroy();
-    const closed = await waitFor('the session log', () => sessionLog(client.localPort));
+    const closed = await sessionClosed(gw, client.localPort);
     expect(closed).toMatchObject({ outcome: 'client-closed', user: 'alice' });
     // mailgate forwards its session id with XCLIENT, so Dovecot's own log names the same session.
     const id = String(closed.session);
-    const line = await waitFor('Dovecot to log the disconnect', async () =>
-      (await dc.logText()).split('\n').find((l) => l.includes(`pop3(alice)`) && l.includes(`<${id}>`) && l.includes('Disconnected')),
-    );
+    const line = await dc.waitForLog((l) => l.includes(`pop3(alice)`) && l.includes(`<${id}>`) && l.includes('Disconnected'));
     expect(line).toMatch(/Disconnected: (Connection closed|Disconnected)/);
   });
 
@@ -311,7 +293,7 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     const down = await startGateway(dc, { upstreamPop3Port: dead });
     try {
       down.store.accounts.add('bob'); // no 2-step verification: the upstream password is passed through
-      const { client, greeting } = await RawPop3.open({ port: down.ports.pop3s, tls: true, ca: down.caCert });
+      const { client, greeting } = await Pop3Client.open({ port: down.ports.pop3s, tls: true, ca: down.caCert });
       open.push(client);
       expect(greeting).toMatch(/^\+OK /);
       const answers: string[] = [];
@@ -324,15 +306,15 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
       // Four temporary failures and the connection is still served (three refusals would close it).
       expect(await capa(client)).toEqual(expect.arrayContaining(LOGIN_CAPS));
       await client.quit();
-      const again = await RawPop3.open({ port: down.ports.pop3s, tls: true, ca: down.caCert });
+      const again = await Pop3Client.open({ port: down.ports.pop3s, tls: true, ca: down.caCert });
       open.push(again.client);
       expect(again.greeting).toMatch(/^\+OK /);
       expect(await again.client.command(`AUTH PLAIN ${saslPlain('bob', 'bob-upstream-pw')}`)).toBe(answers[0]);
       await again.client.quit();
-      const temp = down.logs().filter((l) => l.msg === 'login temporarily failed');
+      const temp = logLines(down, 'login temporarily failed');
       expect(temp.length).toBe(5);
       expect(temp.every((l) => l.reason === 'upstream-unavailable' && l.protocol === 'pop3' && l.user === 'bob')).toBe(true);
-      expect(down.logs().filter((l) => l.msg === 'login failed')).toEqual([]);
+      expect(logLines(down, 'login failed')).toEqual([]);
     } finally {
       await down.stop();
     }
@@ -346,6 +328,6 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     const text = gw.logText();
     const secrets = [alicePw, alicePw.replace(/ /g, ''), alicePw.replace(/ /g, '').toUpperCase(), alicePw.toUpperCase(), saslPlain('alice', alicePw), b64(alicePw)];
     expect(secrets.filter((s) => text.includes(s))).toEqual([]);
-    expect(gw.logs().filter((l) => l.msg === 'internal error in session')).toEqual([]);
+    expect(logLines(gw, 'internal error in session')).toEqual([]);
   });
 });

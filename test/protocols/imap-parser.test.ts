@@ -70,6 +70,19 @@ function expectEvents(input: string | Buffer, expected: unknown[], limits?: Part
 
 const bytes = (...parts: Array<string | Buffer>): Buffer => Buffer.concat(parts.map((p) => Buffer.from(p)));
 
+/** Pushes chunks, pulling after each, until the first event (as the session does until a login or STARTTLS); then only pushes the rest. */
+function pushUntilFirstEvent(parser: ImapParser, chunks: Buffer[]): ImapParseEvent[] {
+  const events: ImapParseEvent[] = [];
+  let index = 0;
+  while (index < chunks.length && events.length === 0) {
+    parser.push(chunks[index++]!);
+    const event = parser.next();
+    if (event) events.push(event);
+  }
+  while (index < chunks.length) parser.push(chunks[index++]!);
+  return events;
+}
+
 // ---- tests ---------------------------------------------------------------
 
 describe('ImapParser: limits', () => {
@@ -465,15 +478,7 @@ describe('ImapParser: pipelining and buffer hand-over', () => {
     const input = `a LOGIN alice {6+}\r\nsecret\r\n${rest}`;
     const results = feedSplits(input, (chunks) => {
       const parser = new ImapParser();
-      const events: ImapParseEvent[] = [];
-      let index = 0;
-      // Pull until the login arrives, like the session does; then stop pulling and keep receiving.
-      while (index < chunks.length && events.length === 0) {
-        parser.push(chunks[index++]!);
-        const event = parser.next();
-        if (event) events.push(event);
-      }
-      while (index < chunks.length) parser.push(chunks[index++]!);
+      const events = pushUntilFirstEvent(parser, chunks);
       const buffered = parser.bufferedBytes;
       const taken = parser.takeBuffered();
       return { events, buffered, taken: taken.toString('latin1'), after: parser.bufferedBytes };
@@ -491,14 +496,7 @@ describe('ImapParser: pipelining and buffer hand-over', () => {
   it('drops everything buffered after STARTTLS', () => {
     const results = feedSplits('a STARTTLS\r\nb CAPABILITY\r\n', (chunks) => {
       const parser = new ImapParser();
-      const events: ImapParseEvent[] = [];
-      let index = 0;
-      while (index < chunks.length && events.length === 0) {
-        parser.push(chunks[index++]!);
-        const event = parser.next();
-        if (event) events.push(event);
-      }
-      while (index < chunks.length) parser.push(chunks[index++]!);
+      const events = pushUntilFirstEvent(parser, chunks);
       const dropped = parser.discardBuffered();
       drain(parser, events);
       parser.push(Buffer.from('c CAPABILITY\r\n'));

@@ -5,11 +5,11 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import tls from 'node:tls';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ROOT } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startGateway, type GatewayHandle } from '../support/gateway.js';
+import { imaps, taggedLine } from '../support/imap-client.js';
 import { runPython } from '../support/python.js';
 
 let dovecot: DovecotHandle;
@@ -23,20 +23,10 @@ afterAll(async () => {
   await dovecot?.stop();
 });
 
-function failOneLogin(): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = tls.connect({ host: '127.0.0.1', port: gw.ports.imaps, ca: readFileSync(gw.caCert), servername: 'localhost' });
-    let text = '';
-    socket.on('data', (d) => {
-      text += d.toString();
-      if (text.includes('a NO ')) {
-        socket.end();
-        resolve(text);
-      }
-    });
-    socket.once('secureConnect', () => socket.write('a LOGIN nobody wrong-password\r\n'));
-    socket.on('error', reject);
-  });
+async function failOneLogin(): Promise<void> {
+  const c = await imaps(gw);
+  expect(taggedLine(await c.command('a', 'LOGIN nobody wrong-password'), 'a')).toMatch(/^a NO /);
+  await c.end();
 }
 
 it('matches "login failed" lines and extracts the client address', async () => {

@@ -1,14 +1,14 @@
 /**
  * Shared pieces of the hostile-client suite (test/attack): penalty settings
  * that turn the brute-force defences on with delays small enough for tests,
- * a CLI configuration pointing at a running gateway's database, log queries,
- * and one-call logins over the raw client.
+ * a CLI configuration pointing at a running gateway's database, a check of
+ * the log for internal errors, and a one-call IMAPS login.
  */
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { GatewayHandle } from './gateway.js';
-import { generateSync } from 'otplib';
-import { RawClient, until } from './raw-client.js';
+import { imapQuote, imaps, type ImapClient } from './imap-client.js';
+import type { ConnectAs } from './raw-client.js';
 
 /**
  * Penalties on, scaled down: 50 ms first delay doubling to 400 ms, a block
@@ -46,65 +46,16 @@ ${extra}
   return file;
 }
 
-export type LogLine = Record<string, unknown>;
-
-/** Log lines of the gateway with this message and these field values. */
-export function logsWith(gw: GatewayHandle, msg: string, fields: LogLine = {}): LogLine[] {
-  return gw.logs().filter((l) => l.msg === msg && Object.entries(fields).every(([k, v]) => l[k] === v));
-}
-
-/** Waits for the `session closed` line of the client whose source port was `port`. */
-export function sessionClosedLine(gw: GatewayHandle, port: number, timeoutMs = 5_000): Promise<LogLine> {
-  return until(() => logsWith(gw, 'session closed', { clientPort: port })[0], `session closed for port ${port}`, timeoutMs);
-}
-
 /** The gateway's log has no error-level line and no sign of an uncaught exception. */
 export function assertNoInternalErrors(gw: GatewayHandle): void {
   const bad = gw.logs().filter((l) => (typeof l.level === 'number' && l.level >= 50) || /uncaught|unhandled|internal error/i.test(String(l.msg)));
   if (bad.length > 0) throw new Error(`gateway logged errors: ${JSON.stringify(bad.slice(0, 5))}`);
 }
 
-export interface ConnectAs {
-  /** Source address (127.0.0.x). */
-  from?: string;
-  timeoutMs?: number;
-}
-
-/** IMAPS connection with its greeting read. */
-export async function imaps(gw: GatewayHandle, opts: ConnectAs = {}): Promise<RawClient> {
-  const c = await RawClient.connect({ port: gw.ports.imaps, tls: true, ca: gw.caCert, ...(opts.from ? { localAddress: opts.from } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
-  await c.readLine();
-  return c;
-}
-
-/** POP3S connection with its greeting read. */
-export async function pop3s(gw: GatewayHandle, opts: ConnectAs = {}): Promise<RawClient> {
-  const c = await RawClient.connect({ port: gw.ports.pop3s, tls: true, ca: gw.caCert, ...(opts.from ? { localAddress: opts.from } : {}), ...(opts.timeoutMs ? { timeoutMs: opts.timeoutMs } : {}) });
-  await c.readLine();
-  return c;
-}
-
-/** An IMAP string argument that is always safe to send quoted. */
-export function imapQuote(text: string): string {
-  return `"${text.replace(/[\\"]/g, (c) => `\\${c}`)}"`;
-}
-
-/** Logs in over IMAPS; returns the client (still open) and the tagged answer. */
-export async function imapsLogin(gw: GatewayHandle, user: string, password: string, opts: ConnectAs = {}): Promise<{ c: RawClient; answer: string; ms: number }> {
-  const c = await imaps(gw, opts);
+/** Logs in over IMAPS (tag L1); returns the client (still open), the whole answer and how long it took. */
+export async function imapsLogin(gw: GatewayHandle, user: string, password: string, as: ConnectAs = {}): Promise<{ c: ImapClient; answer: string; ms: number }> {
+  const c = await imaps(gw, as);
   const started = performance.now();
-  const answer = await c.imap('L1', `LOGIN ${imapQuote(user)} ${imapQuote(password)}`, opts.timeoutMs ?? 10_000);
+  const answer = await c.command('L1', `LOGIN ${imapQuote(user)} ${imapQuote(password)}`, as.timeoutMs ?? 10_000);
   return { c, answer, ms: performance.now() - started };
-}
-
-/** The tagged line of an IMAP answer. */
-export function taggedLine(answer: string, tag: string): string {
-  return answer.split('\r\n').find((l) => l.startsWith(`${tag} `)) ?? '';
-}
-
-/** Turns two-step verification on for an existing account of `store`; returns the TOTP secret. */
-export function enableTotp(store: { totp: { enroll(u: string): { secret: string }; confirm(u: string, code: string): unknown } }, user: string): string {
-  const { secret } = store.totp.enroll(user);
-  store.totp.confirm(user, generateSync({ secret, epoch: Math.floor(Date.now() / 1000) }));
-  return secret;
 }

@@ -53,6 +53,7 @@ import { promisify } from 'node:util';
 
 import { makeTestPki, type TestPki } from './pki.js';
 import { freePorts } from './ports.js';
+import { sleep, waitUntil } from './timing.js';
 import { makeTempDir, removeTempDir } from './tmp.js';
 
 const execFileP = promisify(execFile);
@@ -128,6 +129,12 @@ export interface DovecotHandle {
   deliver(user: string, raw: Buffer): Promise<string>;
   /** the whole Dovecot log (still available after stop()) */
   logText(): Promise<string>;
+  /**
+   * The first log line that matches, once there is one (Dovecot's log process
+   * writes a moment after the fact); throws after the deadline with the last
+   * lines of the log.
+   */
+  waitForLog(match: RegExp | ((line: string) => boolean), timeoutMs?: number): Promise<string>;
   /** stop Dovecot and remove the temp folder; idempotent */
   stop(): Promise<void>;
 }
@@ -542,7 +549,7 @@ async function launch(conf: string, logPath: string, ports: Ports, caPem: string
     }
     const results = await Promise.all(pending.map(([port, re, ca]) => probe(port, re, ca, 2_000)));
     for (let i = results.length - 1; i >= 0; i--) if (results[i]) pending.splice(i, 1);
-    if (pending.length > 0) await new Promise((r) => setTimeout(r, 15));
+    if (pending.length > 0) await sleep(15);
   }
   return { child, exited, output: () => output };
 }
@@ -576,7 +583,6 @@ async function isGone(pid: number): Promise<boolean> {
   }
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
  * SIGTERM the master and wait until it and all its children are gone.
@@ -788,6 +794,15 @@ export async function startDovecot(opts: DovecotOptions = {}): Promise<DovecotHa
       },
       async logText() {
         return finalLog ?? readLog(l.log);
+      },
+      async waitForLog(match, timeoutMs = 5_000) {
+        const test = typeof match === 'function' ? match : (line: string) => match.test(line);
+        let text = '';
+        try {
+          return await waitUntil(async () => (text = await handle.logText()).split('\n').find(test), `Dovecot to log ${String(match)}`, timeoutMs);
+        } catch (err) {
+          throw new Error(`${(err as Error).message}\n--- log (last lines) ---\n${tail(text)}`);
+        }
       },
       stop() {
         stopped ??= (async () => {

@@ -1,9 +1,11 @@
 /**
  * Chunkings of one input for parser tests: a parser must produce the same
- * events however the network happens to cut the bytes.
+ * events however the network happens to cut the bytes. Also the random input
+ * of the fuzz tests and its random cuts.
  *
  * Protocol neutral: shared by the IMAP and POP3 parser tests.
  */
+import fc from 'fast-check';
 
 export interface SplitPlan {
   label: string;
@@ -30,4 +32,29 @@ export function splitPlans(input: Buffer | string): SplitPlan[] {
  */
 export function feedSplits<T>(input: Buffer | string, run: (chunks: Buffer[]) => T): Array<{ label: string; result: T }> {
   return splitPlans(input).map(({ label, chunks }) => ({ label, result: run(chunks) }));
+}
+
+/** Chunks of `bytes` cut at `points` (modulo its length); empty chunks included: a zero-length read must be harmless. */
+export function cut(bytes: Uint8Array, points: number[]): Uint8Array[] {
+  const at = [...new Set(points.map((p) => p % (bytes.length + 1)))].sort((a, b) => a - b);
+  const chunks: Uint8Array[] = [];
+  let prev = 0;
+  for (const p of at) {
+    chunks.push(bytes.subarray(prev, p));
+    prev = p;
+  }
+  chunks.push(bytes.subarray(prev));
+  return chunks;
+}
+
+/**
+ * Protocol-shaped fuzz input: up to `parts` pieces, each one of the protocol
+ * `tokens` (latin1) or up to `partBytes` random bytes, so that random input
+ * steers the parser into its interesting states.
+ */
+export function byteSoup(tokens: string[], sizes: { parts: number; partBytes: number }): fc.Arbitrary<Uint8Array> {
+  const pieces = tokens.map((t) => Buffer.from(t, 'latin1'));
+  return fc
+    .array(fc.oneof(fc.constantFrom(...pieces), fc.uint8Array({ maxLength: sizes.partBytes }).map((u) => Buffer.from(u))), { maxLength: sizes.parts })
+    .map((parts) => new Uint8Array(Buffer.concat(parts)));
 }

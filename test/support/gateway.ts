@@ -16,7 +16,10 @@ import type { Store } from '../../src/store/store.js';
 import type { Clock } from '../../src/store/types.js';
 import type { DovecotHandle } from './dovecot.js';
 import { FAST_ARGON2 } from './store.js';
+import { waitUntil } from './timing.js';
 import { makeTempDir, removeTempDir } from './tmp.js';
+
+export type LogLine = Record<string, unknown>;
 
 export interface GatewayHandle {
   gateway: Gateway;
@@ -27,7 +30,7 @@ export interface GatewayHandle {
   caCert: string;
   ports: { imaps: number; imap: number; pop3s: number; pop3: number };
   /** Every log line so far, parsed. */
-  logs(): Array<Record<string, unknown>>;
+  logs(): LogLine[];
   /** The raw log stream text, for searching secrets. */
   logText(): string;
   stop(): Promise<void>;
@@ -127,11 +130,21 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
         .join('')
         .split('\n')
         .filter(Boolean)
-        .map((line) => JSON.parse(line) as Record<string, unknown>),
+        .map((line) => JSON.parse(line) as LogLine),
     logText: () => chunks.join(''),
     async stop() {
       await gateway.stop(0);
       await removeTempDir(dir);
     },
   };
+}
+
+/** The gateway's log lines with this message (and, optionally, these field values). */
+export function logLines(gw: Pick<GatewayHandle, 'logs'>, msg: string, fields: LogLine = {}): LogLine[] {
+  return gw.logs().filter((l) => l.msg === msg && Object.entries(fields).every(([k, v]) => l[k] === v));
+}
+
+/** Waits for the `session closed` line of the session whose client (source) port was `clientPort`. */
+export function sessionClosed(gw: Pick<GatewayHandle, 'logs'>, clientPort: number, timeoutMs = 5_000): Promise<LogLine> {
+  return waitUntil(() => logLines(gw, 'session closed', { clientPort })[0], `session closed for client port ${clientPort}`, timeoutMs);
 }

@@ -110,3 +110,62 @@ export function runPython(script: string, input?: unknown, opts: PythonOptions =
     child.stdin.end(input === undefined ? '' : JSON.stringify(input));
   });
 }
+
+/**
+ * Python every mail-client script starts with (see mailClientScript): TLS to
+ * 127.0.0.1 with the certificate verified as 'localhost' against INPUT['ca'].
+ * - ctx(): the SSL context (TLS 1.2 at least);
+ * - IMAPS, POP3S: implicit TLS; IMAP, POP3: plain TCP, for starttls()/stls(),
+ *   which verify the certificate against self.host (pass 'localhost');
+ * - b64(bytes), retr_bytes(pop3, n): a message as its bytes, CRLFs put back;
+ * - the ID command registered with imaplib.
+ */
+export const MAIL_CLIENTS_PY = dedent(`
+  import imaplib, poplib, socket, ssl
+  imaplib.Commands.setdefault('ID', ('NONAUTH', 'AUTH', 'SELECTED'))
+
+  def ctx():
+      c = ssl.create_default_context(cafile=INPUT['ca'])
+      c.minimum_version = ssl.TLSVersion.TLSv1_2
+      return c
+
+  class IMAPS(imaplib.IMAP4_SSL):
+      def _create_socket(self, timeout):
+          raw = socket.create_connection(('127.0.0.1', self.port), timeout)
+          return self.ssl_context.wrap_socket(raw, server_hostname='localhost')
+
+  class IMAP(imaplib.IMAP4):
+      def _create_socket(self, timeout):
+          return socket.create_connection(('127.0.0.1', self.port), timeout)
+
+  class POP3S(poplib.POP3_SSL):
+      def _create_socket(self, timeout):
+          raw = socket.create_connection(('127.0.0.1', self.port), timeout)
+          return self.context.wrap_socket(raw, server_hostname='localhost')
+
+  class POP3(poplib.POP3):
+      def _create_socket(self, timeout):
+          return socket.create_connection(('127.0.0.1', self.port), timeout)
+
+  def b64(data):
+      return base64.b64encode(data).decode('ascii')
+
+  def retr_bytes(p, n):
+      # poplib strips the CRLFs and undoes the dot-stuffing; put the CRLFs back.
+      resp, lines, octets = p.retr(n)
+      return b''.join(line + b'\\r\\n' for line in lines)
+`);
+
+/** MAIL_CLIENTS_PY followed by `parts`, each dedented on its own (so each can be an indented template literal). */
+export function mailClientScript(...parts: string[]): string {
+  return [MAIL_CLIENTS_PY, ...parts.map(dedent)].join('\n');
+}
+
+/** Runs `script` and returns the JSON object it emitted last; throws with its output unless it exited 0 having emitted one. */
+export async function pythonJson(script: string, input: unknown, timeoutMs?: number): Promise<Record<string, unknown>> {
+  const res = await runPython(script, input, timeoutMs === undefined ? {} : { timeoutMs });
+  if (res.code !== 0 || typeof res.json !== 'object' || res.json === null) {
+    throw new Error(`python failed (code ${res.code})\n--- stdout ---\n${res.stdout}\n--- stderr ---\n${res.stderr}`);
+  }
+  return res.json as Record<string, unknown>;
+}

@@ -1,5 +1,6 @@
 /** A Store in a temporary folder, with cheap argon2 settings so tests stay fast. */
 import path from 'node:path';
+import { generateSync } from 'otplib';
 import { Store, type StoreOptions } from '../../src/store/store.js';
 import { makeTempDir, removeTempDir } from './tmp.js';
 
@@ -54,4 +55,14 @@ export function manualClock(start = Date.UTC(2026, 10, 25, 12, 0, 0)) {
       now += ms;
     },
   };
+}
+
+/**
+ * Turns two-step verification on for an existing account (enrolment confirmed
+ * with the code of `epochMs`, by default now); returns the TOTP secret.
+ */
+export function enableTotp(store: Pick<Store, 'totp'>, user: string, epochMs = Date.now()): string {
+  const { secret } = store.totp.enroll(user);
+  store.totp.confirm(user, generateSync({ secret, epoch: Math.floor(epochMs / 1000) }));
+  return secret;
 }
