@@ -302,8 +302,7 @@ export function renderReport(r: Results): string {
   if (m.storm) {
     out.push(
       `mailgate during the storm: event-loop thread ${fmt(m.storm.eventLoopThreadCores, 2)} cores, other threads (argon2) ${fmt(m.storm.otherThreadsCores, 2)} cores, ` +
-        `event loop preempted ${fmt(m.storm.eventLoopPreemptionsPerSecond, 0)} times/s; lag median ${fmt(m.storm.eventLoopLagMedianMs)} ms ` +
-        `(prom-client's lag values include its 5 ms sampling interval)`,
+        `event loop preempted ${fmt(m.storm.eventLoopPreemptionsPerSecond, 0)} times/s; lag median ${fmt(m.storm.eventLoopLagMedianMs)} ms`,
     );
   }
   if (r.background) {
