@@ -30,7 +30,7 @@ const AFTER_LOGIN_COMMANDS = new Set([
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
-export class ImapSession extends Session<ImapParser> {
+export class ImapSession extends Session<ImapParseEvent, ImapParser> {
   readonly protocol = 'imap' as const;
   /** The tag of the AUTHENTICATE command whose exchange is running. */
   private saslTag = '';
@@ -97,16 +97,7 @@ export class ImapSession extends Session<ImapParser> {
     });
   }
 
-  protected processInput(): void {
-    while (this.state === 'prelogin') {
-      const event = this.parser.next();
-      if (!event) break;
-      this.handle(event);
-    }
-    this.resumeIfDrained();
-  }
-
-  private handle(event: ImapParseEvent): void {
+  protected handleEvent(event: ImapParseEvent): void {
     switch (event.type) {
       case 'literal-continuation':
         this.write(continuation('Ready for literal data'));

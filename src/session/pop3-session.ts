@@ -24,7 +24,7 @@ const UPSTREAM_CAPABILITIES = new Set(['TOP', 'UIDL', 'PIPELINING', 'EXPIRE', 'L
 
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
-export class Pop3Session extends Session<Pop3Parser> {
+export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
   readonly protocol = 'pop3' as const;
   private pendingUser: string | null = null;
 
@@ -76,16 +76,7 @@ export class Pop3Session extends Session<Pop3Parser> {
     });
   }
 
-  protected processInput(): void {
-    while (this.state === 'prelogin') {
-      const event = this.parser.next();
-      if (!event) break;
-      this.handle(event);
-    }
-    this.resumeIfDrained();
-  }
-
-  private handle(event: Pop3ParseEvent): void {
+  protected handleEvent(event: Pop3ParseEvent): void {
     switch (event.type) {
       case 'sasl-response':
         this.continueSasl(event.line);

@@ -45,8 +45,9 @@ export interface GatewayServices {
 }
 
 /** The parts of a protocol parser the shared session drives. */
-export interface SessionParser {
+export interface SessionParser<E = unknown> {
   push(chunk: Buffer): void;
+  next(): E | null;
   expectSaslResponse(): void;
   discardBuffered(): number;
   takeBuffered(): Buffer;
@@ -74,7 +75,7 @@ export interface Credentials {
 /** Pause reading from a client that pipelines more than this before login. */
 const MAX_PIPELINED_BYTES = FIXED_LIMITS.prelogin_pipeline_bytes;
 
-export abstract class Session<P extends SessionParser = SessionParser> implements TrackedSession {
+export abstract class Session<E = unknown, P extends SessionParser<E> = SessionParser<E>> implements TrackedSession {
   readonly id = randomBytes(6).toString('base64url');
   readonly clientKey: string;
   auth: SessionAuth | null = null;
@@ -133,8 +134,8 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
 
   /** Pre-login: the greeting. */
   protected abstract greet(): void;
-  /** Pre-login: take events from the parser and answer them while the state allows. */
-  protected abstract processInput(): void;
+  /** Pre-login: answer one event from the parser. */
+  protected abstract handleEvent(event: E): void;
   /** The protocol's last words when mailgate ends a session. */
   protected abstract farewell(reason: FarewellReason): string;
   /** Drops protocol state that only matters before login. */
@@ -262,6 +263,16 @@ export abstract class Session<P extends SessionParser = SessionParser> implement
   /** Restarts the pre-login idle timer; called for every complete command. */
   protected touch(): void {
     this.armTimer(this.services.config.timeouts.prelogin_idle_seconds, () => this.closeWith(this.farewell('idle'), 'idle-timeout'));
+  }
+
+  /** Pre-login: takes events from the parser and answers them while the state allows. */
+  protected processInput(): void {
+    while (this.state === 'prelogin') {
+      const event = this.parser.next();
+      if (event === null) break;
+      this.handleEvent(event);
+    }
+    this.resumeIfDrained();
   }
 
   /**
