@@ -17,7 +17,7 @@
  * Each client may also only have a few credential checks in flight at once;
  * the rest wait their turn, so one address cannot occupy every hashing slot.
  */
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
 import type { Logger } from '../log/logger.js';
 import type { PenaltyRules, PenaltyState } from '../store/penalties.js';
 import type { Store } from '../store/store.js';
@@ -85,7 +85,9 @@ export class AbuseGuard {
    * counted again, but is still delayed.
    */
   recordFailure(clientKey: string, username: string, password: Buffer): number {
-    const account = tryNormaliseUsername(username) ?? username;
+    // A name that cannot be an account (over-long, control characters) is
+    // still counted, under a short stand-in, so it cannot bloat the table.
+    const account = tryNormaliseUsername(username) ?? `invalid:${createHash('sha256').update(username).digest('hex').slice(0, 16)}`;
     const penalties = this.store().penalties;
     let ip: PenaltyState;
     let acct: PenaltyState;

@@ -17,13 +17,10 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import type { Clock } from '../store/types.js';
+import type { CachedLogin } from '../store/verifier.js';
 
-export interface CachedLogin {
-  accountId: number;
-  appPasswordId: number;
-  /** The account's TOTP state change time when cached: any change since invalidates the entry. */
-  totpChangedAt: number | null;
-}
+export type { CachedLogin };
+
 
 export interface LoginCacheOptions {
   ttlMs: number;

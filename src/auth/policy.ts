@@ -128,7 +128,7 @@ export class AuthPolicy {
       const hit = cache.verifiedLogin(cacheKey);
       if (hit && hit.accountId === account.id) {
         // Still read the row: a revocation from another process counts at once.
-        const again = this.store.verifier.recheck(hit.accountId, hit.appPasswordId, protocol, hit.totpChangedAt);
+        const again = this.store.verifier.recheck(hit, protocol);
         if (again?.ok) {
           report('hit');
           return again;
@@ -147,7 +147,13 @@ export class AuthPolicy {
     const result = await this.store.verifier.check(name, canonical, protocol);
     if (cache && cacheKey) {
       if (result.ok) {
-        cache.rememberVerified(cacheKey, { accountId: account.id, appPasswordId: result.appPassword.id, totpChangedAt: account.totpChangedAt });
+        cache.rememberVerified(cacheKey, {
+          accountId: account.id,
+          accountCreatedAt: account.createdAt,
+          appPasswordId: result.appPassword.id,
+          appPasswordCreatedAt: result.appPassword.createdAt,
+          totpChangedAt: account.totpChangedAt,
+        });
       } else if (result.reason === 'wrong-password' || result.reason === 'revoked' || result.reason === 'expired') {
         // Final states: a generated password never becomes right, a revoked or expired one never comes back.
         cache.rememberFailure(cacheKey, result.reason);

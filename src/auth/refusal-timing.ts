@@ -23,7 +23,19 @@ const MAX_FLOOR_MS = 5000;
 export class RefusalTiming {
   private readonly pools = new Map<string, number[]>();
 
-  constructor(private readonly random: () => number = Math.random) {}
+  /**
+   * @param upstreamEstimateMs how long the upstream is expected to take to
+   *   refuse (Dovecot: auth_failure_delay, 2 s by default), used for the
+   *   protocols in `protocols` until real refusals have been measured, so
+   *   the first minutes after a start are covered too; 0 for none.
+   */
+  constructor(
+    upstreamEstimateMs = 0,
+    protocols: readonly string[] = [],
+    private readonly random: () => number = Math.random,
+  ) {
+    if (upstreamEstimateMs > 0) for (const protocol of protocols) this.record(`${protocol}:upstream`, upstreamEstimateMs);
+  }
 
   /** Records how long a refusal took, and returns how much longer to wait before answering it. */
   settle(protocol: string, source: RefusalSource, elapsedMs: number): number {

@@ -9,6 +9,8 @@ export const LIMIT_DEFAULTS = {
   tls_handshake_seconds: 10,
   /** [timeouts] Mail programs send their login within a second of the greeting; a minute is generous. */
   prelogin_idle_seconds: 60,
+  /** [timeouts] Total time to log in, however busy a client keeps itself with NOOP or CAPABILITY. */
+  prelogin_total_seconds: 300,
   /** [auth] argon2 runs at once; 0 = cores - 1 (at least 1), so a storm leaves a core to the event loop. */
   hash_concurrency: 0,
   /** [auth] Logins waiting for a hashing slot: 64 × ~40 ms is under 3 s of backlog per core; more fail fast. */

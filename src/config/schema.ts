@@ -21,6 +21,7 @@ const storeSchema = z
     key_file: z.string().min(1).default('data/mailgate.key'),
     busy_timeout_ms: nonNegativeInt.default(5000),
     gateway_busy_timeout_ms: nonNegativeInt.max(5000).default(100),
+    audit_retention_days: nonNegativeInt.default(365),
   })
   .prefault({});
 
@@ -120,6 +121,7 @@ const policySchema = z
     unknown_users: z.enum(['reject', 'passthrough']).default('reject'),
     main_password_without_2fa: z.enum(['passthrough', 'reject']).default('passthrough'),
     help_url: z.string().default('https://example.com/app-passwords'),
+    expected_upstream_refusal_ms: nonNegativeInt.max(10_000).default(2000),
   })
   .prefault({});
 
@@ -127,6 +129,7 @@ const timeoutsSchema = z
   .strictObject({
     tls_handshake_seconds: positiveInt.default(L.tls_handshake_seconds),
     prelogin_idle_seconds: positiveInt.default(L.prelogin_idle_seconds),
+    prelogin_total_seconds: positiveInt.default(L.prelogin_total_seconds),
     upstream_connect_seconds: positiveInt.default(10),
     upstream_response_seconds: positiveInt.default(20),
     session_idle_seconds: positiveInt.default(35 * 60),
@@ -183,6 +186,9 @@ export const configSchema = z
     metrics: metricsSchema,
   })
   .superRefine((config, ctx) => {
+    if (config.limits.failure_delay_max_ms < config.limits.failure_delay_base_ms) {
+      ctx.addIssue({ code: 'custom', path: ['limits', 'failure_delay_max_ms'], message: 'must be at least limits.failure_delay_base_ms' });
+    }
     const seen = new Set<string>();
     config.listen.forEach((listener, index) => {
       const key = `${listener.host}:${listener.port}`;

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { AbuseGuard } from '../auth/abuse.js';
+import { clientKey } from '../auth/client-key.js';
 import { LoginCache } from '../auth/login-cache.js';
 import { AuthPolicy } from '../auth/policy.js';
 import { RefusalTiming } from '../auth/refusal-timing.js';
@@ -19,6 +20,7 @@ import { SessionRegistry } from '../session/registry.js';
 import { RevocationWatcher } from '../session/revocation-watcher.js';
 import type { GatewayServices, Session } from '../session/session.js';
 import { loadServerTls } from '../session/tls.js';
+import { Housekeeping } from './housekeeping.js';
 import { Metrics } from './metrics.js';
 import { storeOptionsFromConfig, type Store, type StoreOptions } from '../store/store.js';
 import { StoreHandle } from '../store/store-handle.js';
@@ -48,6 +50,7 @@ export class Gateway {
   private readonly servers: net.Server[] = [];
   private stopping: Promise<void> | null = null;
   readonly revocations: RevocationWatcher;
+  readonly housekeeping: Housekeeping;
   metricsAddress: { host: string; port: number } | null = null;
   private readonly trustedProxies: net.BlockList;
 
@@ -56,6 +59,7 @@ export class Gateway {
     private readonly checkpointer: Checkpointer,
   ) {
     this.trustedProxies = trustedProxies(services.config.proxy.trusted);
+    this.housekeeping = new Housekeeping(services.store, services.config, services.log);
     this.revocations = new RevocationWatcher(
       services.store,
       services.registry,
@@ -79,6 +83,7 @@ export class Gateway {
       ...options.storeOptions,
     });
     const store = new StoreHandle(storeOptions, log);
+    let gateway: Gateway | null = null;
     const checkpointer = new Checkpointer(storeOptions.path, CHECKPOINT_INTERVAL_MS, log, () => store.enableAutoCheckpoint());
     try {
       const masterPassword = readMasterPassword(config, options.env ?? process.env);
@@ -128,21 +133,31 @@ export class Gateway {
         serverTls: await loadServerTls(config, log),
         registry,
         metrics,
-        refusalTiming: new RefusalTiming(),
+        refusalTiming: new RefusalTiming(
+          // Only a configuration that lets passwords through to the upstream has two kinds of refusal to even out.
+          config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough'
+            ? config.policy.expected_upstream_refusal_ms
+            : 0,
+          [...new Set(config.listen.map((l) => l.protocol))],
+        ),
         upstreams: { imap: upstreamTarget(config.upstream.imap), pop3: upstreamTarget(config.upstream.pop3) },
         upstreamCapabilities: { imap: null, pop3: null },
       };
       services.admission = (session) => admit(services, session);
       warnIfFewFileDescriptors(config, log);
-      const gateway = new Gateway(services, checkpointer);
+      gateway = new Gateway(services, checkpointer);
       await gateway.probeUpstreams();
       for (const listener of config.listen) await gateway.listen(listener);
       gateway.revocations.start();
+      gateway.housekeeping.start();
       checkpointer.start();
       if (config.metrics.listen) gateway.metricsAddress = await metrics.listen(config.metrics.listen, log);
       return gateway;
     } catch (err) {
-      store.close();
+      // Half started (a port taken, say): take down what did start, so the
+      // process can exit instead of serving from a gateway that failed.
+      if (gateway) await gateway.stop(0);
+      else store.close();
       throw err;
     }
   }
@@ -169,6 +184,10 @@ export class Gateway {
       socket.destroy();
       return;
     }
+    if (this.overwhelmed(socket, listener)) {
+      socket.destroy();
+      return;
+    }
     // Keep-alive finds dead phones on long IDLEs; no Nagle for snappy command turns.
     socket.setKeepAlive(true, 60_000);
     socket.setNoDelay(true);
@@ -190,6 +209,27 @@ export class Gateway {
         socket.destroy();
       },
     );
+  }
+
+  /**
+   * The connection limits answer politely (a one-line refusal, after the TLS
+   * handshake on implicit-TLS listeners). Connections far past them, such as
+   * a flood that never finishes its handshakes, are dropped on accept
+   * instead, so they cannot hold descriptors for the handshake deadline.
+   */
+  private overwhelmed(socket: net.Socket, listener: ListenConfig): boolean {
+    const { registry, config, metrics } = this.services;
+    const hardGlobal = config.limits.max_connections + Math.max(10, Math.ceil(config.limits.max_connections / 10));
+    // Behind a PROXY balancer the peer is the balancer: the per-IP count waits for the header.
+    const hardPerIp = listener.proxy_protocol ? Infinity : 2 * config.limits.max_connections_per_ip;
+    const reason =
+      registry.size >= hardGlobal
+        ? 'dropped-global-limit'
+        : registry.unauthenticatedFor(clientKey(socket.remoteAddress ?? '')) >= hardPerIp
+          ? 'dropped-per-ip-limit'
+          : null;
+    if (reason) metrics.refusedConnections.inc({ reason });
+    return reason !== null;
   }
 
   private startSession(socket: net.Socket, listener: ListenConfig, origin: ProxiedOrigin | null): void {
@@ -231,6 +271,7 @@ export class Gateway {
   private async shutdown(graceMs: number): Promise<void> {
     const { registry, log } = this.services;
     this.revocations.stop();
+    this.housekeeping.stop();
     // close() stops listening at once, but its callback only fires when every
     // connection has ended: waiting for it would hold the grace period (and
     // the shutdown) hostage to any client that stays connected.

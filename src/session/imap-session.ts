@@ -74,7 +74,7 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
     }
   }
 
-  protected loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin): Promise<UpstreamLoginResult> {
+  protected loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult> {
     const { config, upstreams, upstreamCapabilities } = this.services;
     return loginImapUpstream({
       target: upstreams.imap,
@@ -82,6 +82,7 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
       responseTimeoutMs: config.timeouts.upstream_response_seconds * 1000,
       forward: config.upstream.imap.forward_client_ip ? origin : null,
       credentials,
+      clientLeft,
       onGreetingCapabilities: (caps) => {
         upstreamCapabilities.imap = caps;
       },
@@ -100,6 +101,13 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
   protected handleEvent(event: ImapParseEvent): void {
     switch (event.type) {
       case 'literal-continuation':
+        // Never invite credentials in clear text: refuse a login before TLS
+        // instead of asking for its literal.
+        if ((event.name === 'LOGIN' || event.name === 'AUTHENTICATE') && !this.loginAllowed) {
+          this.parser.refuseLiteral();
+          this.refusePlaintext(event.tag);
+          return;
+        }
         this.write(continuation('Ready for literal data'));
         return;
       case 'sasl-response':

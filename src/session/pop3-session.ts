@@ -62,7 +62,7 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
     }
   }
 
-  protected loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin): Promise<UpstreamLoginResult> {
+  protected loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult> {
     const { config, upstreams, upstreamCapabilities } = this.services;
     return loginPop3Upstream({
       target: upstreams.pop3,
@@ -70,6 +70,7 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
       responseTimeoutMs: config.timeouts.upstream_response_seconds * 1000,
       forward: config.upstream.pop3.forward_client_ip ? origin : null,
       credentials,
+      clientLeft,
       onCapabilities: (caps) => {
         upstreamCapabilities.pop3 = caps;
       },

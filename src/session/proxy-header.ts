@@ -105,6 +105,10 @@ function parseV2(data: Buffer): Error | { origin: ProxiedOrigin | null; used: nu
     }
     if (address instanceof IPv6ProxyAddress) {
       const bytes = address.sourceAddress.address;
+      // An IPv4 client behind a dual-stack balancer (::ffff:a.b.c.d) is an IPv4 client.
+      if (bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
+        return { origin: { address: bytes.slice(12).join('.'), port: address.sourcePort }, used: length };
+      }
       const groups: string[] = [];
       for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
       return { origin: { address: groups.join(':'), port: address.sourcePort }, used: length };

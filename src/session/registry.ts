@@ -6,8 +6,11 @@
 
 export interface SessionAuth {
   accountId: number | null;
+  /** With the id, tells this account from a later one that reused its id. */
+  accountCreatedAt: number | null;
   username: string;
   appPasswordId: number | null;
+  appPasswordCreatedAt: number | null;
   mode: 'app-password' | 'upstream-password';
   loginAt: number;
 }

@@ -20,12 +20,14 @@ const CHUNK = 500;
 
 interface AppPasswordRow {
   id: number;
+  created_at: number;
   revoked_at: number | null;
   expires_at: number | null;
 }
 
 interface AccountRow {
   id: number;
+  created_at: number;
   totp_state: string;
   totp_changed_at: number | null;
 }
@@ -85,12 +87,12 @@ export class RevocationWatcher {
   private check(db: import('../store/database.js').Db, sessions: Array<TrackedSession & { auth: SessionAuth }>): void {
     const appPasswords = this.load<AppPasswordRow>(
       db,
-      'SELECT id, revoked_at, expires_at FROM app_passwords WHERE id IN',
+      'SELECT id, created_at, revoked_at, expires_at FROM app_passwords WHERE id IN',
       sessions.map((s) => s.auth.appPasswordId).filter((id): id is number => id !== null),
     );
     const accounts = this.load<AccountRow>(
       db,
-      'SELECT id, totp_state, totp_changed_at FROM accounts WHERE id IN',
+      'SELECT id, created_at, totp_state, totp_changed_at FROM accounts WHERE id IN',
       sessions.map((s) => s.auth.accountId!),
     );
     const now = this.now();
@@ -115,12 +117,13 @@ export class RevocationWatcher {
     now: number,
   ): string | null {
     const account = accounts.get(auth.accountId!);
-    if (!account) return 'account-removed';
+    // Removed, even if a new account has taken its id since.
+    if (!account || account.created_at !== auth.accountCreatedAt) return 'account-removed';
     if (auth.mode === 'upstream-password') {
       return account.totp_state === 'enabled' ? 'two-factor-enabled' : null;
     }
     const appPassword = auth.appPasswordId === null ? undefined : appPasswords.get(auth.appPasswordId);
-    if (!appPassword) return 'app-password-removed';
+    if (!appPassword || appPassword.created_at !== auth.appPasswordCreatedAt) return 'app-password-removed';
     if (appPassword.revoked_at !== null) return 'app-password-revoked';
     if (appPassword.expires_at !== null && appPassword.expires_at <= now) return 'app-password-expired';
     return null;

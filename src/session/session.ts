@@ -56,7 +56,7 @@ export interface SessionParser<E = unknown> {
 
 export type FarewellReason = TerminationReason | 'idle' | 'errors' | 'internal';
 
-export type SessionState = 'handshake' | 'prelogin' | 'authenticating' | 'starttls' | 'relaying' | 'closed';
+export type SessionState = 'handshake' | 'prelogin' | 'authenticating' | 'relaying' | 'closed';
 
 export type LoginOutcome =
   | { ok: true; decision: Extract<AuthDecision, { outcome: 'accept' }>; upstream: Extract<UpstreamLoginResult, { ok: true }> }
@@ -88,6 +88,8 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   private readonly startedAt = Date.now();
   private timer: NodeJS.Timeout | null = null;
   private relay: Relay | null = null;
+  /** Set while a login runs; aborted when the client leaves, so the upstream dialogue stops too. */
+  private loginAbort: AbortController | null = null;
   private sasl: { mechanism: string; exchange: SaslExchange } | null = null;
   private outcome = 'closed-before-login';
   private loginFields: Record<string, unknown> = {};
@@ -144,8 +146,8 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   protected abstract saslDone(credentials: SaslCredentials, mechanism: string): void;
   /** A SASL exchange ended without credentials: answer the protocol's way. */
   protected abstract saslFailed(reason: SaslErrorReason): void;
-  /** Logs in upstream with these credentials. */
-  protected abstract loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin): Promise<UpstreamLoginResult>;
+  /** Logs in upstream with these credentials; gives up when `clientLeft` fires. */
+  protected abstract loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult>;
 
   start(): void {
     this.services.registry.add(this);
@@ -176,6 +178,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   protected closeWith(data: string, outcome: string): void {
     this.outcome = outcome;
     this.clearTimer();
+    this.clearPreloginDeadline();
     this.state = 'closed';
     if (this.socket.writable) this.socket.end(data);
     // A peer that never reads must not keep the socket alive.
@@ -194,7 +197,6 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
 
   /** STARTTLS/STLS, after the protocol wrote its go-ahead. */
   protected startTls(): void {
-    this.state = 'starttls';
     this.clearTimer();
     // Anything after the STARTTLS line arrived in clear text before the
     // handshake could start: it is an injection attempt or garbage, never a
@@ -219,6 +221,8 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       this.destroy();
     });
     secure.once('secure', () => {
+      // Ended (shutdown, say) while the handshake was running: stay ended.
+      if (this.state === 'closed') return;
       this.secure = true;
       this.tlsVersion = secure.getProtocol();
       this.attachReader();
@@ -250,10 +254,18 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
         this.closeWith(this.refusal(), refusal);
         return;
       }
+      // However busy it keeps itself (NOOP, CAPABILITY...), a connection gets
+      // only so long to log in.
+      this.preloginDeadline = setTimeout(
+        () => this.closeWith(this.farewell('idle'), 'prelogin-deadline'),
+        this.services.config.timeouts.prelogin_total_seconds * 1000,
+      );
       this.greet();
     }
     this.processInput();
   }
+
+  private preloginDeadline: NodeJS.Timeout | null = null;
 
   private greeted = false;
 
@@ -316,10 +328,26 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   /**
    * The login pipeline shared by every mechanism of both protocols: the
    * policy decides, the upstream confirms, the store records.
+   *
+   * While it runs the session stays in the registry (and so counts against
+   * the connection limits) even if the client hangs up, and the client's
+   * credential-check slot is held until the verdict is in, the upstream's
+   * included: a client cannot have more guesses in flight by closing
+   * connections early, or by choosing passwords the upstream checks.
    */
   protected async login(credentials: Credentials): Promise<LoginOutcome> {
     this.state = 'authenticating';
     this.clearTimer();
+    this.loginAbort = new AbortController();
+    try {
+      return await this.checkCredentials(credentials, this.loginAbort.signal);
+    } finally {
+      this.loginAbort = null;
+      if (this.finished) this.services.registry.remove(this);
+    }
+  }
+
+  private async checkCredentials(credentials: Credentials, clientLeft: AbortSignal): Promise<LoginOutcome> {
     const startedAt = Date.now();
     const attempt: AuthAttempt = {
       username: credentials.username,
@@ -337,50 +365,69 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       const detail = err instanceof Error ? err.message : String(err);
       return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail }, startedAt);
     }
-    if (!admission.ok) {
-      this.services.metrics.logins.inc({ protocol: this.protocol, result: 'blocked' });
-      // Blocked: refused without looking at the password at all.
-      this.log.warn({ clientIp: this.clientAddress, user: credentials.username, protocol: this.protocol, blockedBy: admission.blockedBy }, 'login blocked');
-      return { ok: false, kind: 'temporary' };
-    }
+    if (!admission.ok) return this.blocked(credentials, admission.blockedBy);
+
     let decision: AuthDecision;
+    let upstream: UpstreamLoginResult | null = null;
     try {
       decision = await policy.decide(attempt);
+      if (decision.outcome === 'accept' && !clientLeft.aborted) {
+        upstream = await this.loginUpstream(decision.upstream, this.origin(), clientLeft);
+      }
     } finally {
       admission.release();
     }
     if (decision.outcome !== 'accept') return this.loginFailed(attempt, credentials, decision, startedAt);
-
-    const upstream = await this.loginUpstream(decision.upstream, this.origin());
+    const user = decision.upstream.user;
+    if (!upstream || clientLeft.aborted || this.finished) {
+      // The client hung up meanwhile: nobody to relay for, nothing to record.
+      if (upstream?.ok) upstream.socket.destroy();
+      return { ok: false, kind: 'temporary' };
+    }
     if (upstream.ok) {
       this.services.metrics.logins.inc({ protocol: this.protocol, result: 'ok' });
       this.safely(() => policy.recordSuccess(attempt, decision));
       this.loginFields = {
-        user: decision.account?.username ?? decision.upstream.user,
+        user: decision.account?.username ?? user,
         mode: decision.mode,
         method: credentials.method,
         ...(decision.mode === 'app-password' ? { appPasswordId: decision.appPassword.id, appPasswordName: decision.appPassword.name } : {}),
       };
       this.auth = {
         accountId: decision.account?.id ?? null,
-        username: decision.account?.username ?? decision.upstream.user,
+        accountCreatedAt: decision.account?.createdAt ?? null,
+        username: decision.account?.username ?? user,
         appPasswordId: decision.mode === 'app-password' ? decision.appPassword.id : null,
+        appPasswordCreatedAt: decision.mode === 'app-password' ? decision.appPassword.createdAt : null,
         mode: decision.mode,
         loginAt: Date.now(),
       };
       return { ok: true, decision, upstream };
     }
-    const user = decision.upstream.user;
     if (upstream.kind === 'rejected' && (upstream.code === 'IN-USE' || upstream.code === 'LOGIN-DELAY')) {
       // The credentials were right; the mailbox is busy. Not a failure to punish.
-      this.log.info({ clientIp: this.clientAddress, user, protocol: this.protocol, upstream: upstream.reason }, 'mailbox in use upstream');
+      this.log.info({ clientIp: this.clientAddress, user: clip(user), protocol: this.protocol, upstream: upstream.reason }, 'mailbox in use upstream');
       return { ok: false, kind: 'in-use', code: upstream.code === 'LOGIN-DELAY' ? 'LOGIN-DELAY' : 'IN-USE' };
     }
     if (upstream.kind === 'rejected') {
       return this.loginFailed(attempt, credentials, { outcome: 'refuse', reason: 'upstream-rejected', username: user }, startedAt, upstream.reason);
     }
-    this.log.warn({ clientIp: this.clientAddress, user, reason: upstream.reason }, 'upstream login failed');
+    this.log.warn({ clientIp: this.clientAddress, user: clip(user), reason: upstream.reason }, 'upstream login failed');
     return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'upstream-unavailable', username: user }, startedAt);
+  }
+
+  /**
+   * A blocked client or account: refused without the password being looked
+   * at. It still counts as a failed login on this connection, and waits the
+   * first-failure delay, so a blocked client cannot hammer one connection.
+   */
+  private async blocked(credentials: Credentials, blockedBy: 'ip' | 'account'): Promise<LoginOutcome> {
+    this.failedLogins += 1;
+    this.services.metrics.logins.inc({ protocol: this.protocol, result: 'blocked' });
+    this.log.warn({ clientIp: this.clientAddress, user: clip(credentials.username), protocol: this.protocol, blockedBy }, 'login blocked');
+    const delayMs = this.services.guard.delayFor(1);
+    if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+    return { ok: false, kind: 'temporary' };
   }
 
   private async loginFailed(
@@ -394,7 +441,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       clientIp: this.clientAddress,
       clientPort: this.clientPort,
       protocol: this.protocol,
-      user: decision.username,
+      user: clip(decision.username),
       method: credentials.method,
       reason: decision.reason,
       ...(upstreamText ? { upstream: upstreamText } : {}),
@@ -409,7 +456,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.services.metrics.logins.inc({ protocol: this.protocol, result: 'failed' });
     // A stable message and field names: fail2ban's filter keys on them.
     this.log.info(fields, 'login failed');
-    this.safely(() => this.services.policy.recordFailure(attempt, decision.username, decision.reason));
+    this.safely(() => this.services.policy.recordFailure(attempt, clip(decision.username), decision.reason));
     // Answer no sooner than a refusal decided elsewhere would be (timing must
     // not tell which accounts mailgate knows), then add the penalty delay.
     const source = decision.reason === 'upstream-rejected' ? 'upstream' : 'local';
@@ -444,6 +491,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.outcome = 'relayed';
     this.services.registry.markAuthenticated(this);
     this.clearTimer();
+    this.clearPreloginDeadline();
     this.socket.removeAllListeners('data');
     const pipelined = this.parser.takeBuffered();
     this.currentParser = null;
@@ -493,7 +541,10 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.finished = true;
     this.state = 'closed';
     this.clearTimer();
-    this.services.registry.remove(this);
+    this.clearPreloginDeadline();
+    // A login still running keeps its place until it settles (see login()).
+    if (this.loginAbort) this.loginAbort.abort();
+    else this.services.registry.remove(this);
     this.log.info(
       {
         clientIp: this.clientAddress,
@@ -545,6 +596,11 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.timer = null;
   }
 
+  private clearPreloginDeadline(): void {
+    if (this.preloginDeadline) clearTimeout(this.preloginDeadline);
+    this.preloginDeadline = null;
+  }
+
   /** Store writes after the fact must never take a session down with them. */
   private safely(work: () => void): void {
     try {
@@ -553,6 +609,11 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not record the login in the store');
     }
   }
+}
+
+/** Usernames in logs and the audit trail: whatever a client sent, at most 256 characters. */
+function clip(name: string): string {
+  return name.length > 256 ? `${name.slice(0, 256)}...` : name;
 }
 
 function plainAddress(address: string): string {

@@ -40,6 +40,7 @@ export interface AuditRow extends Required<AuditEntry> {
 export class AuditLog {
   private readonly insert;
   private readonly recent;
+  private readonly deleteBefore;
 
   constructor(
     db: Db,
@@ -48,6 +49,7 @@ export class AuditLog {
     this.insert = db.prepare(
       'INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
+    this.deleteBefore = db.prepare('DELETE FROM audit WHERE at < ?');
     this.recent = db.prepare(
       `SELECT id, at, event, username, app_password_id AS appPasswordId, ip, protocol, detail
          FROM audit WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?`,
@@ -64,6 +66,11 @@ export class AuditLog {
       entry.protocol ?? null,
       entry.detail ?? null,
     );
+  }
+
+  /** Drops events older than `maxAgeMs`; returns how many. */
+  prune(maxAgeMs: number): number {
+    return this.deleteBefore.run(this.now() - maxAgeMs).changes;
   }
 
   list(options: { username?: string; limit?: number } = {}): AuditRow[] {

@@ -39,8 +39,11 @@ export class PasswordHasher {
 
   constructor(private readonly options: HasherOptions) {
     // One core is left to the event loop: during a storm of wrong passwords the
-    // sessions, TLS and correct logins must still get CPU.
-    this.concurrency = options.concurrency && options.concurrency > 0 ? options.concurrency : Math.max(1, availableParallelism() - 1);
+    // sessions, TLS and correct logins must still get CPU. And one thread of
+    // libuv's pool is left to DNS and file I/O, which share it with argon2.
+    const poolThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
+    this.concurrency =
+      options.concurrency && options.concurrency > 0 ? options.concurrency : Math.max(1, Math.min(availableParallelism() - 1, poolThreads - 1));
     this.maxQueue = options.maxQueue ?? 256;
   }
 

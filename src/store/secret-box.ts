@@ -27,6 +27,11 @@ export function loadOrCreateKey(file: string): Buffer {
       throw new MailgateError(ErrorCodes.KEY_FILE, `cannot create key file ${file}: ${(err as Error).message}`);
     }
   }
+  return loadKey(file);
+}
+
+/** Reads the store key, which must exist. */
+export function loadKey(file: string): Buffer {
   let key: Buffer;
   try {
     key = readFileSync(file);

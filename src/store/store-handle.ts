@@ -27,6 +27,7 @@ export class StoreHandle {
   private retryAt = 0;
   private readonly hasher: PasswordHasher;
   private broken = false;
+  private closed = false;
 
   private options: StoreOptions;
 
@@ -36,7 +37,7 @@ export class StoreHandle {
     initial?: Store,
   ) {
     this.options = options;
-    this.store = initial ?? Store.open(options);
+    this.store = initial ?? openAtStart(options, log);
     this.hasher = this.store.hasher;
     this.identity = fileIdentity(options.path);
     this.stamp = fileStamp(options.path);
@@ -44,6 +45,7 @@ export class StoreHandle {
 
   /** The open store; throws when the database cannot be used right now. */
   get(): Store {
+    if (this.closed) throw new MailgateError(ErrorCodes.DB_UNAVAILABLE, 'the store is closed (shutting down)');
     if (this.store && this.fileGoneOrReplaced()) {
       this.log.error({ path: this.options.path }, 'the database file was removed or replaced; logins fail until it is back');
       this.drop();
@@ -63,6 +65,7 @@ export class StoreHandle {
   }
 
   close(): void {
+    this.closed = true;
     this.drop();
   }
 
@@ -84,6 +87,7 @@ export class StoreHandle {
       // SQLite would take an empty (truncated) file for a new database and
       // migrate it into an empty store: that is a missing database, not one.
       if (!hasSqliteHeader(this.options.path)) throw new Error('the file is not an SQLite database');
+      // Neither the database nor the key file is ever created here.
       this.store = Store.open({ ...this.options, hasher: this.hasher, mustExist: true });
       // A store that opens but cannot be read (garbage past the header) is not back yet.
       this.store.db.prepare('SELECT COUNT(*) FROM accounts').get();
@@ -123,6 +127,25 @@ export class StoreHandle {
     this.stamp = stamp;
     return !hasSqliteHeader(this.options.path);
   }
+}
+
+/**
+ * The first open, at start-up. A missing database is created (a new
+ * installation), and said so; a file that exists but is empty or not a
+ * database is refused: migrating it would start the gateway on an empty
+ * store, as if every account had vanished.
+ */
+function openAtStart(options: StoreOptions, log: Logger): Store {
+  const st = statOf(options.path);
+  if (st && !hasSqliteHeader(options.path)) {
+    throw new MailgateError(
+      ErrorCodes.DB_UNAVAILABLE,
+      `${options.path} exists but is not an SQLite database (${st.size === 0 ? 'empty' : 'damaged'}); restore it, or remove it to start with a new store`,
+    );
+  }
+  const store = Store.open(options);
+  if (!st) log.warn({ path: options.path }, 'created a new, empty store');
+  return store;
 }
 
 const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');

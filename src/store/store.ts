@@ -2,7 +2,9 @@
  * The store as the rest of mailgate sees it: one object that opens the
  * database and key, and wires the repositories together.
  */
+import { existsSync, statSync } from 'node:fs';
 import type { Config } from '../config/schema.js';
+import { ErrorCodes, MailgateError } from '../errors.js';
 import { configPath } from '../config/load.js';
 import { AccountRepository } from './accounts.js';
 import { AppPasswordRepository } from './app-passwords.js';
@@ -10,7 +12,7 @@ import { AuditLog } from './audit.js';
 import { openDatabase, type Db } from './database.js';
 import { PasswordHasher } from './hasher.js';
 import { PenaltyRepository } from './penalties.js';
-import { loadOrCreateKey } from './secret-box.js';
+import { loadKey, loadOrCreateKey } from './secret-box.js';
 import { TotpService } from './totp.js';
 import type { Clock } from './types.js';
 import { CredentialVerifier } from './verifier.js';
@@ -65,7 +67,13 @@ export class Store {
   static open(options: StoreOptions): Store {
     // The key is read first: a store that cannot decrypt its secrets is useless,
     // and failing before the database is created leaves nothing half-made.
-    const key = loadOrCreateKey(options.keyFile);
+    // A new key for an existing database would leave every TOTP secret in it
+    // undecryptable: only a new store gets a new key.
+    const databaseExists = existsSync(options.path) && statSync(options.path).size > 0;
+    if (databaseExists && !existsSync(options.keyFile)) {
+      throw new MailgateError(ErrorCodes.KEY_FILE, `key file ${options.keyFile} is missing but the database ${options.path} exists; restore the key file`);
+    }
+    const key = options.mustExist ? loadKey(options.keyFile) : loadOrCreateKey(options.keyFile);
     const db = openDatabase(options.path, {
       ...(options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs }),
       mustExist: options.mustExist ?? false,

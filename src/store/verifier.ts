@@ -12,6 +12,17 @@ import type { AuditLog } from './audit.js';
 import type { PasswordHasher } from './hasher.js';
 import { appPasswordStatus, type Account, type AppPasswordInfo, type Clock, type Scope } from './types.js';
 
+/** What the verified-login cache remembers of a successful app-password check. */
+export interface CachedLogin {
+  accountId: number;
+  /** Ids can be reused after a row is deleted; the creation times tell the rows apart. */
+  accountCreatedAt: number;
+  appPasswordId: number;
+  appPasswordCreatedAt: number;
+  /** The account's TOTP state change time when cached: any change since invalidates the entry. */
+  totpChangedAt: number | null;
+}
+
 export type VerifyFailureReason = 'unknown-account' | 'wrong-password' | 'revoked' | 'expired' | 'out-of-scope';
 
 export type VerifyResult =
@@ -59,10 +70,12 @@ export class CredentialVerifier {
    * still active, in scope, and the account's TOTP state unchanged? Two
    * prepared-statement reads, no hashing.
    */
-  recheck(accountId: number, appPasswordId: number, protocol: Scope, totpChangedAt: number | null): VerifyResult | null {
-    const account = this.accounts.findById(accountId);
-    const appPassword = this.appPasswords.findById(appPasswordId);
-    if (!account || !appPassword || appPassword.accountId !== account.id || account.totpChangedAt !== totpChangedAt) return null;
+  recheck(login: CachedLogin, protocol: Scope): VerifyResult | null {
+    const account = this.accounts.findById(login.accountId);
+    const appPassword = this.appPasswords.findById(login.appPasswordId);
+    // Rows deleted and their ids reused by new ones are not the rows that were verified.
+    if (!account || account.createdAt !== login.accountCreatedAt || account.totpChangedAt !== login.totpChangedAt) return null;
+    if (!appPassword || appPassword.accountId !== account.id || appPassword.createdAt !== login.appPasswordCreatedAt) return null;
     const status = appPasswordStatus(appPassword, this.now());
     if (status !== 'active') return { ok: false, reason: status, account };
     if (!appPassword.scopes.includes(protocol)) return { ok: false, reason: 'out-of-scope', account };

@@ -48,19 +48,41 @@ export abstract class UpstreamDialogue {
   }
 }
 
-/** Connects, runs the dialogue, and maps every way it can end to a result. */
+/**
+ * Connects, runs the dialogue, and maps every way it can end to a result.
+ * When `clientLeft` fires (the client hung up), the dialogue is abandoned and
+ * its connection closed: there is no one left to log in for.
+ */
 export async function runLoginDialogue(
   target: UpstreamTarget,
   connectTimeoutMs: number,
   create: (socket: Socket) => UpstreamDialogue,
+  clientLeft?: AbortSignal,
 ): Promise<UpstreamLoginResult> {
   let dialogue: UpstreamDialogue | null = null;
+  let onAbort: (() => void) | null = null;
+  const abandoned = new Promise<never>((_, reject) => {
+    onAbort = () => reject(new UpstreamError('the client left during the upstream login'));
+    if (clientLeft?.aborted) onAbort();
+    else clientLeft?.addEventListener('abort', onAbort, { once: true });
+  });
+  // The losers of the races below settle later; nobody awaits them.
+  abandoned.catch(() => undefined);
+  const connecting = connectUpstream(target, connectTimeoutMs);
+  connecting.catch(() => undefined);
   try {
-    dialogue = create(await connectUpstream(target, connectTimeoutMs));
-    return await dialogue.run();
+    const socket = await Promise.race([connecting, abandoned]);
+    dialogue = create(socket);
+    const running = dialogue.run();
+    running.catch(() => undefined);
+    return await Promise.race([running, abandoned]);
   } catch (err) {
-    dialogue?.destroy();
+    if (dialogue) dialogue.destroy();
+    // Abandoned while still connecting: close the connection when it comes.
+    else connecting.then((socket) => socket.destroy(), () => undefined);
     if (err instanceof UpstreamRejected) return { ok: false, kind: 'rejected', reason: err.reason, code: err.code };
     return { ok: false, kind: 'unavailable', reason: err instanceof Error ? err.message : String(err), code: null };
+  } finally {
+    if (onAbort) clientLeft?.removeEventListener('abort', onAbort);
   }
 }

@@ -24,6 +24,8 @@ export interface ImapLoginRequest {
   /** Send ID with the client's address (Dovecot login_trusted_networks). */
   forward: ClientOrigin | null;
   credentials: UpstreamCredentials;
+  /** Fires when the client hangs up: the dialogue stops and the connection is closed. */
+  clientLeft?: AbortSignal;
   /** Learns the upstream's pre-login capabilities, for the gateway's own greeting. */
   onGreetingCapabilities?: (capabilities: string[]) => void;
 }
@@ -131,7 +133,12 @@ class ImapUpstreamDialogue extends UpstreamDialogue {
     const response = useSasl ? await this.authenticatePlain(capabilities) : await this.loginCommand(capabilities);
     if (response.status === 'OK') return response;
     const text = response.line.slice(0, 200);
-    if (credentials.kind === 'passthrough' && response.status === 'NO') throw new UpstreamRejected(text, response.code);
+    const code = (response.code ?? '').split(' ')[0]!.toUpperCase();
+    // A mailbox in use is the user's state: reported as such whoever logged in.
+    if (response.status === 'NO' && code === 'INUSE') throw new UpstreamRejected(text, 'IN-USE');
+    // RFC 5530: the server's own trouble, not the credentials': temporary, never a penalty.
+    const temporary = code === 'UNAVAILABLE' || code === 'SERVERBUG' || code === 'LIMIT';
+    if (credentials.kind === 'passthrough' && response.status === 'NO' && !temporary) throw new UpstreamRejected(text, response.code);
     throw new UpstreamError(
       credentials.kind === 'master' ? `the upstream refused the master login: ${text}` : `the upstream refused the login: ${text}`,
     );
@@ -217,5 +224,5 @@ class ImapUpstreamDialogue extends UpstreamDialogue {
 }
 
 export function loginImapUpstream(request: ImapLoginRequest): Promise<UpstreamLoginResult> {
-  return runLoginDialogue(request.target, request.connectTimeoutMs, (socket) => new ImapUpstreamDialogue(socket, request));
+  return runLoginDialogue(request.target, request.connectTimeoutMs, (socket) => new ImapUpstreamDialogue(socket, request), request.clientLeft);
 }

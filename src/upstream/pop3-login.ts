@@ -94,10 +94,13 @@ class Pop3UpstreamDialogue extends UpstreamDialogue {
     const reply = useSasl ? await this.authPlain() : await this.userPass();
     if (reply.ok) return reply;
     const text = reply.line.slice(0, 200);
-    // A locked mailbox or a temporary failure is the user's state, not our
-    // configuration: report it as such whoever logged in.
-    if (credentials.kind === 'passthrough' || reply.code === 'IN-USE' || reply.code === 'LOGIN-DELAY') throw new UpstreamRejected(text, reply.code);
-    throw new UpstreamError(`the upstream refused the master login: ${text}`);
+    // A locked mailbox is the user's state: reported as such whoever logged in.
+    if (reply.code === 'IN-USE' || reply.code === 'LOGIN-DELAY') throw new UpstreamRejected(text, reply.code);
+    // RFC 3206: SYS/TEMP and SYS/PERM are the server's trouble, not the
+    // credentials': unavailable, never counted against the user.
+    const serverTrouble = reply.code === 'SYS/TEMP' || reply.code === 'SYS/PERM';
+    if (credentials.kind === 'passthrough' && !serverTrouble) throw new UpstreamRejected(text, reply.code);
+    throw new UpstreamError(`the upstream refused the ${credentials.kind === 'master' ? 'master ' : ''}login: ${text}`);
   }
 
   private async authPlain(): Promise<Reply> {
@@ -124,6 +127,9 @@ class Pop3UpstreamDialogue extends UpstreamDialogue {
     const userLine = encodeUser(user);
     const passLine = encodeCommand('PASS', password);
     if (!Buffer.isBuffer(userLine) || !Buffer.isBuffer(passLine)) {
+      // The client's own odd credentials are refused; a master password that
+      // cannot be sent is a configuration problem, not the user's.
+      if (this.request.credentials.kind === 'master') throw new UpstreamError('the master credentials cannot be expressed in a POP3 USER/PASS command');
       throw new UpstreamRejected('the credentials cannot be expressed in a POP3 USER/PASS command', null);
     }
     await this.write(userLine);
@@ -148,5 +154,5 @@ class Pop3UpstreamDialogue extends UpstreamDialogue {
 }
 
 export function loginPop3Upstream(request: Pop3LoginRequest): Promise<UpstreamLoginResult> {
-  return runLoginDialogue(request.target, request.connectTimeoutMs, (socket) => new Pop3UpstreamDialogue(socket, request));
+  return runLoginDialogue(request.target, request.connectTimeoutMs, (socket) => new Pop3UpstreamDialogue(socket, request), request.clientLeft);
 }

@@ -88,11 +88,20 @@ describe('one IP guessing many passwords', () => {
     const prior = gw.store.penalties.get('ip', ATTACKER, windowMs()).failures;
     const toBlock = PENALTIES_ON.ip_block_after - prior;
 
+    // Every answer, failed or blocked, counts against the connection: the
+    // gateway closes it after max_login_failures_per_connection of them.
+    const perConnection = gw.config.limits.max_login_failures_per_connection;
     const worker = async (w: number) => {
       let c: ImapClient | null = null;
+      let onConnection = 0;
       while (next < TOTAL) {
         const n = next++;
-        if (!c || c.isClosed) c = await imaps(gw, { from: ATTACKER, timeoutMs: 10_000 });
+        if (!c || c.isClosed || onConnection === perConnection) {
+          c?.destroy();
+          c = await imaps(gw, { from: ATTACKER, timeoutMs: 10_000 });
+          onConnection = 0;
+        }
+        onConnection += 1;
         const { line } = await attempt(c, `g${n}`, `ghost-${w}-${n}`, `guess-${n}`);
         if (line === `g${n} ${UNAVAILABLE}`) {
           blocked += 1;

@@ -73,6 +73,24 @@ describe('verified-login cache', () => {
     expect(lookups).toEqual(['miss', 'stale']);
   });
 
+  it('does not take a new row that reused a deleted one\'s id for the row that was verified', async () => {
+    // SQLite reuses the id of a deleted last row: remove the account, add it again and give it
+    // a new app password, and both get the old ids. The old (deleted) password must not work.
+    const old = await t.store.appPasswords.create('carol', { name: 'tb' });
+    expect(await cost('carol', old.password)).toMatchObject({ decision: { outcome: 'accept' } });
+    const oldAccountId = t.store.accounts.get('carol').id;
+    t.store.accounts.remove('carol');
+    clock.advance(1000);
+    t.store.accounts.add('carol');
+    const fresh = await t.store.appPasswords.create('carol', { name: 'tb' });
+    expect(t.store.accounts.get('carol').id).toBe(oldAccountId);
+    expect(fresh.info.id).toBe(old.info.id);
+    const again = await cost('carol', old.password);
+    expect(again.decision).toMatchObject({ outcome: 'accept', mode: 'upstream-password' }); // no 2FA: passed through, not an app-password login
+    expect(again.hashes).toBe(1);
+    expect(lookups.at(-1)).toBe('stale');
+  });
+
   it('re-checks scope and expiry on a hit', async () => {
     const { password } = await t.store.appPasswords.create('alice', { name: 'tb', scopes: ['imap'], expiresAt: clock.now() + 60_000 });
     await cost('alice', password);

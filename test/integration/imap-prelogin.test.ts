@@ -108,6 +108,8 @@ describe('greeting and capabilities', () => {
     // Without an initial response: refused at once, no "+" invitation to send credentials in clear.
     expect(await c.command('a3', 'AUTHENTICATE PLAIN')).toBe(privacy('a3'));
     expect(await c.command('a4', 'authenticate login')).toBe(privacy('a4'));
+    // A synchronising literal gets the refusal instead of the "+" that would invite the data in clear.
+    expect(await c.command('a6', 'LOGIN {5}')).toBe(privacy('a6'));
     // None of these counted as a failed login or a bad command: the session still works.
     expect(await c.command('a5', 'NOOP')).toBe('a5 OK NOOP completed\r\n');
     const port = c.localPort;

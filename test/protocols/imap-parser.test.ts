@@ -17,7 +17,8 @@ const str = (value: string | Buffer): ImapArg => ({ kind: 'string', value: Buffe
 const lit = (value: string | Buffer): ImapArg => ({ kind: 'string', value: Buffer.from(value), literal: true });
 const list = (...items: ImapArg[]): ImapArg => ({ kind: 'list', items });
 const NIL: ImapArg = { kind: 'nil' };
-const CONT: ImapParseEvent = { type: 'literal-continuation' };
+const cont = (tag = 'a', name = 'LOGIN'): ImapParseEvent => ({ type: 'literal-continuation', tag, name });
+const CONT = cont();
 
 function cmd(tag: string, name: string, ...args: ImapArg[]): ImapParseEvent {
   return { type: 'command', tag, name, args };
@@ -191,7 +192,7 @@ describe('ImapParser: literals', () => {
   it('accepts an empty literal and a literal inside a list', () => {
     expectEvents('a LOGIN {0}\r\n {0+}\r\n\r\n', [CONT, cmd('a', 'LOGIN', lit(''), lit(''))]);
     expectEvents('a ID ("name" {3}\r\nfoo "version" NIL)\r\n', [
-      CONT,
+      cont('a', 'ID'),
       cmd('a', 'ID', list(str('name'), lit('foo'), str('version'), NIL)),
     ]);
   });
@@ -424,7 +425,7 @@ describe('ImapParser: size limits', () => {
   });
 
   it('applies maxLineBytes to the segment after a literal', () => {
-    expectEvents(`a X {2}\r\nab ${'c'.repeat(40)}\r\n`, [CONT, err('line-too-long', 'a', true)], { maxLineBytes: 32 });
+    expectEvents(`a X {2}\r\nab ${'c'.repeat(40)}\r\n`, [cont('a', 'X'), err('line-too-long', 'a', true)], { maxLineBytes: 32 });
   });
 
   it('counts lines and literals against maxCommandBytes, fatally', () => {
@@ -506,6 +507,17 @@ describe('ImapParser: pipelining and buffer hand-over', () => {
     for (const { label, result } of results) {
       expect(result, label).toEqual({ events: [cmd('a', 'STARTTLS'), cmd('c', 'CAPABILITY')], dropped: 'b CAPABILITY\r\n'.length });
     }
+  });
+
+  it('drops a command whose synchronising literal the session refuses, and parses the next one', () => {
+    const parser = new ImapParser();
+    parser.push(Buffer.from('a LOGIN {5}\r\n'));
+    expect(parser.next()).toEqual(cont('a', 'LOGIN'));
+    parser.refuseLiteral();
+    // Without our "+" the client sends no literal: its next line is a new command.
+    parser.push(Buffer.from('b NOOP\r\n'));
+    expect(parser.next()).toEqual(cmd('b', 'NOOP'));
+    expect(parser.next()).toBeNull();
   });
 
   it('resets a half-parsed command on discardBuffered() and takeBuffered()', () => {

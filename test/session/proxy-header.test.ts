@@ -54,6 +54,12 @@ describe('PROXY protocol', () => {
       Buffer.from([...src, ...new Array(16).fill(0), 0x00, 0x50, 0x03, 0xe1]),
     ]);
     expect(await roundTrip(v6)).toEqual({ origin: { address: '2001:db8:0:0:0:0:0:1', port: 80 }, rest: '' });
+    // An IPv4 client behind a dual-stack balancer arrives as ::ffff:a.b.c.d and is an IPv4 client.
+    const mapped = Buffer.concat([
+      Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x21, 0x00, 0x24]),
+      Buffer.from([...new Array(10).fill(0), 0xff, 0xff, 203, 0, 113, 5, ...new Array(16).fill(0), 0x00, 0x50, 0x03, 0xe1]),
+    ]);
+    expect(await roundTrip(mapped)).toEqual({ origin: { address: '203.0.113.5', port: 80 }, rest: '' });
   });
 
   it('refuses anything that is not a PROXY header', async () => {

@@ -1,6 +1,7 @@
 import { copyFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { silentLogger } from '../../src/log/logger.js';
+import { createLogger, silentLogger } from '../../src/log/logger.js';
 import { StoreHandle } from '../../src/store/store-handle.js';
 import { makeTestStore, type TestStore } from '../support/store.js';
 
@@ -59,5 +60,35 @@ describe('StoreHandle', () => {
     const store = handle.get();
     handle.failed(Object.assign(new Error('database is locked'), { code: 'SQLITE_BUSY' }));
     expect(handle.get()).toBe(store);
+  });
+});
+
+describe('StoreHandle at start-up', () => {
+  it('creates a missing database, and says so', async () => {
+    const t2 = await makeTestStore();
+    t2.store.close();
+    const fresh = path.join(t2.dir, 'new', 'mailgate.db');
+    const lines: string[] = [];
+    const log = createLogger({ level: 'info', destination: { write: (line: string) => void lines.push(line) } });
+    const h = new StoreHandle({ ...t2.options, path: fresh, keyFile: path.join(t2.dir, 'new', 'mailgate.key') }, log);
+    expect(h.get().accounts.list()).toEqual([]);
+    expect(lines.join('')).toContain('created a new, empty store');
+    h.close();
+    await t2.cleanup();
+  });
+
+  it('refuses a database file that is empty or not SQLite, instead of migrating it into an empty store', async () => {
+    const t2 = await makeTestStore();
+    t2.store.close();
+    writeFileSync(t2.options.path, '');
+    expect(() => new StoreHandle(t2.options, silentLogger())).toThrow(/exists but is not an SQLite database \(empty\)/);
+    writeFileSync(t2.options.path, 'not a database at all, just text');
+    expect(() => new StoreHandle(t2.options, silentLogger())).toThrow(/exists but is not an SQLite database \(damaged\)/);
+    await t2.cleanup();
+  });
+
+  it('refuses to be used once closed (a login still in flight at shutdown does not reopen it)', () => {
+    handle.close();
+    expect(() => handle.get()).toThrow(/closed/);
   });
 });

@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCodes } from '../../src/errors.js';
+import { loadOrCreateKey } from '../../src/store/secret-box.js';
 import { makeTestStore, manualClock, type TestStore } from '../support/store.js';
 
 let t: TestStore;
@@ -98,8 +100,17 @@ describe('TOTP', () => {
   it('cannot decrypt the secret with another key file', async () => {
     const e = t.store.totp.enroll('alice');
     t.store.close();
-    const path = await import('node:path');
-    const other = t.reopen({ keyFile: path.join(t.dir, 'other.key'), now: clock.now });
+    const otherKey = path.join(t.dir, 'other.key');
+    loadOrCreateKey(otherKey);
+    const other = t.reopen({ keyFile: otherKey, now: clock.now });
     expect(() => other.totp.confirm('alice', codeAt(e.secret, clock.now()))).toThrow(/does not decrypt/);
+  });
+
+  it('refuses to make a new key for an existing database (its secrets would be lost)', () => {
+    t.store.totp.enroll('alice');
+    t.store.close();
+    expect(() => t.reopen({ keyFile: path.join(t.dir, 'missing.key'), now: clock.now })).toThrow(
+      expect.objectContaining({ code: ErrorCodes.KEY_FILE, message: expect.stringMatching(/is missing but the database .* exists/) }),
+    );
   });
 });

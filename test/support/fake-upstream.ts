@@ -24,6 +24,8 @@ export interface FakeConnection {
   end(data?: string): void;
   /** Bytes received on this connection (plaintext, then decrypted). */
   received(): Buffer;
+  /** Runs `listener` when the connection closes (from either side). */
+  onClose(listener: () => void): void;
 }
 
 export interface FakeUpstreamScript {
@@ -114,6 +116,10 @@ export async function startFakeUpstream(script: FakeUpstreamScript, pki: { serve
         else socket.end(data);
       },
       received: () => Buffer.concat(chunks),
+      onClose: (listener) => {
+        if (raw.destroyed) listener();
+        else raw.once('close', listener);
+      },
     };
     fake.connections.push(conn);
     raw.on('data', onData);

@@ -78,7 +78,8 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
         pop3: { host: '127.0.0.1', port: options.upstreamPop3Port ?? dovecot.pop3Port, tls: 'starttls', ca: dovecot.caCert },
         login: { master_user: dovecot.master.name, master_style: 'authzid' },
       },
-      policy: { help_url: 'https://mail.example.test/app-passwords' },
+      // The test Dovecot refuses fast; timing is evened out from measured refusals only.
+      policy: { help_url: 'https://mail.example.test/app-passwords', expected_upstream_refusal_ms: 0 },
       timeouts: { upstream_connect_seconds: 3, upstream_response_seconds: 5 },
       // Brute-force penalties off by default so functional tests can fail
       // logins freely from 127.0.0.1; the attack suite turns them back on.

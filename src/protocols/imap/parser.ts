@@ -55,7 +55,8 @@ export type ImapParseErrorReason =
 
 export type ImapParseEvent =
   | { type: 'command'; tag: string; name: string; args: ImapArg[] }
-  | { type: 'literal-continuation' }
+  /** A synchronising literal was announced and accepted: the session sends "+", or refuses the command with `refuseLiteral()`. */
+  | { type: 'literal-continuation'; tag: string; name: string }
   | { type: 'sasl-response'; line: Buffer }
   | { type: 'error'; reason: ImapParseErrorReason; tag: string | null; message: string; fatal: boolean };
 
@@ -173,6 +174,15 @@ export class ImapParser {
 
   expectSaslResponse(): void {
     this.saslPending = true;
+  }
+
+  /**
+   * After a 'literal-continuation' event: the session answers the command
+   * with a tagged NO or BAD instead of "+", so the client sends no literal
+   * (RFC 9051 section 7.5) and the next line is a new command.
+   */
+  refuseLiteral(): void {
+    if (this.command?.literal) this.command = null;
   }
 
   discardBuffered(): number {
@@ -365,7 +375,7 @@ export class ImapParser {
     command.bytes += marker.size;
     command.literal = { size: marker.size };
     this.command = command;
-    if (marker.sync) return { type: 'literal-continuation' };
+    if (marker.sync) return { type: 'literal-continuation', tag: command.tag, name: command.name };
     return this.continueCommand(command);
   }
 
