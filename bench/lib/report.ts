@@ -54,13 +54,13 @@ export interface TargetResults {
     openSeconds: number;
     processes: number;
     rssBeforeMiB: number;
-    /** After the first half of the sessions: the per-session figure is the slope from here. */
+    /** After the first half of the sessions: the slope is measured from here. */
     rssMidMiB: number;
     rssAfterMiB: number;
-    /** (RSS after N - RSS after N/2) / (N/2): what one more idle session costs. */
+    /** (RSS after N - RSS before) / N: the issue's figure, one-off growth of the process included. */
     rssKiBPerSession: number;
-    /** (RSS after N - RSS before) / N: includes one-off growth of the process. */
-    rssKiBPerSessionFromStart: number;
+    /** (RSS after N - RSS after N/2) / (N/2): what one more idle session costs. */
+    rssKiBPerSessionSlope: number;
     pssKiBPerSession: number;
     upstreamDovecotRssKiBPerSession?: number;
     heapUsedKiBPerSession?: number;
@@ -235,6 +235,7 @@ export function renderReport(r: Results): string {
     [`login throughput, ${m.throughput?.clients ?? r.options.tputClients} clients (logins/s)`, d.throughput?.perSecond, m.throughput?.perSecond, n.throughput?.perSecond, 0],
     [`FETCH ${r.options.fetchMiB} MiB, median of ${r.options.fetchRuns} (MiB/s)`, d.fetch?.mibPerSecond, m.fetch?.mibPerSecond, n.fetch?.mibPerSecond],
     [`idle session memory, N=${N} (KiB RSS/session)`, d.idle?.rssKiBPerSession, m.idle?.rssKiBPerSession, n.idle?.rssKiBPerSession],
+    [`idle session memory, slope N/2..N (KiB RSS/session)`, d.idle?.rssKiBPerSessionSlope, m.idle?.rssKiBPerSessionSlope, n.idle?.rssKiBPerSessionSlope],
     [`idle sessions held of ${N}`, d.idle?.heldAtEnd, m.idle?.heldAtEnd, n.idle?.heldAtEnd, 0],
     ['storm: wrong passwords answered/s', null, m.storm?.wrongPerSecond, n.storm?.wrongPerSecond],
     ['storm: correct login p50 (ms)', null, m.storm?.correctLogins.p50, n.storm?.correctLogins.p50],

@@ -11,14 +11,22 @@
  *  - The same wrong password for the same account counts once per window, so
  *    a mail program retrying a stale saved password (Thunderbird tries it three
  *    ways per attempt, every few minutes) does not escalate anything.
- *  - An account's block only applies to clients that have failed themselves:
- *    its owner, on a clean IP, can still log in with a working app password.
+ *  - An account's block leaves one way in: from a client with no failures of
+ *    its own, a password shaped like an app password is still checked, and
+ *    only against the account's app passwords, so its owner can still log in.
+ *    Anything else (the main password, a passthrough to the upstream) is
+ *    refused without a check, from every client: a fresh address is not a
+ *    free guess. An app password is generated (75 bits), so one guess per
+ *    fresh address is worth nothing to an attacker, and that address has a
+ *    failure afterwards.
  *
  * Each client may also only have a few credential checks in flight at once;
  * the rest wait their turn, so one address cannot occupy every hashing slot.
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { FIXED_LIMITS } from '../config/limits.js';
 import type { Logger } from '../log/logger.js';
+import { canonicalAppPassword } from '../store/app-password-format.js';
 import type { PenaltyRules, PenaltyState } from '../store/penalties.js';
 import type { Store } from '../store/store.js';
 import type { Clock } from '../store/types.js';
@@ -32,10 +40,13 @@ export interface AbuseRules {
   maxConcurrentPerClient: number;
 }
 
-export type Admission = { ok: true; release: () => void } | { ok: false; blockedBy: 'ip' | 'account' };
+export type Admission =
+  /** appPasswordsOnly: the account is blocked; check the password against its app passwords only. */
+  | { ok: true; release: () => void; appPasswordsOnly: boolean }
+  | { ok: false; blockedBy: 'ip' | 'account' };
 
 /** How many (account, wrong password) fingerprints to remember; old ones are forgotten first. */
-const MAX_FINGERPRINTS = 50_000;
+const MAX_FINGERPRINTS = FIXED_LIMITS.abuse_max_fingerprints;
 
 export class AbuseGuard {
   /** Keyed with a per-process secret: the fingerprints are useless outside this process. */
@@ -54,7 +65,7 @@ export class AbuseGuard {
    * Waits for a credential-check slot for this client, then says whether the
    * attempt may be checked at all. Call `release` when the check is over.
    */
-  async admit(clientKey: string, username: string): Promise<Admission> {
+  async admit(clientKey: string, username: string, password: Buffer): Promise<Admission> {
     await this.acquire(clientKey);
     const release = once(() => this.release(clientKey));
     try {
@@ -65,14 +76,14 @@ export class AbuseGuard {
         return { ok: false, blockedBy: 'ip' };
       }
       const account = tryNormaliseUsername(username);
-      if (account !== null && ip.failures > 0) {
-        const state = penalties.get('account', account, this.rules.account.windowMs);
-        if (this.isBlocked(state)) {
+      if (account !== null && this.isBlocked(penalties.get('account', account, this.rules.account.windowMs))) {
+        if (ip.failures > 0 || canonicalAppPassword(password.toString('utf8')) === null) {
           release();
           return { ok: false, blockedBy: 'account' };
         }
+        return { ok: true, release, appPasswordsOnly: true };
       }
-      return { ok: true, release };
+      return { ok: true, release, appPasswordsOnly: false };
     } catch (err) {
       release();
       throw err;

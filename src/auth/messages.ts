@@ -9,6 +9,16 @@ export function loginFailedAlert(helpUrl: string): string {
   return `Sign-in failed. If your account has 2-step verification, sign in with an app password, not your account password${help}`;
 }
 
+/**
+ * The farewell to a session that logged in with the account password when
+ * 2-step verification is turned on: nothing was revoked, so the user needs
+ * to hear what changed and what to do instead.
+ */
+export function twoFactorEnabledFarewell(helpUrl: string): string {
+  const help = helpUrl ? `: ${helpUrl}` : '.';
+  return `2-step verification was turned on for this account; sign in again with an app password${help}`;
+}
+
 export const TEMPORARY_FAILURE = 'The mail service is temporarily unavailable; try again in a few minutes.';
 export const MAILBOX_IN_USE = 'The mailbox is in use by another session; try again later.';
 export const APP_PASSWORD_REVOKED = 'This app password was revoked or has expired; sign in again with a valid one.';

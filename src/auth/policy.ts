@@ -7,6 +7,8 @@
  *  - A known account without 2FA may use an app password, or its upstream
  *    password when `main_password_without_2fa = "passthrough"`.
  *  - An unknown account is refused, or passed through, per `unknown_users`.
+ *  - While the account is blocked (a client with no failures of its own, see
+ *    AbuseGuard), only its app passwords are checked: nothing goes upstream.
  *
  * Every local refusal costs one argon2 verification (real or dummy), so time
  * does not reveal whether an account exists or has 2FA.
@@ -38,6 +40,11 @@ export interface AuthAttempt {
   clientIp: string;
   /** "name/version" from the client's ID, if any. */
   client: string | null;
+  /**
+   * The account is blocked and this client may only try an app password:
+   * its main password is never checked, here or by the upstream.
+   */
+  appPasswordsOnly?: boolean;
 }
 
 /** Why a login was refused or failed; for the log and fail2ban, never for the client. */
@@ -97,8 +104,13 @@ export class AuthPolicy {
     const canonical = canonicalAppPassword(password);
     const cacheKey = canonical !== null && this.options.cache ? this.options.cache.keyFor(name, canonical) : null;
 
+    if (canonical === null && attempt.appPasswordsOnly) {
+      // AbuseGuard turns these away before they get here; never check one anyway.
+      return { outcome: 'temporary', reason: 'blocked', username: name };
+    }
+
     if (!account) {
-      if (this.config.policy.unknown_users === 'passthrough') return this.passthrough(attempt, null);
+      if (this.config.policy.unknown_users === 'passthrough' && !attempt.appPasswordsOnly) return this.passthrough(attempt, null);
       // A repeated guess skips the dummy hash like a repeated guess on a real account would.
       if (!(cacheKey && this.options.cache!.knownFailure(cacheKey) === 'unknown-account')) {
         await this.store.hasher.verifyDummy(password);
@@ -111,7 +123,7 @@ export class AuthPolicy {
       const result = await this.checkAppPassword(account, name, canonical, attempt.protocol, cacheKey);
       if (result.ok) return this.master(result.account, result.appPassword);
       // The password matched an app password that may not be used: say why in the log.
-      if (result.reason !== 'wrong-password' || account.totpState === 'enabled') {
+      if (result.reason !== 'wrong-password' || account.totpState === 'enabled' || attempt.appPasswordsOnly) {
         return { outcome: 'refuse', reason: result.reason === 'unknown-account' ? 'wrong-password' : result.reason, username: name };
       }
       // Otherwise it may be a main password that happens to look like an app password.
@@ -206,17 +218,31 @@ export class AuthPolicy {
     };
   }
 
-  /** Records the final outcome (after the upstream had its say) in the store. */
+  /**
+   * Records a login the upstream accepted: last use and audit, in one commit.
+   * Throws if it cannot be committed, and the login must then not go ahead:
+   * this write is what tells the gateway the store can keep its records. A
+   * user mailgate does not know (passthrough) gets an audit event for the
+   * same reason.
+   */
   recordSuccess(attempt: AuthAttempt, decision: Extract<AuthDecision, { outcome: 'accept' }>): void {
     const context = { protocol: attempt.protocol, clientIp: attempt.clientIp, client: attempt.client };
-    if (decision.mode === 'app-password') {
-      this.store.verifier.recordSuccess(decision.account, decision.appPassword, context);
-    } else if (decision.account) {
-      this.store.verifier.recordSuccess(decision.account, null, context);
-    }
+    const store = this.store;
+    store.db.transaction(() => {
+      if (decision.account) {
+        store.verifier.recordSuccess(decision.account, decision.mode === 'app-password' ? decision.appPassword : null, context);
+      } else {
+        store.audit.record('login-ok', { username: clip(decision.upstream.user), ip: attempt.clientIp, protocol: attempt.protocol, detail: 'upstream-password' });
+      }
+    })();
   }
 
   recordFailure(attempt: AuthAttempt, username: string, reason: string): void {
     this.store.verifier.recordFailure(username, reason, { protocol: attempt.protocol, clientIp: attempt.clientIp });
   }
+}
+
+/** Names in the audit trail: whatever a client sent, at most 256 characters. */
+function clip(name: string): string {
+  return name.length > 256 ? `${name.slice(0, 256)}...` : name;
 }

@@ -1,8 +1,12 @@
 /**
- * Every abuse limit's default, in one place, with why it is what it is.
- * Most are keys of [limits]; the ones that belong to another section say so.
+ * Every limit in one place, with why each default is what it is: timeouts,
+ * sizes, counts and caches, configurable (LIMIT_DEFAULTS, LIMIT_MAXIMA) or
+ * fixed (FIXED_LIMITS). Most configurable ones are keys of [limits]; the ones
+ * that belong to another section say so.
  * The schema (schema.ts) takes its defaults from here; docs/configuration.md
  * and docs/security.md describe the same keys for operators.
+ * test/config/limits.test.ts checks that every entry has its why-line and that
+ * the schema's defaults are these.
  */
 export const LIMIT_DEFAULTS = {
   /** [timeouts] A TLS handshake takes milliseconds; 10 s covers a phone on a bad link, not a slowloris. */
@@ -11,10 +15,40 @@ export const LIMIT_DEFAULTS = {
   prelogin_idle_seconds: 60,
   /** [timeouts] Total time to log in, however busy a client keeps itself with NOOP or CAPABILITY. */
   prelogin_total_seconds: 300,
+  /** [timeouts] Connect and TLS to an upstream on the same host or LAN takes milliseconds; 10 s rides out
+   * a busy server without leaving the client, or its login slot, waiting on a dead one. */
+  upstream_connect_seconds: 10,
+  /** [timeouts] Each upstream answer while logging in. Dovecot holds a refusal back by auth_failure_delay
+   * (2 s) and may hash too; 20 s covers a loaded server while bounding how long a hung one holds a login slot. */
+  upstream_response_seconds: 20,
+  /** [timeouts] After login: clients re-issue IMAP IDLE every 29 minutes (RFC 2177) and RFC 9051 asks
+   * for an autologout timer of at least 30; 35 minutes never cuts an idle client, and still reaps dead ones. */
+  session_idle_seconds: 35 * 60,
+  /** [timeouts] On SIGTERM: a login or a short command finishes within seconds; IDLE sessions would
+   * wait forever, and mail programs reconnect anyway. 10 s is well inside systemd's 90 s stop timeout. */
+  shutdown_grace_seconds: 10,
+  /** [timeouts] How often open sessions are re-checked for revocation: one cheap PRAGMA data_version
+   * per tick when nothing changed, so 2 s keeps the "closed within 5 s" promise with room to spare. */
+  revocation_check_seconds: 2,
+  /** [store] How long a gateway write waits for the database lock. SQLite calls block the event loop,
+   * so every session stalls while it waits: 100 ms is far above a normal commit and short enough to be felt by no one. */
+  gateway_busy_timeout_ms: 100,
   /** [auth] argon2 runs at once; 0 = cores - 1 (at least 1), so a storm leaves a core to the event loop. */
   hash_concurrency: 0,
   /** [auth] Logins waiting for a hashing slot: 64 × ~40 ms is under 3 s of backlog per core; more fail fast. */
   hash_queue: 64,
+  /** [auth] Verified-login cache lifetime: a working day's reconnects mostly fall within 15 minutes of
+   * each other, and a hit still re-reads the app password's row, so a longer life costs no revocation delay. */
+  login_cache_ttl_seconds: 900,
+  /** [auth] Verified logins remembered: one per (account, app password) in use, so 10,000 covers the
+   * devices of a few thousand users, at a few hundred bytes each (a few MiB). */
+  login_cache_max_entries: 10_000,
+  /** [auth] Failed app-password guesses remembered: a mail program with an old saved password retries
+   * it every few minutes, so 5 minutes catches the next retry without hashing it again. */
+  failed_login_cache_ttl_seconds: 300,
+  /** [auth] Kept small: only stale passwords of real devices ever repeat (tens to hundreds at once);
+   * an attacker's guesses are all different, so a bigger cache would only hold the attacker's junk. */
+  failed_login_cache_max_entries: 1_000,
 
   /** Sessions at once, all listeners. Each idle TLS session costs tens of KiB; 10,000 fits a small VM. */
   max_connections: 10_000,
@@ -39,8 +73,9 @@ export const LIMIT_DEFAULTS = {
   ip_failure_window_seconds: 600,
   /** 10 distinct wrong passwords in 10 minutes from one address is no typo. */
   ip_block_after: 10,
-  /** Per account: higher, since several devices and a shared NAT can each fail a few times. */
+  /** Per account, the same window as per IP: the two counters then tell the same story in the log. */
   account_failure_window_seconds: 600,
+  /** Per account: higher than per IP, since several devices and a shared NAT can each fail a few times. */
   account_block_after: 20,
   /** How long a block lasts: long enough to make guessing pointless, short enough to heal by itself. */
   block_seconds: 900,
@@ -50,6 +85,18 @@ export const LIMIT_DEFAULTS = {
   failure_delay_max_ms: 15_000,
   /** Credential checks in flight per client; the rest wait. A household's devices reconnecting at once fit. */
   max_concurrent_logins_per_ip: 4,
+} as const;
+
+/**
+ * Upper bounds the schema enforces on configurable values, where a larger
+ * value would break a promise mailgate makes.
+ */
+export const LIMIT_MAXIMA = {
+  /** [timeouts] Sessions of a revoked app password are closed "within 5 seconds" (issue 5, docs/security.md):
+   * a check interval longer than that would break the promise. */
+  revocation_check_seconds: 5,
+  /** [store] A gateway write blocks every session while it waits for the lock; 5 s is the longest freeze tolerated. */
+  gateway_busy_timeout_ms: 5000,
 } as const;
 
 /**
@@ -63,6 +110,23 @@ export const FIXED_LIMITS = {
   imap_max_args: 128,
   /** Longest line the upstream may send during the login dialogue (its CAPABILITY line is the longest). */
   upstream_max_line_bytes: 64 * 1024,
+  /** Decoded SASL response at any step: PLAIN is authzid, authcid and password of at most 255 octets
+   * each (RFC 4616) plus two NULs, 767 octets; 1024 is that rounded up, and nothing larger is buffered. */
+  sasl_max_decoded_bytes: 1024,
+  /** Each SASL PLAIN field (authzid, authcid, passwd): RFC 4616 section 2 caps them at 255 octets. */
+  sasl_max_field_bytes: 255,
+  /** IMAP tag: clients use a few characters ("A0001", "1.23"); 64 fits any of them and bounds what
+   * is echoed back in a tagged answer. */
+  imap_max_tag_bytes: 64,
+  /** (account, wrong password) fingerprints kept so that a repeated stale password escalates nothing:
+   * at about 100 bytes each, 50,000 is 5 MiB at most, and more than the distinct failures the
+   * per-IP and per-account blocks let through in one window from any realistic number of sources. */
+  abuse_max_fingerprints: 50_000,
+  /** PROXY protocol v1 header: the spec (section 2.1) caps it at 107 bytes, CRLF included. */
+  proxy_v1_max_bytes: 107,
+  /** PROXY protocol v2 header: the 16-byte fixed part plus 536 bytes of addresses and TLVs. The largest
+   * address block (AF_UNIX) is 216 bytes, which leaves room for the few TLVs a load balancer adds. */
+  proxy_v2_max_bytes: 16 + 536,
 } as const;
 
 /** A whole pre-login IMAP command: room for a full line and a full literal, twice over. */

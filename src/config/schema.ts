@@ -7,7 +7,7 @@
  */
 import net from 'node:net';
 import { z } from 'zod';
-import { LIMIT_DEFAULTS as L } from './limits.js';
+import { LIMIT_DEFAULTS as L, LIMIT_MAXIMA as MAX } from './limits.js';
 
 const port = z.number().int().min(1).max(65535);
 /** Listeners may use 0 to take any free port (tests do; the log says which). */
@@ -20,7 +20,7 @@ const storeSchema = z
     path: z.string().min(1).default('data/mailgate.db'),
     key_file: z.string().min(1).default('data/mailgate.key'),
     busy_timeout_ms: nonNegativeInt.default(5000),
-    gateway_busy_timeout_ms: nonNegativeInt.max(5000).default(100),
+    gateway_busy_timeout_ms: nonNegativeInt.max(MAX.gateway_busy_timeout_ms).default(L.gateway_busy_timeout_ms),
     audit_retention_days: nonNegativeInt.default(365),
   })
   .prefault({});
@@ -33,10 +33,10 @@ const authSchema = z
     max_app_passwords: positiveInt.max(1000).default(25),
     hash_concurrency: nonNegativeInt.max(256).default(L.hash_concurrency),
     hash_queue: nonNegativeInt.default(L.hash_queue),
-    login_cache_ttl_seconds: nonNegativeInt.default(900),
-    login_cache_max_entries: nonNegativeInt.default(10_000),
-    failed_login_cache_ttl_seconds: nonNegativeInt.default(300),
-    failed_login_cache_max_entries: nonNegativeInt.default(10_000),
+    login_cache_ttl_seconds: nonNegativeInt.default(L.login_cache_ttl_seconds),
+    login_cache_max_entries: nonNegativeInt.default(L.login_cache_max_entries),
+    failed_login_cache_ttl_seconds: nonNegativeInt.default(L.failed_login_cache_ttl_seconds),
+    failed_login_cache_max_entries: nonNegativeInt.default(L.failed_login_cache_max_entries),
   })
   .prefault({});
 
@@ -130,11 +130,11 @@ const timeoutsSchema = z
     tls_handshake_seconds: positiveInt.default(L.tls_handshake_seconds),
     prelogin_idle_seconds: positiveInt.default(L.prelogin_idle_seconds),
     prelogin_total_seconds: positiveInt.default(L.prelogin_total_seconds),
-    upstream_connect_seconds: positiveInt.default(10),
-    upstream_response_seconds: positiveInt.default(20),
-    session_idle_seconds: positiveInt.default(35 * 60),
-    shutdown_grace_seconds: nonNegativeInt.default(10),
-    revocation_check_seconds: positiveInt.max(60).default(2),
+    upstream_connect_seconds: positiveInt.default(L.upstream_connect_seconds),
+    upstream_response_seconds: positiveInt.default(L.upstream_response_seconds),
+    session_idle_seconds: positiveInt.default(L.session_idle_seconds),
+    shutdown_grace_seconds: nonNegativeInt.default(L.shutdown_grace_seconds),
+    revocation_check_seconds: positiveInt.max(MAX.revocation_check_seconds).default(L.revocation_check_seconds),
   })
   .prefault({});
 

@@ -3,7 +3,7 @@
  *
  * Secrets must never be handed to the logger in the first place; the redaction
  * list is the second line of defence for a field added carelessly later. A test
- * (test/log/no-secrets.test.ts and the gateway tests) reads the log stream and
+ * (test/store/no-secrets.test.ts and the gateway tests) reads the log stream and
  * looks for the secrets it used.
  */
 import { pino, type Logger, type DestinationStream, type LevelWithSilent } from 'pino';

@@ -8,6 +8,8 @@
  * contains them, so nothing can leak them into a log by accident.
  */
 
+import { FIXED_LIMITS } from '../config/limits.js';
+
 export type SaslMechanismName = 'PLAIN' | 'LOGIN';
 
 export const SUPPORTED_SASL_MECHANISMS: readonly SaslMechanismName[] = Object.freeze(['PLAIN', 'LOGIN'] as const);
@@ -36,9 +38,8 @@ export interface SaslExchangeOptions {
   maxDecodedBytes?: number;
 }
 
-const DEFAULT_MAX_DECODED_BYTES = 1024;
-/** RFC 4616 section 2: authzid, authcid and passwd are each at most 255 octets. */
-const MAX_FIELD_BYTES = 255;
+const DEFAULT_MAX_DECODED_BYTES = FIXED_LIMITS.sasl_max_decoded_bytes;
+const MAX_FIELD_BYTES = FIXED_LIMITS.sasl_max_field_bytes;
 
 const LOGIN_USERNAME_CHALLENGE = 'VXNlcm5hbWU6'; // "Username:"
 const LOGIN_PASSWORD_CHALLENGE = 'UGFzc3dvcmQ6'; // "Password:"

@@ -11,7 +11,7 @@ import { LoginCache } from '../auth/login-cache.js';
 import { AuthPolicy } from '../auth/policy.js';
 import { RefusalTiming } from '../auth/refusal-timing.js';
 import type { Config, ListenConfig } from '../config/schema.js';
-import { configPath } from '../config/load.js';
+import { ConfigError, configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { ImapSession } from '../session/imap-session.js';
 import { Pop3Session } from '../session/pop3-session.js';
@@ -318,8 +318,15 @@ function warnIfFewFileDescriptors(config: Config, log: Logger): void {
 function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | null {
   const file = config.upstream.login.master_password_file;
   if (file) {
+    let text: string;
+    try {
+      text = readFileSync(configPath(file), 'utf8');
+    } catch (err) {
+      // Said in the operator's terms: which key points at which file, and why it is unreadable.
+      throw new ConfigError(`upstream.login.master_password_file: cannot read ${configPath(file)}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
     // A trailing newline is how editors save files, never part of the password.
-    return Buffer.from(readFileSync(configPath(file), 'utf8').replace(/\r?\n$/, ''), 'utf8');
+    return Buffer.from(text.replace(/\r?\n$/, ''), 'utf8');
   }
   const fromEnv = env.MAILGATE_MASTER_PASSWORD;
   return fromEnv ? Buffer.from(fromEnv, 'utf8') : null;

@@ -4,7 +4,7 @@
  * else is refused with the client's tag. After login the shared Session
  * relays bytes and this class is out of the picture.
  */
-import { loginFailedAlert, MAILBOX_IN_USE, TEMPORARY_FAILURE, APP_PASSWORD_REVOKED, SHUTTING_DOWN, TOO_MANY_ERRORS, IDLE_TIMEOUT } from '../auth/messages.js';
+import { loginFailedAlert, MAILBOX_IN_USE, TEMPORARY_FAILURE, APP_PASSWORD_REVOKED, SHUTTING_DOWN, TOO_MANY_ERRORS, IDLE_TIMEOUT, twoFactorEnabledFarewell } from '../auth/messages.js';
 import { preloginCapabilities } from '../protocols/imap/capabilities.js';
 import { continuation, tagged, untagged, untaggedData } from '../protocols/imap/compiler.js';
 import { clientIdSummary, parseIdArgs } from '../protocols/imap/id.js';
@@ -63,6 +63,8 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
     switch (reason) {
       case 'revoked':
         return untagged('BYE', APP_PASSWORD_REVOKED, 'UNAVAILABLE');
+      case 'two-factor-enabled':
+        return untagged('BYE', twoFactorEnabledFarewell(this.services.config.policy.help_url), 'UNAVAILABLE');
       case 'shutdown':
         return untagged('BYE', SHUTTING_DOWN, 'UNAVAILABLE');
       case 'idle':
@@ -236,9 +238,14 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
         return;
       case 'unsupported-mechanism':
         this.write(tagged(tag, 'NO', `Unsupported mechanism; use ${SUPPORTED_SASL_MECHANISMS.join(' or ')}.`));
-        return;
+        break;
       case 'authzid-mismatch':
-        this.write(tagged(tag, 'NO', 'Logging in as another user is not allowed.', 'AUTHORIZATIONFAILED'));
+        // Refused like any credentials, and counted like them, so it neither
+        // stands out nor can be repeated for free on one connection.
+        this.failedLogins += 1;
+        this.log.info({ clientIp: this.clientIp, protocol: this.protocol, method: 'authenticate-plain', reason: 'authzid-mismatch' }, 'login failed');
+        this.refuseCredentials(tag);
+        this.closeIfTooManyFailures();
         return;
       case 'bad-base64':
         this.write(tagged(tag, 'BAD', 'Invalid base64 in the authentication data.'));
@@ -264,17 +271,25 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
           const text = outcome.kind === 'in-use' ? MAILBOX_IN_USE : TEMPORARY_FAILURE;
           this.write(tagged(tag, 'NO', text, outcome.kind === 'in-use' ? 'INUSE' : 'UNAVAILABLE'));
         } else {
-          // The ALERT line is what Thunderbird shows the user; the tagged text it does not.
-          this.write(untagged('NO', loginFailedAlert(this.services.config.policy.help_url), 'ALERT'));
-          this.write(tagged(tag, 'NO', 'Authentication failed.', 'AUTHENTICATIONFAILED'));
+          this.refuseCredentials(tag);
         }
-        if (this.failedLogins >= this.services.config.limits.max_login_failures_per_connection) {
-          this.closeWith(untagged('BYE', 'Too many failed logins.'), 'too-many-login-failures');
-          return;
-        }
+        if (this.closeIfTooManyFailures()) return;
         this.resumePrelogin();
       })
       .catch((err: unknown) => this.internalError(err));
+  }
+
+  /** The one answer to every credential failure: it never tells why. */
+  private refuseCredentials(tag: string): void {
+    // The ALERT line is what Thunderbird shows the user; the tagged text it does not.
+    this.write(untagged('NO', loginFailedAlert(this.services.config.policy.help_url), 'ALERT'));
+    this.write(tagged(tag, 'NO', 'Authentication failed.', 'AUTHENTICATIONFAILED'));
+  }
+
+  private closeIfTooManyFailures(): boolean {
+    if (this.failedLogins < this.services.config.limits.max_login_failures_per_connection) return false;
+    this.closeWith(untagged('BYE', 'Too many failed logins.'), 'too-many-login-failures');
+    return true;
   }
 }
 

@@ -4,7 +4,7 @@
  * QUIT. Everything else gets -ERR. After login the shared Session relays bytes.
  */
 import type { Socket } from 'node:net';
-import { APP_PASSWORD_REVOKED, IDLE_TIMEOUT, loginFailedAlert, MAILBOX_IN_USE, SHUTTING_DOWN, TEMPORARY_FAILURE, TOO_MANY_ERRORS } from '../auth/messages.js';
+import { APP_PASSWORD_REVOKED, IDLE_TIMEOUT, loginFailedAlert, MAILBOX_IN_USE, SHUTTING_DOWN, TEMPORARY_FAILURE, TOO_MANY_ERRORS, twoFactorEnabledFarewell } from '../auth/messages.js';
 import type { ListenConfig } from '../config/schema.js';
 import { err, multiline, ok } from '../protocols/pop3/compiler.js';
 import { Pop3Parser, type Pop3ParseEvent } from '../protocols/pop3/parser.js';
@@ -52,6 +52,8 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
     switch (reason) {
       case 'revoked':
         return err(APP_PASSWORD_REVOKED, 'AUTH');
+      case 'two-factor-enabled':
+        return err(twoFactorEnabledFarewell(this.services.config.policy.help_url), 'AUTH');
       case 'shutdown':
       case 'internal':
         return err(reason === 'shutdown' ? SHUTTING_DOWN : TEMPORARY_FAILURE, 'SYS/TEMP');
@@ -202,9 +204,14 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
         return;
       case 'unsupported-mechanism':
         this.write(err(`Unsupported mechanism; use ${SUPPORTED_SASL_MECHANISMS.join(' or ')}.`));
-        return;
+        break;
       case 'authzid-mismatch':
-        this.write(err('Logging in as another user is not allowed.', 'AUTH'));
+        // Refused like any credentials, and counted like them, so it neither
+        // stands out nor can be repeated for free on one connection.
+        this.failedLogins += 1;
+        this.log.info({ clientIp: this.clientIp, protocol: this.protocol, method: 'auth-plain', reason: 'authzid-mismatch' }, 'login failed');
+        this.write(err(loginFailedAlert(this.services.config.policy.help_url), 'AUTH'));
+        this.closeIfTooManyFailures();
         return;
       case 'bad-base64':
         this.write(err('Invalid base64 in the authentication data.'));
@@ -228,13 +235,16 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
         if (outcome.kind === 'temporary') this.write(err(TEMPORARY_FAILURE, 'SYS/TEMP'));
         else if (outcome.kind === 'in-use') this.write(err(MAILBOX_IN_USE, outcome.code));
         else this.write(err(loginFailedAlert(this.services.config.policy.help_url), 'AUTH'));
-        if (this.failedLogins >= this.services.config.limits.max_login_failures_per_connection) {
-          this.closeWith('', 'too-many-login-failures');
-          return;
-        }
+        if (this.closeIfTooManyFailures()) return;
         this.resumePrelogin();
       })
       .catch((error: unknown) => this.internalError(error));
+  }
+
+  private closeIfTooManyFailures(): boolean {
+    if (this.failedLogins < this.services.config.limits.max_login_failures_per_connection) return false;
+    this.closeWith('', 'too-many-login-failures');
+    return true;
   }
 }
 

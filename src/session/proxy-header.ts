@@ -10,6 +10,7 @@
  */
 import net from 'node:net';
 import { IPv4ProxyAddress, IPv6ProxyAddress, V1ProxyProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
+import { FIXED_LIMITS } from '../config/limits.js';
 
 export interface ProxiedOrigin {
   address: string;
@@ -17,10 +18,8 @@ export interface ProxiedOrigin {
 }
 
 const V2_SIGNATURE = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
-/** v1 headers are at most 107 bytes including CRLF (spec section 2.1). */
-const V1_MAX = 107;
-/** v2: 16-byte fixed part plus an address block; TLVs beyond this are not expected from a balancer. */
-const V2_MAX = 16 + 536;
+const V1_MAX = FIXED_LIMITS.proxy_v1_max_bytes;
+const V2_MAX = FIXED_LIMITS.proxy_v2_max_bytes;
 
 export function trustedProxies(cidrs: readonly string[]): net.BlockList {
   const list = new net.BlockList();
@@ -84,7 +83,7 @@ function tryParse(data: Buffer): Error | { origin: ProxiedOrigin | null; used: n
     const { ipAddress, port } = parsed.source;
     // The library checks the shape of the line, not its values ("PROXY TCP4 not-an-ip ..." parses).
     if (net.isIP(ipAddress) === 0 || !Number.isInteger(port) || port < 0 || port > 65535) return new Error('malformed PROXY v1 header');
-    return { origin: { address: ipAddress, port }, used: end + 2 };
+    return { origin: { address: canonicalAddress(ipAddress), port }, used: end + 2 };
   } catch {
     return new Error('malformed PROXY v1 header');
   }
@@ -111,10 +110,26 @@ function parseV2(data: Buffer): Error | { origin: ProxiedOrigin | null; used: nu
       }
       const groups: string[] = [];
       for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
-      return { origin: { address: groups.join(':'), port: address.sourcePort }, used: length };
+      return { origin: { address: canonicalAddress(groups.join(':')), port: address.sourcePort }, used: length };
     }
     return { origin: null, used: length };
   } catch {
     return new Error('malformed PROXY v2 header');
   }
+}
+
+/**
+ * One spelling per address (RFC 5952: lower case, shortest form; IPv4-mapped
+ * as dotted IPv4), so that logs, fail2ban and the upstream see the same
+ * client however the balancer wrote it.
+ */
+export function canonicalAddress(address: string): string {
+  if (!net.isIPv6(address)) return address;
+  // WHATWG URL parsing serialises IPv6 hosts in RFC 5952 form.
+  const canonical = new URL(`http://[${address}]/`).hostname.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
+  if (!mapped) return canonical;
+  const high = parseInt(mapped[1]!, 16);
+  const low = parseInt(mapped[2]!, 16);
+  return [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.');
 }

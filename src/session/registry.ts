@@ -26,7 +26,8 @@ export interface TrackedSession {
   terminate(reason: TerminationReason): void;
 }
 
-export type TerminationReason = 'revoked' | 'shutdown';
+/** 'two-factor-enabled': a session that used the account password, once app passwords became mandatory. */
+export type TerminationReason = 'revoked' | 'two-factor-enabled' | 'shutdown';
 
 export class SessionRegistry {
   private readonly sessions = new Set<TrackedSession>();

@@ -101,7 +101,8 @@ export class RevocationWatcher {
       const reason = this.reasonToClose(session.auth, appPasswords, accounts, now);
       if (reason) {
         this.log.info({ session: session.id, user: session.auth.username, appPasswordId: session.auth.appPasswordId, reason }, 'closing a session whose credentials are no longer valid');
-        session.terminate('revoked');
+        // Its own farewell: telling this user an app password was revoked would be wrong.
+        session.terminate(reason === 'two-factor-enabled' ? 'two-factor-enabled' : 'revoked');
         continue;
       }
       const expires = session.auth.appPasswordId === null ? null : appPasswords.get(session.auth.appPasswordId)?.expires_at ?? null;

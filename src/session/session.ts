@@ -357,20 +357,28 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       client: this.clientId.name ? `${this.clientId.name}${this.clientId.version ? `/${this.clientId.version}` : ''}` : null,
     };
     const { guard, policy, store } = this.services;
+    const unavailable = (err: unknown) =>
+      this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail: errorText(err) }, startedAt);
+    try {
+      // While the store cannot be written, no password is checked: a guesser's
+      // failures could not be counted, nor a success recorded.
+      store.writable();
+    } catch (err) {
+      return unavailable(err);
+    }
     let admission: Admission;
     try {
-      admission = await guard.admit(this.clientKey, credentials.username);
+      admission = await guard.admit(this.clientKey, credentials.username, credentials.password);
     } catch (err) {
       store.failed(err);
-      const detail = err instanceof Error ? err.message : String(err);
-      return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail }, startedAt);
+      return unavailable(err);
     }
     if (!admission.ok) return this.blocked(credentials, admission.blockedBy);
 
     let decision: AuthDecision;
     let upstream: UpstreamLoginResult | null = null;
     try {
-      decision = await policy.decide(attempt);
+      decision = await policy.decide(admission.appPasswordsOnly ? { ...attempt, appPasswordsOnly: true } : attempt);
       if (decision.outcome === 'accept' && !clientLeft.aborted) {
         upstream = await this.loginUpstream(decision.upstream, this.origin(), clientLeft);
       }
@@ -385,8 +393,12 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       return { ok: false, kind: 'temporary' };
     }
     if (upstream.ok) {
+      // Recorded before the client hears OK: a login the store cannot record does not get in.
+      if (!this.record(() => policy.recordSuccess(attempt, decision))) {
+        upstream.socket.destroy();
+        return this.unrecorded(attempt, credentials, user, startedAt);
+      }
       this.services.metrics.logins.inc({ protocol: this.protocol, result: 'ok' });
-      this.safely(() => policy.recordSuccess(attempt, decision));
       this.loginFields = {
         user: decision.account?.username ?? user,
         mode: decision.mode,
@@ -425,9 +437,19 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.failedLogins += 1;
     this.services.metrics.logins.inc({ protocol: this.protocol, result: 'blocked' });
     this.log.warn({ clientIp: this.clientAddress, user: clip(credentials.username), protocol: this.protocol, blockedBy }, 'login blocked');
-    const delayMs = this.services.guard.delayFor(1);
-    if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
+    await delay(this.services.guard.delayFor(1));
     return { ok: false, kind: 'temporary' };
+  }
+
+  /**
+   * The upstream accepted the login but the store could not record it. It
+   * is answered like a refusal the store could not count (see loginFailed),
+   * after the same first-failure delay, so neither the answer nor its timing
+   * tells the password was right.
+   */
+  private async unrecorded(attempt: AuthAttempt, credentials: Credentials, user: string, startedAt: number): Promise<LoginOutcome> {
+    await delay(this.services.guard.delayFor(1));
+    return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: user, detail: 'the login could not be recorded' }, startedAt);
   }
 
   private async loginFailed(
@@ -456,20 +478,25 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.services.metrics.logins.inc({ protocol: this.protocol, result: 'failed' });
     // A stable message and field names: fail2ban's filter keys on them.
     this.log.info(fields, 'login failed');
-    this.safely(() => this.services.policy.recordFailure(attempt, clip(decision.username), decision.reason));
     // Answer no sooner than a refusal decided elsewhere would be (timing must
     // not tell which accounts mailgate knows), then add the penalty delay.
     const source = decision.reason === 'upstream-rejected' ? 'upstream' : 'local';
     let delayMs = this.services.refusalTiming.settle(this.protocol, source, Date.now() - startedAt);
     // If the penalty store cannot be written, still delay as for a first failure.
     let penaltyMs = this.services.guard.delayFor(1);
-    this.safely(() => {
-      penaltyMs = this.services.guard.recordFailure(this.clientKey, credentials.username, credentials.password);
-    });
+    // The audit write failing (locked, read-only) means the counters would fail
+    // too: not tried, each attempt could hold the event loop for the busy timeout.
+    const counted =
+      this.record(() => this.services.policy.recordFailure(attempt, clip(decision.username), decision.reason)) &&
+      this.record(() => {
+        penaltyMs = this.services.guard.recordFailure(this.clientKey, credentials.username, credentials.password);
+      });
     delayMs += penaltyMs;
     // The answer waits: cheap for a person, expensive for a guesser.
-    if (delayMs > 0) await new Promise((resolve) => setTimeout(resolve, delayMs));
-    return { ok: false, kind: 'refused' };
+    await delay(delayMs);
+    // A failure that could not be counted is answered as temporary, like the
+    // logins refused meanwhile without a check (see checkCredentials).
+    return counted ? { ok: false, kind: 'refused' } : { ok: false, kind: 'temporary' };
   }
 
   /** After a failed login, go back to reading commands. */
@@ -508,7 +535,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
 
   terminate(reason: TerminationReason): void {
     if (this.state === 'closed') return;
-    this.outcome = reason === 'revoked' ? 'revoked' : 'shutdown';
+    this.outcome = reason === 'shutdown' ? 'shutdown' : 'revoked';
     if (this.relay) {
       this.relay.terminate(this.farewell(reason));
     } else {
@@ -601,12 +628,19 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.preloginDeadline = null;
   }
 
-  /** Store writes after the fact must never take a session down with them. */
-  private safely(work: () => void): void {
+  /**
+   * A login's bookkeeping: false if it could not be committed, and the store
+   * then refuses logins until its writes work again. Never throws: a store
+   * error must not take the session down.
+   */
+  private record(work: () => void): boolean {
     try {
       work();
+      return true;
     } catch (err) {
-      this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'could not record the login in the store');
+      this.log.warn({ err: errorText(err) }, 'could not record the login in the store');
+      this.services.store.writeFailed(err);
+      return false;
     }
   }
 }
@@ -614,6 +648,14 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
 /** Usernames in logs and the audit trail: whatever a client sent, at most 256 characters. */
 function clip(name: string): string {
   return name.length > 256 ? `${name.slice(0, 256)}...` : name;
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function delay(ms: number): Promise<void> {
+  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
 }
 
 function plainAddress(address: string): string {

@@ -2,7 +2,7 @@
  * The audit trail: who did what to which account, from where.
  *
  * It holds identifiers only (usernames, app-password ids, IPs, reasons), never
- * a password, an app password, a TOTP secret or a code; test/store/audit.test.ts
+ * a password, an app password, a TOTP secret or a code; test/store/no-secrets.test.ts
  * checks the raw rows for each secret the tests created.
  */
 import type { Db } from './database.js';

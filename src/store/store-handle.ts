@@ -7,6 +7,13 @@
  * at most once a second, and the gateway recovers by itself when the file is
  * fine again. It never creates a missing database: an empty store would
  * silently turn every app password away, or worse, fall back to passthrough.
+ *
+ * A database can also be readable but not writable: locked by another
+ * process (WAL readers are never blocked), or read-only. Logins need both: a
+ * failure that cannot be counted lets a guesser go on unseen, and a success
+ * that cannot be recorded leaves no trace. So once a write fails, `writable()`
+ * refuses every login until a cheap write probe, at most once a second, shows
+ * that writes work again.
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import type { Logger } from '../log/logger.js';
@@ -16,8 +23,20 @@ import { Store, type StoreOptions } from './store.js';
 
 const RETRY_MS = 1000;
 
-/** SQLite errors that mean the file itself is bad, as opposed to busy. */
-const FATAL_SQLITE_CODES = /^SQLITE_(CORRUPT|NOTADB|IOERR|CANTOPEN|READONLY_DBMOVED|READONLY_RECOVERY|FULL)/;
+/**
+ * SQLite errors that mean this connection to the file is bad, as opposed to
+ * busy. Every SQLITE_READONLY variant is one: a connection SQLite opened
+ * read-only (no write permission at the time) stays read-only, and only a
+ * fresh open sees the file once it is writable again.
+ */
+const FATAL_SQLITE_CODES = /^SQLITE_(CORRUPT|NOTADB|IOERR|CANTOPEN|READONLY|FULL)/;
+
+/**
+ * Takes the write lock and writes nothing: it fails as a real write would
+ * (SQLITE_BUSY while another process holds the lock, SQLITE_READONLY on a
+ * read-only database) without adding a byte to the WAL.
+ */
+const WRITE_PROBE = 'DELETE FROM penalties WHERE 0';
 
 export class StoreHandle {
   private store: Store | null;
@@ -28,6 +47,8 @@ export class StoreHandle {
   private readonly hasher: PasswordHasher;
   private broken = false;
   private closed = false;
+  /** While writes fail: when the next write probe may run. Null while writes work. */
+  private writeRetryAt: number | null = null;
 
   private options: StoreOptions;
 
@@ -54,14 +75,50 @@ export class StoreHandle {
     return this.store!;
   }
 
+  /**
+   * The open store, for a login: throws while writes to it are failing, so
+   * that no password is checked while neither the failure counters nor the
+   * success records can be kept. Costs nothing while writes work.
+   */
+  writable(): Store {
+    const store = this.get();
+    if (this.writeRetryAt === null) return store;
+    const now = Date.now();
+    if (now < this.writeRetryAt) throw this.writesFailing();
+    this.writeRetryAt = now + RETRY_MS;
+    try {
+      store.db.prepare(WRITE_PROBE).run();
+    } catch (err) {
+      // Already logged when the writes first failed: one line per outage, not per probe.
+      if (isFatal(err)) this.drop();
+      throw this.writesFailing(err);
+    }
+    this.writeRetryAt = null;
+    this.recovered();
+    return store;
+  }
+
   /** Tells the handle an operation failed; a fatal error closes the connection for a fresh open. */
   failed(err: unknown): void {
-    const code = (err as { code?: unknown }).code;
-    const fatal = (typeof code === 'string' && FATAL_SQLITE_CODES.test(code)) || (err instanceof MailgateError && err.code === ErrorCodes.DB_UNAVAILABLE);
-    if (fatal && this.store) {
-      this.log.error({ path: this.options.path, err: err instanceof Error ? err.message : String(err) }, 'the database is unusable; logins fail until it recovers');
+    if (isFatal(err) && this.store) {
+      this.log.error({ path: this.options.path, err: errorText(err) }, 'the database is unusable; logins fail until it recovers');
       this.drop();
     }
+  }
+
+  /**
+   * Tells the handle a write (a login's bookkeeping) failed: logins are
+   * refused until a write probe succeeds. Locked or read-only, the reason is
+   * logged once per outage.
+   */
+  writeFailed(err: unknown): void {
+    if (this.closed) return;
+    this.broken = true;
+    if (this.writeRetryAt === null) {
+      this.log.error({ path: this.options.path, err: errorText(err) }, 'database writes are failing; logins are refused until they work again');
+    }
+    this.writeRetryAt = Date.now() + RETRY_MS;
+    if (isFatal(err)) this.drop();
   }
 
   close(): void {
@@ -98,8 +155,18 @@ export class StoreHandle {
     }
     this.identity = fileIdentity(this.options.path);
     this.stamp = fileStamp(this.options.path);
+    // Open and readable; if writes were failing, only the next probe can tell.
+    if (this.writeRetryAt === null) this.recovered();
+  }
+
+  private recovered(): void {
     if (this.broken) this.log.info({ path: this.options.path }, 'the database is usable again');
     this.broken = false;
+  }
+
+  private writesFailing(cause?: unknown): MailgateError {
+    const detail = cause === undefined ? '' : `: ${errorText(cause)}`;
+    return new MailgateError(ErrorCodes.DB_UNAVAILABLE, `writes to database ${this.options.path} are failing${detail}; logins are refused until they work again`);
   }
 
   private drop(): void {
@@ -146,6 +213,15 @@ function openAtStart(options: StoreOptions, log: Logger): Store {
   const store = Store.open(options);
   if (!st) log.warn({ path: options.path }, 'created a new, empty store');
   return store;
+}
+
+function isFatal(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return (typeof code === 'string' && FATAL_SQLITE_CODES.test(code)) || (err instanceof MailgateError && err.code === ErrorCodes.DB_UNAVAILABLE);
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');

@@ -1,7 +1,7 @@
 /**
  * Password guessing against a real mailgate (real Dovecot behind it) with the
  * brute-force penalties on, scaled down: answers delayed 50 ms doubling to
- * 400 ms, an IP blocked after 10 failures, an account after 5.
+ * 800 ms, an IP blocked after 10 failures, an account after 5.
  *
  * Accounts have two-step verification on, so wrong passwords are refused by
  * the gateway itself (one argon2 run each) and never reach Dovecot.
@@ -11,11 +11,16 @@ import { runCli } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { cliConfigFor, imapsLogin, PENALTIES_ON } from '../support/attack.js';
-import { imaps, taggedLine, type ImapClient } from '../support/imap-client.js';
+import { ImapClient, imaps, taggedLine } from '../support/imap-client.js';
 import { pop3s } from '../support/pop3-client.js';
 import { enableTotp } from '../support/store.js';
 import { waitUntil } from '../support/timing.js';
 
+/** The cap is 16 times the first step, so an early answer and a capped one cannot be mistaken for each other. */
+const LIMITS = { ...PENALTIES_ON, failure_delay_max_ms: 800, account_block_after: 5 };
+/** Guesses in sequence, to time each step of the schedule. */
+const SEQUENTIAL = '127.0.0.4';
+/** The 200-guess storm; then blocked for the rest of the file. */
 const ATTACKER = '127.0.0.5';
 const UNAVAILABLE = 'NO [UNAVAILABLE] The mail service is temporarily unavailable; try again in a few minutes.';
 
@@ -26,7 +31,7 @@ const appPasswords: Record<string, string> = {};
 
 beforeAll(async () => {
   dc = await startDovecot();
-  gw = await startGateway(dc, { config: { limits: { ...PENALTIES_ON, account_block_after: 5 } } });
+  gw = await startGateway(dc, { config: { limits: LIMITS } });
   for (const user of ['alice', 'bob', 'carol']) {
     gw.store.accounts.add(user);
     enableTotp(gw.store, user);
@@ -55,7 +60,7 @@ describe('one IP guessing many passwords', () => {
     // Catches: failures answered at once (no delay), or a delay that does not escalate.
     const times: number[] = [];
     for (const batch of [[1, 2, 3], [4, 5]]) {
-      const c = await imaps(gw, { from: ATTACKER });
+      const c = await imaps(gw, { from: SEQUENTIAL });
       for (const n of batch) {
         const { line, ms } = await attempt(c, `t${n}`, `ghost-seq-${n}`, `wrong-${n}`);
         expect(line).toMatch(/^t\d NO \[AUTHENTICATIONFAILED\]/);
@@ -63,78 +68,108 @@ describe('one IP guessing many passwords', () => {
       }
       c.destroy();
     }
-    // Expected: 50, 100, 200, 400, 400 ms plus the hash and the round trip.
+    // Expected: 50, 100, 200, 400, 800 ms plus the hash and the round trip.
     expect(times[0]!).toBeLessThan(300);
     expect(times[1]!).toBeGreaterThanOrEqual(95);
     expect(times[2]!).toBeGreaterThanOrEqual(190);
     expect(times[3]!).toBeGreaterThanOrEqual(380);
-    expect(times[4]!).toBeGreaterThanOrEqual(380);
+    expect(times[4]!).toBeGreaterThanOrEqual(780);
     expect(times[3]! - times[0]!).toBeGreaterThan(150);
-    expect(gw.store.penalties.get('ip', ATTACKER, windowMs()).failures).toBe(5);
+    expect(gw.store.penalties.get('ip', SEQUENTIAL, windowMs()).failures).toBe(5);
   });
 
-  it('200 parallel guesses: the block engages and stops password checks; another IP still logs in quickly', async () => {
-    // Catches: no block (every guess costs an argon2 run and gets an answer), a block that still
-    // checks passwords, and a block that spills over to other clients.
-    const TOTAL = 195;
-    const WORKERS = 20;
-    let next = 0;
-    let failed = 0;
-    let blocked = 0;
-    let verificationsAtBlock: number | null = null;
-    let otherIp: { line: string; ms: number } | null = null;
-    const started = Date.now();
-    // Failures this IP already has in the window (the previous test's five, when run in order).
-    const prior = gw.store.penalties.get('ip', ATTACKER, windowMs()).failures;
-    const toBlock = PENALTIES_ON.ip_block_after - prior;
-
-    // Every answer, failed or blocked, counts against the connection: the
-    // gateway closes it after max_login_failures_per_connection of them.
+  it('200 parallel wrong passwords: the delays grow, the block engages and stops password checks, another IP logs in meanwhile', async () => {
+    // Catches: delays that do not escalate under parallel load, no block (every guess costs an
+    // argon2 run and an answer), a block that still checks passwords, and a storm that starves or
+    // blocks correct logins from other clients.
+    const TOTAL = 200;
+    // Under max_connections_per_ip (50), with room for a closing connection and its replacement.
+    const CONNECTIONS = 32;
     const perConnection = gw.config.limits.max_login_failures_per_connection;
-    const worker = async (w: number) => {
-      let c: ImapClient | null = null;
+    const { ip_block_after: blockAfter, max_concurrent_logins_per_ip: inFlight } = LIMITS;
+    expect(gw.store.penalties.get('ip', ATTACKER, windowMs()).failures).toBe(0);
+
+    const open = async () => {
+      const { client, greeting } = await ImapClient.open({ port: gw.ports.imaps, tls: true, ca: gw.caCert, localAddress: ATTACKER, timeoutMs: 10_000 });
+      expect(greeting).toMatch(/^\* OK /); // never refused by the connection cap
+      return client;
+    };
+    // Every connection is up before the first guess, so the first answers are not slowed by handshakes.
+    const first = await Promise.all(Array.from({ length: CONNECTIONS }, open));
+    const results: Array<{ user: string; line: string; ms: number; at: number }> = [];
+    let next = 0;
+    let verificationsAtBlock: number | null = null;
+    const before = verifications();
+    const started = performance.now();
+
+    // Each connection takes the next guess; after three answers (failed or blocked) the gateway
+    // closes it with BYE and the worker opens another.
+    const worker = async (c: ImapClient) => {
       let onConnection = 0;
-      while (next < TOTAL) {
-        const n = next++;
-        if (!c || c.isClosed || onConnection === perConnection) {
-          c?.destroy();
-          c = await imaps(gw, { from: ATTACKER, timeoutMs: 10_000 });
+      for (let n = next++; n < TOTAL; n = next++) {
+        if (onConnection === perConnection) {
+          expect(await c.waitClosed(5_000)).toBe('* BYE Too many failed logins.\r\n');
+          c = await open();
           onConnection = 0;
         }
         onConnection += 1;
-        const { line } = await attempt(c, `g${n}`, `ghost-${w}-${n}`, `guess-${n}`);
-        if (line === `g${n} ${UNAVAILABLE}`) {
-          blocked += 1;
-          verificationsAtBlock ??= verifications();
-        } else {
-          expect(line).toMatch(/^g\d+ NO \[AUTHENTICATIONFAILED\]/);
-          failed += 1;
-        }
+        const user = `ghost-${n}`;
+        const { line, ms } = await attempt(c, `g${n}`, user, `guess-${n}`);
+        if (line === `g${n} ${UNAVAILABLE}`) verificationsAtBlock ??= verifications();
+        results.push({ user, line: line.slice(`g${n} `.length), ms, at: performance.now() });
       }
-      c?.destroy();
-    };
-    const legit = (async () => {
-      await waitUntil(() => verificationsAtBlock !== null, 'the block', 15_000);
-      const { c, answer, ms } = await imapsLogin(gw, 'alice', appPasswords.alice!, { from: '127.0.0.6' });
-      otherIp = { line: taggedLine(answer, 'L1'), ms };
       c.destroy();
-    })();
-    await Promise.all([...Array.from({ length: WORKERS }, (_, w) => worker(w)), legit]);
+    };
+    /** A correct login from another IP: its answer, how long it took, and when it ended. */
+    const legit = async (user: string) => {
+      const { c, answer, ms } = await imapsLogin(gw, user, appPasswords[user]!, { from: '127.0.0.6' });
+      c.destroy();
+      return { line: taggedLine(answer, 'L1'), ms, at: performance.now() };
+    };
+    // One correct login while the first guesses are being hashed and delayed, one once the block is on.
+    const duringEscalation = waitUntil(() => results.length > 0, 'the first answer', 10_000).then(() => legit('alice'));
+    const duringBlock = waitUntil(() => verificationsAtBlock !== null, 'the block', 15_000).then(() => legit('bob'));
+    await Promise.all([duringEscalation, duringBlock, ...first.map(worker)]);
+    const stormEnded = Math.max(...results.map((r) => r.at));
+    expect(stormEnded - started).toBeLessThan(15_000);
+    expect(results).toHaveLength(TOTAL);
 
-    expect(Date.now() - started).toBeLessThan(20_000);
-    // `toBlock` more failures start the block; only the checks already in flight then still finish.
-    expect(failed).toBeGreaterThanOrEqual(toBlock);
-    expect(failed).toBeLessThanOrEqual(toBlock + PENALTIES_ON.max_concurrent_logins_per_ip - 1);
-    expect(blocked).toBe(TOTAL - failed);
-    // While blocked, no password is checked: only the few in flight (and alice's own login) ran argon2.
-    expect(verifications() - verificationsAtBlock!).toBeLessThanOrEqual(PENALTIES_ON.max_concurrent_logins_per_ip + 1);
-    expect(otherIp!.line).toMatch(/^L1 OK /);
-    expect(otherIp!.ms).toBeLessThan(1_500);
+    // The delays grow: the order of the 'login failed' lines is the order the failures were
+    // counted in, so each failure's place in the schedule is known, and its answer waited at least
+    // that long (timers never fire early; 1 ms covers rounding between clocks).
+    const failedUsers = logLines(gw, 'login failed', { clientIp: ATTACKER }).map((l) => l.user);
+    const failed = results.filter((r) => r.line !== UNAVAILABLE);
+    expect(failed.map((r) => r.line)).toEqual(failed.map(() => 'NO [AUTHENTICATIONFAILED] Authentication failed.'));
+    expect(new Set(failedUsers)).toEqual(new Set(failed.map((r) => r.user)));
+    const place = (user: string) => failedUsers.indexOf(user) + 1;
+    for (const r of failed) expect(r.ms, `failure #${place(r.user)}`).toBeGreaterThanOrEqual(gw.gateway.services.guard.delayFor(place(r.user)) - 1);
+    // ...and it is the schedule, not a flat penalty: the first failure came back before the cap.
+    const firstFailure = failed.find((r) => place(r.user) === 1)!;
+    expect(firstFailure.ms).toBeLessThan(LIMITS.failure_delay_max_ms);
+    expect(gw.gateway.services.guard.delayFor(blockAfter)).toBe(LIMITS.failure_delay_max_ms);
 
-    const ip = gw.store.penalties.get('ip', ATTACKER, windowMs());
-    expect(ip.blockedUntil).toBeGreaterThan(Date.now());
-    expect(logLines(gw, 'temporary block started', { kind: 'ip', key: ATTACKER })).toHaveLength(1);
-    expect(logLines(gw, 'login blocked', { clientIp: ATTACKER, blockedBy: 'ip' }).length).toBeGreaterThanOrEqual(blocked);
+    // The block engages at the threshold; only guesses already admitted then are still checked.
+    expect(logLines(gw, 'temporary block started', { kind: 'ip', key: ATTACKER })).toMatchObject([{ failures: blockAfter }]);
+    expect(failed.length).toBeGreaterThanOrEqual(blockAfter);
+    expect(failed.length).toBeLessThanOrEqual(blockAfter + inFlight - 1);
+    const blocked = results.filter((r) => r.line === UNAVAILABLE);
+    expect(blocked).toHaveLength(TOTAL - failed.length);
+    // A blocked answer still waits the first step: a blocked client cannot hammer a connection.
+    for (const r of blocked) expect(r.ms).toBeGreaterThanOrEqual(LIMITS.failure_delay_base_ms - 1);
+    expect(logLines(gw, 'login blocked', { clientIp: ATTACKER, blockedBy: 'ip' })).toHaveLength(blocked.length);
+
+    // argon2: exactly one run per counted failure and per correct login, none for a blocked guess;
+    // after the first blocked answer only the checks already in flight (and bob's login) ran.
+    expect(verifications() - before).toBe(failed.length + 2);
+    expect(verifications() - verificationsAtBlock!).toBeLessThanOrEqual(inFlight - 1 + 1);
+
+    // The other IP got in during the storm, both times, without waiting for it to pass.
+    for (const login of [await duringEscalation, await duringBlock]) {
+      expect(login.line).toMatch(/^L1 OK /);
+      expect(login.ms).toBeLessThan(2_000);
+      expect(login.at).toBeLessThan(stormEnded);
+    }
+    expect(gw.store.penalties.get('ip', ATTACKER, windowMs()).blockedUntil).toBeGreaterThan(Date.now());
   });
 
   it('the blocked IP gets the same temporary refusal over POP3, even with a correct app password', async () => {

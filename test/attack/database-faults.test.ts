@@ -1,6 +1,7 @@
 /**
  * The database going bad under a running gateway (real mailgate, real
- * Dovecot): moved away, overwritten with garbage, locked by another process.
+ * Dovecot): moved away, overwritten with garbage, truncated, locked by
+ * another process, read-only.
  * Logins must fail closed, as temporarily unavailable (nobody gets in: not
  * with a correct app password, not via passthrough), the gateway must say why
  * in its log and keep running, and once the file is back logins must work
@@ -60,6 +61,17 @@ async function expectFailClosed(): Promise<void> {
   expect(await p.command('USER alice')).toBe('+OK Send PASS\r\n');
   expect(await p.command(`PASS ${appPassword}`)).toBe('-ERR [SYS/TEMP] The mail service is temporarily unavailable; try again in a few minutes.\r\n');
   p.destroy();
+}
+
+/** Guesses (carol has two-step verification: each would cost an argon2 run) are refused unchecked. */
+async function expectGuessesUnchecked(guesses: string[]): Promise<void> {
+  const before = gw.store.hasher.stats.verifications;
+  for (const guess of guesses) {
+    const { c, answer } = await imapsLogin(gw, 'carol', guess);
+    expect(taggedLine(answer, 'L1')).toBe(UNAVAILABLE);
+    c.destroy();
+  }
+  expect(gw.store.hasher.stats.verifications).toBe(before);
 }
 
 /** Logins work again (the handle retries at most once a second). */
@@ -145,27 +157,35 @@ describe('a database that goes bad under the gateway', () => {
     restored.c.destroy();
   });
 
-  it('locked by another process (BEGIN EXCLUSIVE) with a small busy timeout: a temporary failure at worst, never a crash', async () => {
-    // Catches: a SQLITE_BUSY that escapes as an exception (a dropped session or process), or a
-    // lock that is mistaken for a broken file and closes the store for good.
+  it('locked by another process (BEGIN EXCLUSIVE): nobody gets in, no password is checked, and logins work again on unlock', async () => {
+    // Catches: logins going on while the lock stops every write (WAL readers are not blocked, so
+    // the checks would pass) with failure counters, last use and audit silently skipped; a login
+    // answered OK before its record is committed; guesses checked while they cannot be counted; a
+    // SQLITE_BUSY that escapes as an exception; and a lock taken for a broken file.
     await expectRecovered();
+    const loginsOk = logLines(gw, 'login ok').length;
+    const recoveries = logLines(gw, 'the database is usable again').length;
     const other = new Database(dbPath, { timeout: 100 });
-    other.pragma('journal_mode = WAL');
     other.exec('BEGIN EXCLUSIVE');
     other.prepare('UPDATE accounts SET created_at = created_at WHERE username = ?').run('alice');
     try {
-      for (const [user, password] of [['alice', appPassword], ['bob', 'bob-upstream-pw'], ['alice', 'wrong-password']] as const) {
-        const started = Date.now();
-        const { c, answer } = await imapsLogin(gw, user, password);
-        const line = taggedLine(answer, 'L1');
-        // WAL readers are not blocked by the writer: the check can still succeed, and what the
-        // gateway cannot write (last use, audit, penalties) it skips. A refusal must be the
-        // temporary one or the ordinary credential failure, and quick.
-        expect(line).toMatch(/^L1 (OK |NO \[UNAVAILABLE\]|NO \[AUTHENTICATIONFAILED\])/);
-        if (password === 'wrong-password') expect(line).toMatch(/AUTHENTICATIONFAILED|UNAVAILABLE/);
-        expect(Date.now() - started).toBeLessThan(3_000);
-        c.destroy();
-      }
+      // The first login finds out: alice's correct main password, which the upstream accepts
+      // (passthrough), cannot be recorded, so it is not let in.
+      const started = Date.now();
+      const first = await imapsLogin(gw, 'alice', 'alice-upstream-pw');
+      expect(taggedLine(first.answer, 'L1')).toBe(UNAVAILABLE);
+      expect(Date.now() - started).toBeLessThan(3_000);
+      first.c.destroy();
+      expect(logLines(gw, 'database writes are failing; logins are refused until they work again').at(-1)?.err).toMatch(/locked/);
+      // From then on nothing is checked: an app password, passthrough, POP3...
+      await expectFailClosed();
+      // ...nor a guess (no argon2 run, nothing to count it with).
+      await expectGuessesUnchecked(['qwer tyui opas dfgh', 'zxcv bnma sdfg hjkl']);
+      // Still locked after the retry interval: the write probe fails, logins stay refused.
+      await sleep(1_100);
+      await expectGuessesUnchecked(['poiu ytre wqlk jhgf']);
+      await expectFailClosed();
+      expect(logLines(gw, 'login ok').length).toBe(loginsOk);
     } finally {
       other.exec('ROLLBACK');
       other.close();
@@ -173,6 +193,45 @@ describe('a database that goes bad under the gateway', () => {
     await expectRecovered();
     // A lock is not a broken database: the store was never dropped for it.
     expect(logLines(gw, 'the database is unusable; logins fail until it recovers').filter((l) => /locked|busy/i.test(String(l.err)))).toEqual([]);
+    expect(logLines(gw, 'the database is usable again').length).toBe(recoveries + 1);
+    assertNoInternalErrorsExceptDatabase();
+  });
+
+  it('read-only (SQLite refuses every write): nobody gets in, and logins work again once writes do', async () => {
+    // Catches: SQLITE_READONLY treated as a passing problem or ignored: logins let in on a store
+    // that cannot record them or count failures, and a connection opened read-only kept for good.
+    // How the database is made read-only: PRAGMA query_only on the gateway's own connection, so
+    // SQLite answers every write with SQLITE_READONLY, the error a database opened without write
+    // access gives. File modes cannot do it when the tests run as root (root writes anyway), and
+    // chattr +i or a read-only mount need privileges and filesystems that CI may not have. The
+    // gateway drops a read-only connection and opens a fresh one; the test makes that one
+    // read-only too, as a file that is still read-only would be, before letting it recover.
+    await expectRecovered();
+    const loginsOk = logLines(gw, 'login ok').length;
+    gw.store.db.pragma('query_only = ON');
+    // The first login finds out: a user mailgate does not know, with the correct upstream
+    // password (passthrough): its audit record cannot be written, so it is not let in.
+    const first = await imapsLogin(gw, 'bob', 'bob-upstream-pw');
+    expect(taggedLine(first.answer, 'L1')).toBe(UNAVAILABLE);
+    first.c.destroy();
+    expect(logLines(gw, 'database writes are failing; logins are refused until they work again').at(-1)?.err).toMatch(/readonly/);
+    // The connection that failed is gone; the fresh one is read-only as well.
+    gw.store.db.pragma('query_only = ON');
+    await expectFailClosed();
+    await sleep(1_100);
+    await expectFailClosed();
+    expect(logLines(gw, 'login ok').length).toBe(loginsOk);
+    // The probe dropped that read-only connection; the next one is writable.
+    await expectRecovered();
+
+    // A wrong password that is the first to find out gets the same answer: refused as a wrong
+    // password (while a right one is refused as unavailable), the answer would tell them apart.
+    gw.store.db.pragma('query_only = ON');
+    const guess = await imapsLogin(gw, 'carol', 'mnbv cxzl kjhg fdsa');
+    expect(taggedLine(guess.answer, 'L1')).toBe(UNAVAILABLE);
+    guess.c.destroy();
+    expect(logLines(gw, 'login failed', { user: 'carol' }).at(-1)).toMatchObject({ reason: 'wrong-password' });
+    await expectRecovered();
     assertNoInternalErrorsExceptDatabase();
   });
 });

@@ -133,18 +133,38 @@ describe('TOTP replay', () => {
     }
   });
 
-  it('a code used by `mailgate totp confirm` (another process) is refused by the gateway, and by the CLI again', async () => {
-    // Catches: a replay window across processes (the CLI and the gateway each accepting the same code once).
+  it('a code used once, by any process, cannot issue an app password again', async () => {
+    // Catches: a replay window across processes (the CLI and another process each accepting the same
+    // code once), and a self-service issuance that checks the code without consuming it.
     const cli = cliConfigFor(gw);
     const enrolled = await runCli(['--config', cli, 'totp', 'enroll', 'erin', '--json']);
     expect(enrolled.code).toBe(0);
     const { secret } = JSON.parse(enrolled.stdout) as { secret: string };
-    const code = codeAt(secret, Date.now());
-    const confirmed = await runCli(['--config', cli, 'totp', 'confirm', 'erin', code]);
-    expect(confirmed.code).toBe(0);
+    const now = Date.now();
+    const code = codeAt(secret, now);
+    expect((await runCli(['--config', cli, 'totp', 'confirm', 'erin', code])).code).toBe(0);
     expect(gw.store.totp.status('erin')).toBe('enabled');
-    expect(gw.store.totp.verify('erin', code)).toBe(false);
-    const again = await runCli(['--config', cli, 'totp', 'confirm', 'erin', code]);
+    const issue = (name: string, totpCode: string) =>
+      runCli(['--config', cli, 'app-password', 'create', 'erin', '--name', name, '--totp-code', totpCode, '--json']);
+    // The code that confirmed enrolment is spent.
+    const replayed = await issue('phone', code);
+    expect(replayed.code).toBe(1);
+    expect(replayed.stderr).toMatch(/already used/);
+    // The next step's code (within the ±1 tolerance) works once, then is spent too.
+    const next = codeAt(secret, now + 30_000);
+    const issued = await issue('phone', next);
+    expect(issued.code, issued.stderr).toBe(0);
+    expect(gw.store.appPasswords.list('erin').map((p) => p.name)).toEqual(['phone']);
+    const again = await issue('tablet', next);
     expect(again.code).toBe(1);
+    expect(gw.store.totp.verify('erin', next)).toBe(false);
+    expect(gw.store.appPasswords.list('erin').map((p) => p.name)).toEqual(['phone']);
+    // A wrong code issues nothing either (one that no step of the tolerance window produces).
+    const valid = new Set([-30_000, 0, 30_000, 60_000].map((d) => codeAt(secret, Date.now() + d)));
+    let wrong = 0;
+    while (valid.has(String(wrong).padStart(6, '0'))) wrong += 1;
+    expect((await issue('tablet', String(wrong).padStart(6, '0'))).code).toBe(1);
+    expect(gw.store.appPasswords.list('erin')).toHaveLength(1);
   });
+
 });

@@ -13,7 +13,7 @@ import { generateSync } from 'otplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { cliConfigFor, imapsLogin } from '../support/attack.js';
 import { taggedLine, type ImapClient } from '../support/imap-client.js';
 import { pop3s } from '../support/pop3-client.js';
@@ -154,8 +154,11 @@ describe.concurrent('revocation reaches sessions that are already logged in', ()
     await cliOk(['totp', 'confirm', 'frank', generateSync({ secret, epoch: Math.floor(Date.now() / 1000) })]);
     const since = Date.now();
     const rest = await c.waitClosed(5_000);
-    expect(rest).toMatch(/^\* BYE \[UNAVAILABLE\] /);
+    // Its own words: nothing was revoked; the user must now use an app password.
+    expect(rest).toBe(`* BYE [UNAVAILABLE] 2-step verification was turned on for this account; sign in again with an app password: ${gw.config.policy.help_url}\r\n`);
+    expect(rest).not.toContain('revoked');
     expect(Date.now() - since).toBeLessThan(5_000);
     expect(logLines(gw, 'closing a session whose credentials are no longer valid', { user: 'frank', reason: 'two-factor-enabled' })).toHaveLength(1);
+    expect(await sessionClosed(gw, c.localPort)).toMatchObject({ user: 'frank', outcome: 'revoked' });
   });
 });

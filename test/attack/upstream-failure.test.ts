@@ -14,6 +14,7 @@ import { startFakeUpstream, type FakeConnection, type FakeUpstream } from '../su
 import { sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { imapsLogin } from '../support/attack.js';
 import { taggedLine } from '../support/imap-client.js';
+import { resourcesBackTo, settledResources } from '../support/resources.js';
 import { sleep, waitUntil } from '../support/timing.js';
 
 const BIG = 24 * 1024 * 1024;
@@ -140,8 +141,10 @@ describe('upstream reset mid-literal (scripted fake)', () => {
     await fake?.close();
   });
 
-  it('half a literal then a reset: clean close for the client, registry empty, the next login works', async () => {
-    // Catches: a client left waiting for the rest of a literal that will never come.
+  it('half a literal then a reset: clean close for the client, registry empty, the next login works, nothing leaked', async () => {
+    // Catches: a client left waiting for the rest of a literal that will never come,
+    // and a reset that leaves the client socket or a timer behind.
+    const baseline = await settledResources();
     const { c, answer } = await imapsLogin(fgw, 'alice', fakeAppPassword);
     expect(taggedLine(answer, 'L1')).toMatch(/^L1 OK /);
     expect(taggedLine(await c.command('s', 'SELECT INBOX'), 's')).toMatch(/^s OK /);
@@ -157,6 +160,8 @@ describe('upstream reset mid-literal (scripted fake)', () => {
     const again = await imapsLogin(fgw, 'alice', fakeAppPassword);
     expect(taggedLine(again.answer, 'L1')).toMatch(/^L1 OK /);
     again.c.destroy();
+    await waitUntil(() => fgw.gateway.services.registry.size === 0 && fake.connections.every((conn) => conn.closed), 'every session and upstream connection closed');
+    await resourcesBackTo(baseline);
   });
 });
 

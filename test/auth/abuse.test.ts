@@ -31,13 +31,13 @@ describe('AbuseGuard', () => {
 
   it('blocks a client past the threshold, without looking at credentials', async () => {
     for (let i = 0; i < 5; i++) guard.recordFailure('198.51.100.1', `user${i}`, pw(`pw${i}`));
-    expect(await guard.admit('198.51.100.1', 'anyone')).toEqual({ ok: false, blockedBy: 'ip' });
-    const other = await guard.admit('198.51.100.2', 'anyone');
+    expect(await guard.admit('198.51.100.1', 'anyone', pw('x'))).toEqual({ ok: false, blockedBy: 'ip' });
+    const other = await guard.admit('198.51.100.2', 'anyone', pw('x'));
     expect(other.ok).toBe(true);
     if (other.ok) other.release();
     // The block lifts by itself.
     clock.advance(900_001);
-    const later = await guard.admit('198.51.100.1', 'anyone');
+    const later = await guard.admit('198.51.100.1', 'anyone', pw('x'));
     expect(later.ok).toBe(true);
   });
 
@@ -48,33 +48,45 @@ describe('AbuseGuard', () => {
     expect(t.store.penalties.get('ip', '198.51.100.1', rules.ip.windowMs).blockedUntil).toBeNull();
   });
 
-  it("blocks an account only for clients that failed themselves", async () => {
+  it('blocks an account for every client, but lets a clean client try an app password, and only that', async () => {
     for (let i = 0; i < 8; i++) guard.recordFailure(`203.0.113.${i}`, 'alice', pw(`guess-${i}`));
     expect(t.store.penalties.get('account', 'alice', rules.account.windowMs).blockedUntil).not.toBeNull();
-    // An attacker address with failures is turned away...
-    expect(await guard.admit('203.0.113.1', 'Alice')).toEqual({ ok: false, blockedBy: 'account' });
-    // ...but the owner on a clean address still gets a password check.
-    const owner = await guard.admit('192.0.2.50', 'alice');
-    expect(owner.ok).toBe(true);
+    const appPassword = pw('abcd efgh ijkl mnop');
+    // An attacker address with failures is turned away, even with something shaped like an app password...
+    expect(await guard.admit('203.0.113.1', 'Alice', appPassword)).toEqual({ ok: false, blockedBy: 'account' });
+    // ...and a clean address is too, for anything that is not an app password: a main password
+    // (checked by the upstream under passthrough) is not a free guess from each new address.
+    expect(await guard.admit('192.0.2.50', 'alice', pw('alice-main-password'))).toEqual({ ok: false, blockedBy: 'account' });
+    expect(await guard.admit('192.0.2.50', 'alice', pw('abcdefghijklmno'))).toEqual({ ok: false, blockedBy: 'account' });
+    // The owner on a clean address still gets an app password checked, against app passwords only.
+    for (const typed of [appPassword, pw('ABCDEFGHIJKLMNOP')]) {
+      const owner = await guard.admit('192.0.2.50', 'alice', typed);
+      expect(owner).toMatchObject({ ok: true, appPasswordsOnly: true });
+      if (owner.ok) owner.release();
+    }
+    // An account that is not blocked: nothing is restricted.
+    const other = await guard.admit('192.0.2.50', 'bob', pw('bob-main-password'));
+    expect(other).toMatchObject({ ok: true, appPasswordsOnly: false });
+    if (other.ok) other.release();
   });
 
   it('counts an IPv6 /64 as one client', async () => {
     for (let i = 0; i < 5; i++) guard.recordFailure('2001:db8:1:2::/64', `u${i}`, pw(`p${i}`));
-    expect((await guard.admit('2001:db8:1:2::/64', 'x')).ok).toBe(false);
+    expect((await guard.admit('2001:db8:1:2::/64', 'x', pw('x'))).ok).toBe(false);
   });
 
   it('lets only a few checks per client run at once; the rest wait their turn', async () => {
-    const a = await guard.admit('198.51.100.9', 'a');
-    const b = await guard.admit('198.51.100.9', 'b');
+    const a = await guard.admit('198.51.100.9', 'a', pw('x'));
+    const b = await guard.admit('198.51.100.9', 'b', pw('x'));
     let thirdAdmitted = false;
-    const third = guard.admit('198.51.100.9', 'c').then((r) => {
+    const third = guard.admit('198.51.100.9', 'c', pw('x')).then((r) => {
       thirdAdmitted = true;
       return r;
     });
     await new Promise((r) => setTimeout(r, 20));
     expect(thirdAdmitted).toBe(false);
     // Another client is not held up.
-    const other = await guard.admit('198.51.100.10', 'x');
+    const other = await guard.admit('198.51.100.10', 'x', pw('x'));
     expect(other.ok).toBe(true);
     if (a.ok) a.release();
     const c = await third;

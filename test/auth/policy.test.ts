@@ -84,6 +84,58 @@ describe('AuthPolicy', () => {
     expect(decision).toMatchObject({ outcome: 'temporary', reason: 'store-unavailable' });
   });
 
+  it('while the account is blocked (appPasswordsOnly), checks app passwords only: nothing is passed through', async () => {
+    // Catches: a blocked account whose main password still reaches the upstream from a fresh
+    // address, or an owner locked out of a working app password.
+    const created = await t.store.appPasswords.create('alice', { name: 'phone' });
+    const blocked = (user: string, password: string) => ({ ...loginAttempt(user, password), appPasswordsOnly: true });
+    const verifications = () => t.store.hasher.stats.verifications;
+    let before = verifications();
+    // The main password: not checked at all (the guard refuses it first; the policy never checks one either).
+    expect(await policy().decide(blocked('alice', 'main-password'))).toMatchObject({ outcome: 'temporary', reason: 'blocked' });
+    expect(verifications()).toBe(before);
+    // A main password shaped like an app password: checked against app passwords, refused, not passed through.
+    before = verifications();
+    expect(await policy().decide(blocked('alice', 'abcdefghijklmnop'))).toMatchObject({ outcome: 'refuse', reason: 'wrong-password' });
+    expect(verifications() - before).toBe(1);
+    // A user mailgate does not know is not passed through either, and costs the same one hash.
+    before = verifications();
+    expect(await policy({ unknown_users: 'passthrough' }).decide(blocked('nobody', 'abcdefghijklmnop'))).toMatchObject({ outcome: 'refuse', reason: 'unknown-account' });
+    expect(verifications() - before).toBe(1);
+    // The owner's app password still works.
+    expect(await policy().decide(blocked('alice', created.password))).toMatchObject({ outcome: 'accept', mode: 'app-password' });
+  });
+
+  it('records a success in one commit, a passthrough user unknown to mailgate included, and throws when it cannot', async () => {
+    // Catches: a login let in although its record was not written (the session turns this throw
+    // into a temporary failure), and passthrough logins that write nothing, so a read-only or
+    // locked store goes unnoticed.
+    const created = await t.store.appPasswords.create('alice', { name: 'phone' });
+    const p = policy({ unknown_users: 'passthrough' });
+    const app = await p.decide(loginAttempt('alice', created.password));
+    const pass = await p.decide(loginAttempt(' Nobody ', 'upstream-pw'));
+    if (app.outcome !== 'accept' || pass.outcome !== 'accept') throw new Error('expected both to be accepted');
+    p.recordSuccess(loginAttempt('alice', created.password), app);
+    p.recordSuccess(loginAttempt(' Nobody ', 'upstream-pw'), pass);
+    expect(t.store.appPasswords.list('alice')[0]!.lastUsed).toMatchObject({ ip: '192.0.2.1', protocol: 'imap' });
+    expect(t.store.audit.list({ username: 'Nobody' })).toEqual([expect.objectContaining({ event: 'login-ok', detail: 'upstream-password', ip: '192.0.2.1' })]);
+
+    const okEvents = () => t.store.audit.list().filter((e) => e.event === 'login-ok').length;
+    const before = okEvents();
+    t.store.db.pragma('query_only = ON');
+    expect(() => p.recordSuccess(loginAttempt('alice', created.password), app)).toThrow(/readonly/);
+    expect(() => p.recordSuccess(loginAttempt(' Nobody ', 'upstream-pw'), pass)).toThrow(/readonly/);
+    t.store.db.pragma('query_only = OFF');
+    expect(okEvents()).toBe(before);
+
+    // One commit: when the audit row cannot be written, the last use is not written either.
+    const lastUsed = t.store.appPasswords.list('alice')[0]!.lastUsed;
+    t.store.db.exec("CREATE TEMP TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit refused'); END");
+    expect(() => p.recordSuccess({ ...loginAttempt('alice', created.password), clientIp: '198.51.100.7' }, app)).toThrow(/audit refused/);
+    t.store.db.exec('DROP TRIGGER no_audit');
+    expect(t.store.appPasswords.list('alice')[0]!.lastUsed).toEqual(lastUsed);
+  });
+
   it('is temporary when no master password is configured', async () => {
     const created = await t.store.appPasswords.create('tfa', { name: 'tb' });
     expect(await policy({}, null).decide(loginAttempt('tfa', created.password))).toMatchObject({ outcome: 'temporary', reason: 'master-password-missing' });

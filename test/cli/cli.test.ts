@@ -7,6 +7,8 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { loadConfig } from '../../src/config/load.js';
+import { Store, storeOptionsFromConfig } from '../../src/store/store.js';
 import { runCli, writeCliConfig } from '../support/cli.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
@@ -30,6 +32,31 @@ function snapshot(): string {
     return JSON.stringify(['accounts', 'app_passwords', 'audit'].map((t) => db.prepare(`SELECT * FROM ${t} ORDER BY id`).all()));
   } finally {
     db.close();
+  }
+}
+
+/** The audit trail as the CLI left it: [event, username, app password id] per row. */
+function auditTrail(): Array<[string, string | null, number | null]> {
+  const db = new Database(dbFile, { readonly: true });
+  try {
+    const rows = db.prepare('SELECT event, username, app_password_id FROM audit ORDER BY id').all() as Array<{
+      event: string;
+      username: string | null;
+      app_password_id: number | null;
+    }>;
+    return rows.map((r) => [r.event, r.username, r.app_password_id]);
+  } finally {
+    db.close();
+  }
+}
+
+/** Runs `fn` against the CLI's database through the store API, in this process, as the gateway would. */
+async function withGatewayStore<T>(fn: (store: Store) => T | Promise<T>): Promise<T> {
+  const store = Store.open(storeOptionsFromConfig(loadConfig(config, {}).config));
+  try {
+    return await fn(store);
+  } finally {
+    store.close();
   }
 }
 
@@ -108,6 +135,39 @@ describe('mailgate CLI', () => {
     expect(all.stdout).toBe('revoked 1 app password of alice\n');
     const after = JSON.parse((await cli('app-password', 'list', 'alice', '--json')).stdout);
     expect(after.map((r: { status: string }) => r.status)).toEqual(['revoked', 'revoked']);
+
+    // Each change is in the audit trail, the single revoke naming the app password it revoked.
+    expect(auditTrail()).toEqual([
+      ['account-added', 'alice', null],
+      ['created', 'alice', json.id],
+      ['created', 'alice', rows[1].id],
+      ['revoked', 'alice', json.id],
+      ['revoked-all', 'alice', null],
+    ]);
+  });
+
+  it('lists when, from which address and over which protocol an app password was last used', async () => {
+    await cli('account', 'add', 'alice');
+    const created = JSON.parse((await cli('app-password', 'create', 'alice', '--name', 'Phone', '--json')).stdout);
+    const before = Date.now();
+    // A login through the gateway: the same verification call, which records the use.
+    const verdict = await withGatewayStore((store) =>
+      store.verifier.verify('alice', created.password, { protocol: 'pop3', clientIp: '2001:db8::7', client: 'K-9 Mail/6.8' }),
+    );
+    expect(verdict.ok).toBe(true);
+    const after = Date.now();
+
+    const [row] = JSON.parse((await cli('app-password', 'list', 'alice', '--json')).stdout);
+    expect(row.lastUsed).toEqual({ at: expect.any(String), ip: '2001:db8::7', protocol: 'pop3', client: 'K-9 Mail/6.8' });
+    const at = Date.parse(row.lastUsed.at);
+    expect(row.lastUsed.at).toBe(new Date(at).toISOString());
+    expect(at).toBeGreaterThanOrEqual(before);
+    expect(at).toBeLessThanOrEqual(after);
+
+    const table = (await cli('app-password', 'list', 'alice')).stdout.split('\n');
+    const minute = `${new Date(at).toISOString().slice(0, 16).replace('T', ' ')}Z`;
+    expect(table[1]).toMatch(new RegExp(`^${created.id}\\s+Phone\\s.*\\s${minute} from 2001:db8::7 via pop3$`));
+    expect(table.join('\n')).not.toContain(created.password);
   });
 
   it('enrols, confirms, reports and disables TOTP', async () => {
@@ -130,6 +190,9 @@ describe('mailgate CLI', () => {
 
     expect((await cli('totp', 'disable', 'alice')).code).toBe(0);
     expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: none\n');
+    expect(auditTrail().map(([event]) => event)).toEqual(['account-added', 'totp-enrolled', 'totp-enabled', 'totp-disabled']);
+    expect(auditTrail().at(-1)).toEqual(['totp-disabled', 'alice', null]);
+    await expectRefused(['totp', 'disable', 'alice'], 1, /not on/);
 
     const json = JSON.parse((await cli('totp', 'enroll', 'alice', '--json')).stdout);
     expect(json.secret).toMatch(/^[A-Z2-7]+$/);
@@ -154,6 +217,30 @@ describe('mailgate CLI', () => {
     await cli('app-password', 'create', 'alice', '--name', 'b');
     await cli('app-password', 'create', 'alice', '--name', 'c');
     await expectRefused(['app-password', 'create', 'alice', '--name', 'd'], 1, /already has 3 active app passwords/);
+  });
+
+  it('`blocks clear` without an argument lifts every block and forgets every failure', async () => {
+    const rules = { windowMs: 600_000, blockAfter: 1, blockMs: 900_000 };
+    await withGatewayStore((store) => {
+      store.penalties.recordFailure('ip', '198.51.100.9', rules);
+      store.penalties.recordFailure('ip', '2001:db8:1:2::/64', rules);
+      store.penalties.recordFailure('account', 'carol', rules);
+      // A failure below the threshold: a counter, no block.
+      store.penalties.recordFailure('ip', '203.0.113.5', { ...rules, blockAfter: 10 });
+    });
+    const listed = JSON.parse((await cli('blocks', 'list', '--json')).stdout) as Array<{ kind: string; key: string }>;
+    expect(listed.map((b) => `${b.kind}:${b.key}`).sort()).toEqual(['account:carol', 'ip:198.51.100.9', 'ip:2001:db8:1:2::/64']);
+
+    const one = await cli('blocks', 'clear', '198.51.100.9');
+    expect(one.stdout).toBe('cleared 1 record for 198.51.100.9\n');
+    expect(JSON.parse((await cli('blocks', 'list', '--all', '--json')).stdout)).toHaveLength(3);
+
+    const everything = await cli('blocks', 'clear');
+    expect(everything.code, everything.stderr).toBe(0);
+    expect(everything.stdout).toBe('cleared 3 records\n');
+    expect((await cli('blocks', 'list')).stdout).toBe('no blocks in force\n');
+    expect((await cli('blocks', 'list', '--all')).stdout).toBe('no failed logins on record\n');
+    expect((await cli('blocks', 'clear')).stdout).toBe('cleared 0 records\n');
   });
 
   it('refuses with one line when the database is locked', async () => {

@@ -195,13 +195,55 @@ describe('AUTHENTICATE', () => {
     await selectAndLogout(c);
   });
 
-  it('an authzid other than the authcid is refused; the same one is fine', async () => {
+  it('an authzid other than the authcid gets the one credential-failure answer and counts as a failed login; the same one is fine', async () => {
     const c = await connect();
-    expect(await c.command('b8', `AUTHENTICATE PLAIN ${saslPlain('bob', 'bob-upstream-pw', 'alice')}`)).toBe(
-      'b8 NO [AUTHORIZATIONFAILED] Logging in as another user is not allowed.\r\n',
-    );
+    // Even with the right password: the answer must not single this case out.
+    expect(await c.command('b8', `AUTHENTICATE PLAIN ${saslPlain('bob', 'bob-upstream-pw', 'alice')}`)).toBe(credentialFailure('b8', HELP_URL));
     expect(await c.command('b9', `AUTHENTICATE PLAIN ${saslPlain('bob', 'bob-upstream-pw', 'bob')}`)).toBe(loggedIn('b9'));
     await selectAndLogout(c);
+
+    // Not free to repeat: the third closes the connection like any third failed login.
+    const d = await connect();
+    const sasl = saslPlain('bob', 'bob-upstream-pw', 'alice');
+    d.send('b9a AUTHENTICATE PLAIN\r\n');
+    expect(await d.readLine()).toBe('+ \r\n');
+    d.send(`${sasl}\r\n`);
+    expect(await d.readUntilTagged('b9a')).toBe(credentialFailure('b9a', HELP_URL));
+    expect(await d.command('b9b', `AUTHENTICATE PLAIN ${sasl}`)).toBe(credentialFailure('b9b', HELP_URL));
+    expect(await d.command('b9c', `AUTHENTICATE PLAIN ${sasl}`)).toBe(credentialFailure('b9c', HELP_URL));
+    expect(await d.waitClosed()).toBe('* BYE Too many failed logins.\r\n');
+    const closed = await sessionClosed(gw, d.localPort);
+    expect(closed.outcome).toBe('too-many-login-failures');
+    const failed = logLines(gw, 'login failed', { session: closed.session });
+    expect(failed.map((l) => [l.reason, l.method, l.clientIp])).toEqual(Array(3).fill(['authzid-mismatch', 'authenticate-plain', '127.0.0.1']));
+  });
+
+  it('"*" as the initial response cancels like a "*" line: BAD, not counted as a bad command', async () => {
+    const c = await connect();
+    // Three of them: were they counted, max_bad_commands (3) would close the session.
+    expect(await c.command('b13', 'AUTHENTICATE PLAIN *')).toBe('b13 BAD Authentication cancelled.\r\n');
+    expect(await c.command('b14', 'authenticate login *')).toBe('b14 BAD Authentication cancelled.\r\n');
+    expect(await c.command('b15', 'AUTHENTICATE PLAIN *')).toBe('b15 BAD Authentication cancelled.\r\n');
+    expect(await c.command('b16', 'NOOP')).toBe('b16 OK NOOP completed\r\n');
+    expect(await c.command('b17', `AUTHENTICATE PLAIN ${saslPlain('bob', 'bob-upstream-pw')}`)).toBe(loggedIn('b17'));
+    await selectAndLogout(c);
+    expect(logLines(gw, 'login failed', { clientPort: c.localPort })).toEqual([]);
+  });
+
+  it('invalid base64 gets BAD, in the initial response and in a continuation line, and counts as a bad command', async () => {
+    const c = await connect();
+    expect(await c.command('b18', 'AUTHENTICATE PLAIN QQ=')).toBe('b18 BAD Invalid base64 in the authentication data.\r\n');
+    c.send('b19 AUTHENTICATE PLAIN\r\n');
+    expect(await c.readLine()).toBe('+ \r\n');
+    c.send('not base64!\r\n');
+    expect(await c.readUntilTagged('b19')).toBe('b19 BAD Invalid base64 in the authentication data.\r\n');
+    c.send(`b20 AUTHENTICATE LOGIN ${b64('bob')}\r\n`);
+    expect(await c.readLine()).toBe('+ UGFzc3dvcmQ6\r\n');
+    // The right password, spoiled by a stray "=": judged as base64, never as a password.
+    c.send(`${b64('bob-upstream-pw')}=\r\n`);
+    expect(await c.readLine()).toBe('b20 BAD Invalid base64 in the authentication data.\r\n');
+    expect(await c.readLine()).toBe('* BYE Too many invalid commands.\r\n');
+    expect(await c.waitClosed()).toBe('');
   });
 
   it('LOGIN mechanism, without and with an initial response', async () => {
@@ -222,10 +264,14 @@ describe('AUTHENTICATE', () => {
     await selectAndLogout(d);
   });
 
-  it('an unsupported mechanism is refused with NO', async () => {
+  it('an unsupported mechanism is refused with NO and counts as a bad command', async () => {
     const c = await connect();
     expect(await c.command('b12', 'AUTHENTICATE CRAM-MD5')).toBe('b12 NO Unsupported mechanism; use PLAIN or LOGIN.\r\n');
-    await c.end();
+    expect(await c.command('b12a', 'AUTHENTICATE XOAUTH2 dXNlcj1ib2IBAQ==')).toBe('b12a NO Unsupported mechanism; use PLAIN or LOGIN.\r\n');
+    c.send('b12b AUTHENTICATE GSSAPI\r\n');
+    expect(await c.readLine()).toBe('b12b NO Unsupported mechanism; use PLAIN or LOGIN.\r\n');
+    expect(await c.readLine()).toBe('* BYE Too many invalid commands.\r\n');
+    expect(await c.waitClosed()).toBe('');
   });
 });
 

@@ -4,7 +4,7 @@
  *
  * Covers: the one identical -ERR [AUTH] answer for every credential failure
  * (wrong, unknown, main password with 2-step verification on, revoked,
- * expired, IMAP-only, refused upstream), the app password's last use,
+ * expired, IMAP-only, refused upstream, an authzid naming someone else), the app password's last use,
  * XCLIENT forwarding (Dovecot logs the client's port and mailgate's session),
  * master login by SASL authzid and by "user*master", passthrough, a mailbox
  * locked upstream (-ERR [IN-USE], for passthrough and master logins), the
@@ -193,6 +193,28 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     expect(await login(stubborn, 'alice', 'wrong two')).toBe(AUTH_FAILED);
     expect(await login(stubborn, 'alice', 'wrong three')).toBe(AUTH_FAILED);
     expect(await stubborn.waitClosed()).toBe('');
+  });
+
+  it('AUTH PLAIN with an authzid other than the authcid gets the same -ERR [AUTH] line and counts as a failed login', async () => {
+    // Even with the right password: the answer must not single this case out.
+    const payload = saslPlain('alice', pw.pop3!.password, 'bob');
+    secrets.add(payload);
+    const client = await connect();
+    expect(await client.command(`AUTH PLAIN ${payload}`)).toBe(AUTH_FAILED);
+    expect(await client.command('AUTH PLAIN')).toBe('+ \r\n');
+    expect(await client.command(payload)).toBe(AUTH_FAILED);
+    // The same authzid as the authcid is fine, on the same connection.
+    expect(await login(client, 'alice', pw.pop3!.password, 'plain')).toBe('+OK Logged in.\r\n');
+    await client.quit();
+
+    // Not free to repeat: the third closes the connection like any third failed login.
+    const stubborn = await connect();
+    for (let i = 0; i < 3; i++) expect(await stubborn.command(`AUTH PLAIN ${payload}`)).toBe(AUTH_FAILED);
+    expect(await stubborn.waitClosed()).toBe('');
+    const closed = await sessionClosed(gw, stubborn.localPort);
+    expect(closed.outcome).toBe('too-many-login-failures');
+    const failed = logLines(gw, 'login failed', { session: closed.session });
+    expect(failed.map((l) => [l.reason, l.method, l.protocol, l.clientIp])).toEqual(Array(3).fill(['authzid-mismatch', 'auth-plain', 'pop3', '127.0.0.1']));
   });
 
   it("the app password's last use is recorded with protocol pop3", async () => {

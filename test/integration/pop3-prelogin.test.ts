@@ -5,8 +5,9 @@
  *
  * Covers: the greeting (no APOP timestamp), CAPA on both listeners and after
  * STLS, the STLS-first refusals, STLS injection, USER/PASS (app password with
- * spaces), AUTH PLAIN (with and without initial response), AUTH LOGIN, `*`,
- * bare AUTH, Thunderbird's order with fallbacks, QUIT and other commands
+ * spaces), AUTH PLAIN (with and without initial response), AUTH LOGIN, `*`
+ * (as a continuation line and as the initial response), invalid base64 and
+ * unsupported mechanisms (each a bad command), bare AUTH, Thunderbird's order with fallbacks, QUIT and other commands
  * before login, pipelining after PASS, closing both sides together, and an
  * unreachable upstream.
  */
@@ -205,6 +206,38 @@ describe('POP3 before login through mailgate (real Dovecot, raw client)', () => 
     expect(await client.command(`AUTH PLAIN ${saslPlain('alice', alicePw)}`)).toBe('+OK Logged in.\r\n');
     await client.quit();
     expect(logLines(gw, 'login failed', { clientPort: client.localPort })).toEqual([]);
+  });
+
+  it('"*" as the initial response cancels like a "*" line (RFC 5034): -ERR, not counted as a bad command', async () => {
+    const { client } = await connect('implicit');
+    // Three of them: were they counted, max_bad_commands (3) would close the session.
+    expect(await client.command('AUTH PLAIN *')).toBe('-ERR Authentication cancelled.\r\n');
+    expect(await client.command('auth login *')).toBe('-ERR Authentication cancelled.\r\n');
+    expect(await client.command('AUTH PLAIN *')).toBe('-ERR Authentication cancelled.\r\n');
+    expect(await capa(client)).toEqual(expect.arrayContaining(LOGIN_CAPS));
+    expect(await client.command(`AUTH PLAIN ${saslPlain('alice', alicePw)}`)).toBe('+OK Logged in.\r\n');
+    await client.quit();
+    expect(logLines(gw, 'login failed', { clientPort: client.localPort })).toEqual([]);
+  });
+
+  it('invalid base64 gets -ERR, in the initial response and in a continuation line, and counts as a bad command', async () => {
+    const { client } = await connect('implicit');
+    expect(await client.command('AUTH PLAIN QQ=')).toBe('-ERR Invalid base64 in the authentication data.\r\n');
+    expect(await client.command('AUTH PLAIN')).toBe('+ \r\n');
+    expect(await client.command('not base64!')).toBe('-ERR Invalid base64 in the authentication data.\r\n');
+    expect(await client.command(`AUTH LOGIN ${b64('alice')}`)).toBe('+ UGFzc3dvcmQ6\r\n');
+    // The right password, spoiled by a stray "=": judged as base64, never as a password.
+    client.send(`${b64(alicePw)}=\r\n`);
+    expect(await client.waitClosed()).toBe('-ERR Invalid base64 in the authentication data.\r\n-ERR Too many invalid commands.\r\n');
+    expect(logLines(gw, 'login failed', { clientPort: client.localPort })).toEqual([]);
+  });
+
+  it('an unsupported mechanism gets -ERR and counts as a bad command', async () => {
+    const { client } = await connect('implicit');
+    expect(await client.command('AUTH CRAM-MD5')).toBe('-ERR Unsupported mechanism; use PLAIN or LOGIN.\r\n');
+    expect(await client.command('AUTH XOAUTH2 dXNlcj1hbGljZQEB')).toBe('-ERR Unsupported mechanism; use PLAIN or LOGIN.\r\n');
+    client.send('AUTH GSSAPI\r\n');
+    expect(await client.waitClosed()).toBe('-ERR Unsupported mechanism; use PLAIN or LOGIN.\r\n-ERR Too many invalid commands.\r\n');
   });
 
   it('a bare AUTH lists the mechanisms: +OK, PLAIN, LOGIN, "."', async () => {

@@ -1,10 +1,11 @@
 /**
  * `mailgate serve` as an operator runs it: the built binary in its own
  * process, with a config file. First start generates a self-signed pair (and
- * warns); `self_signed = false` without certificates refuses to start; an
+ * warns), later starts reuse it; `self_signed = false` without certificates refuses to start; an
  * unreachable upstream is a clear per-login error, not a crash.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -89,6 +90,33 @@ function serve(config: string): Promise<Running> {
   });
 }
 
+/** Stops the running `mailgate serve` the way an init system does, and waits for it to exit. */
+function stopServe(): Promise<void> {
+  const running = child;
+  child = null;
+  if (!running || running.exitCode !== null) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('serve did not stop on SIGTERM')), 15_000);
+    running.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    running.kill('SIGTERM');
+  });
+}
+
+/** SHA-256 fingerprint of the certificate the gateway presents on `port`. */
+function servedFingerprint(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: '127.0.0.1', port, rejectUnauthorized: false }, () => {
+      resolve(socket.getPeerCertificate().fingerprint256);
+      socket.destroy();
+    });
+    socket.on('error', reject);
+    setTimeout(() => reject(new Error('no TLS handshake')), 10_000).unref();
+  });
+}
+
 function talk(port: string | number, send: string, until: RegExp, ca?: Buffer): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = tls.connect({ host: '127.0.0.1', port: Number(port), ...(ca ? { ca, servername: 'localhost' } : { rejectUnauthorized: false }) });
@@ -117,6 +145,26 @@ describe('mailgate serve', () => {
     // The generated certificate verifies for localhost.
     const greeting = await talk(running.ports.imap, '', /\r\n/, readFileSync(cert));
     expect(greeting).toMatch(/^\* OK \[CAPABILITY IMAP4rev1 SASL-IR LITERAL\+ ID ENABLE.* AUTH=PLAIN AUTH=LOGIN\] /);
+  });
+
+  it('reuses the generated pair on the next start instead of making a new one', async () => {
+    const config = await writeConfig('self_signed = true');
+    const certFile = path.join(dir, 'certs/mailgate.crt');
+    const keyFile = path.join(dir, 'certs/mailgate.key');
+    const first = await serve(config);
+    const fingerprint = new X509Certificate(readFileSync(certFile)).fingerprint256;
+    expect(await servedFingerprint(first.ports.imap)).toBe(fingerprint);
+    const files = { cert: readFileSync(certFile), key: readFileSync(keyFile), certMtime: statSync(certFile).mtimeMs, keyMtime: statSync(keyFile).mtimeMs };
+    await stopServe();
+
+    const second = await serve(config);
+    expect(second.lines.some((l) => String(l.msg).includes('self-signed'))).toBe(false);
+    expect(readFileSync(certFile).equals(files.cert)).toBe(true);
+    expect(readFileSync(keyFile).equals(files.key)).toBe(true);
+    expect(statSync(certFile).mtimeMs).toBe(files.certMtime);
+    expect(statSync(keyFile).mtimeMs).toBe(files.keyMtime);
+    expect(await servedFingerprint(second.ports.imap)).toBe(fingerprint);
+    expect(await servedFingerprint(second.ports.pop3)).toBe(fingerprint);
   });
 
   it('answers a login with [UNAVAILABLE] / [SYS/TEMP] while the upstream is down, and keeps running', async () => {

@@ -8,7 +8,8 @@ import {
   type ImapParseEvent,
   type ImapParserLimits,
 } from '../../src/protocols/imap/parser.js';
-import { feedSplits } from '../support/feed.js';
+import { feedSplits, splitPlans } from '../support/feed.js';
+import { eachPartSplit } from './stepwise.js';
 
 // ---- helpers -------------------------------------------------------------
 
@@ -70,6 +71,16 @@ function expectEvents(input: string | Buffer, expected: unknown[], limits?: Part
 }
 
 const bytes = (...parts: Array<string | Buffer>): Buffer => Buffer.concat(parts.map((p) => Buffer.from(p)));
+
+/** Pushes each chunk and drains after it, as the session does; the events each chunk brought out. */
+function feedEach(parser: ImapParser, chunks: Buffer[], hook?: Hook): ImapParseEvent[][] {
+  return chunks.map((chunk) => {
+    parser.push(chunk);
+    const events: ImapParseEvent[] = [];
+    drain(parser, events, hook);
+    return events;
+  });
+}
 
 /** Pushes chunks, pulling after each, until the first event (as the session does until a login or STARTTLS); then only pushes the rest. */
 function pushUntilFirstEvent(parser: ImapParser, chunks: Buffer[]): ImapParseEvent[] {
@@ -198,18 +209,14 @@ describe('ImapParser: literals', () => {
   });
 
   it('emits the continuation once and then waits for the data', () => {
-    const parser = new ImapParser();
-    parser.push(Buffer.from('a LOGIN {5}\r\n'));
-    expect(parser.next()).toEqual(CONT);
-    expect(parser.next()).toBeNull();
-    expect(parser.next()).toBeNull();
-    parser.push(Buffer.from('ali'));
-    expect(parser.next()).toBeNull();
-    parser.push(Buffer.from('ce x'));
-    expect(parser.next()).toBeNull();
-    parser.push(Buffer.from('\r\n'));
-    expect(parser.next()).toEqual(cmd('a', 'LOGIN', lit('alice'), atom('x')));
-    expect(parser.next()).toBeNull();
+    const result = eachPartSplit(['a LOGIN {5}\r\n', 'alice x\r\n'], ([head, data]) => {
+      const parser = new ImapParser();
+      const announced = feedEach(parser, head!).flat();
+      const waiting = [parser.next(), parser.next()];
+      const perChunk = feedEach(parser, data!);
+      return { announced, waiting, early: perChunk.slice(0, -1).flat(), last: perChunk.at(-1), after: parser.next() };
+    });
+    expect(result).toEqual({ announced: [CONT], waiting: [null, null], early: [], last: [cmd('a', 'LOGIN', lit('alice'), atom('x'))], after: null });
   });
 
   it('accepts a literal of exactly maxLiteralBytes', () => {
@@ -218,13 +225,15 @@ describe('ImapParser: literals', () => {
   });
 
   it('refuses an oversized synchronising literal at once, without waiting for data', () => {
-    const parser = new ImapParser();
-    parser.push(Buffer.from('a LOGIN {104857600}\r\n'));
-    expect(parser.next()).toEqual(err('literal-too-large', 'a', false));
-    expect(parser.next()).toBeNull();
-    // The client got no "+", so what it sends next is a new command.
-    parser.push(Buffer.from('b NOOP\r\n'));
-    expect(parser.next()).toEqual(cmd('b', 'NOOP'));
+    const result = eachPartSplit(['a LOGIN {104857600}\r\n', 'b NOOP\r\n'], ([head, next]) => {
+      const parser = new ImapParser();
+      const refused = feedEach(parser, head!).flat();
+      const buffered = parser.bufferedBytes;
+      // The client got no "+", so what it sends next is a new command.
+      const after = feedEach(parser, next!).flat();
+      return { refused, buffered, after };
+    });
+    expect(result).toEqual({ refused: [err('literal-too-large', 'a', false)], buffered: 0, after: [cmd('b', 'NOOP')] });
     expectEvents('a LOGIN {104857600}\r\nb NOOP\r\n', [err('literal-too-large', 'a'), cmd('b', 'NOOP')]);
   });
 
@@ -262,6 +271,27 @@ describe('ImapParser: AUTHENTICATE and SASL responses', () => {
       cmd('a', 'AUTHENTICATE', atom('PLAIN'), atom('AGFsaWNlAHNlY3JldA==')),
     ]);
     expectEvents('a AUTHENTICATE PLAIN =\r\n', [cmd('a', 'AUTHENTICATE', atom('PLAIN'), atom('='))]);
+  });
+
+  it('accepts a lone "*" initial response (a cancel) as an atom, so the session can cancel instead of calling it a syntax error', () => {
+    expectEvents('a AUTHENTICATE PLAIN *\r\n', [cmd('a', 'AUTHENTICATE', atom('PLAIN'), atom('*'))]);
+    expectEvents('a authenticate login * \r\nb NOOP\r\n', [cmd('a', 'AUTHENTICATE', atom('login'), atom('*')), cmd('b', 'NOOP')]);
+    // Nothing is expected after it: the next line is a command, not a SASL response.
+    expectEvents('a AUTHENTICATE PLAIN *\r\n*\r\n', [cmd('a', 'AUTHENTICATE', atom('PLAIN'), atom('*')), err('bad-tag', null)], undefined, saslHook);
+  });
+
+  it.each([
+    ['a AUTHENTICATE *\r\n'],
+    ['a AUTHENTICATE PLAIN *x\r\n'],
+    ['a AUTHENTICATE PLAIN x*\r\n'],
+    ['a AUTHENTICATE PLAIN **\r\n'],
+    ['a AUTHENTICATE PLAIN x *\r\n'],
+    ['a AUTHENTICATE PLAIN (*)\r\n'],
+    ['a AUTHENTICATE PLAIN *)\r\n'],
+    ['a LOGIN alice *\r\n'],
+    ['a ID *\r\n'],
+  ])('still rejects "*" anywhere but as AUTHENTICATE\'s lone second argument: %j', (line) => {
+    expectEvents(`${line}b NOOP\r\n`, [err('syntax', 'a'), cmd('b', 'NOOP')]);
   });
 
   it('returns the line after expectSaslResponse() raw', () => {
@@ -331,10 +361,20 @@ describe('ImapParser: ID and lists', () => {
   });
 
   it('rejects a hostile depth without recursion trouble', () => {
-    const parser = new ImapParser({ maxLineBytes: 200_000, maxCommandBytes: 200_000 });
-    parser.push(Buffer.from(`a X ${'('.repeat(100_000)}\r\nb NOOP\r\n`));
-    expect(parser.next()).toEqual(err('nesting-too-deep', 'a'));
-    expect(parser.next()).toEqual(cmd('b', 'NOOP'));
+    const depth = 100_000;
+    const input = Buffer.from(`a X ${'('.repeat(depth)}\r\nb NOOP\r\n`);
+    const limits = { maxLineBytes: 200_000, maxCommandBytes: 200_000 };
+    // Every cut of 100 KB would take minutes, and cuts inside the run of "(" are
+    // all alike: every cut near either end of the run, every 997th in between,
+    // plus the whole input and one byte at a time.
+    const runEnd = 4 + depth;
+    const cuts = new Set<number>();
+    for (let at = 1; at < input.length; at++) {
+      if (at < 4 + 64 || at > runEnd - 64 || at % 997 === 0) cuts.add(at);
+    }
+    const plans = [[input], [...input].map((b) => Buffer.from([b])), ...[...cuts].map((at) => [input.subarray(0, at), input.subarray(at)])];
+    const expected = [err('nesting-too-deep', 'a'), cmd('b', 'NOOP')];
+    for (const chunks of plans) expect(runChunks(chunks, limits)).toEqual(expected);
   });
 
   it('counts nested arguments against maxArgs', () => {
@@ -418,10 +458,30 @@ describe('ImapParser: size limits', () => {
 
   it('reports a long line without LF as soon as it exceeds the limit', () => {
     expectEvents('a'.repeat(50), [err('line-too-long', null, true)], { maxLineBytes: 32 });
-    const parser = new ImapParser();
-    parser.push(Buffer.alloc(DEFAULT_IMAP_PARSER_LIMITS.maxLineBytes + 10, 0x61));
-    expect(parser.next()).toEqual(err('line-too-long', null, true));
-    expect(parser.bufferedBytes).toBe(0);
+    // With the default limit: reported by the chunk that takes the line past
+    // maxLineBytes + 1 (one byte is left for a CR), and nothing kept.
+    const certain = DEFAULT_IMAP_PARSER_LIMITS.maxLineBytes + 2;
+    const flood = Buffer.alloc(DEFAULT_IMAP_PARSER_LIMITS.maxLineBytes + 10, 0x61);
+    for (const { label, chunks } of splitPlans(flood)) {
+      const parser = new ImapParser();
+      let pushed = 0;
+      let reportedAt = -1;
+      const events: ImapParseEvent[] = [];
+      for (const chunk of chunks) {
+        parser.push(chunk);
+        pushed += chunk.length;
+        drain(parser, events);
+        if (events.length > 0 && reportedAt < 0) reportedAt = pushed;
+      }
+      const crossedAt = chunks.reduce((acc, c) => (acc.total >= certain ? acc : { total: acc.total + c.length }), { total: 0 }).total;
+      if (events.length !== 1 || reportedAt !== crossedAt || parser.bufferedBytes !== 0) {
+        expect({ events, reportedAt, buffered: parser.bufferedBytes }, label).toEqual({
+          events: [err('line-too-long', null, true)],
+          reportedAt: crossedAt,
+          buffered: 0,
+        });
+      }
+    }
   });
 
   it('applies maxLineBytes to the segment after a literal', () => {
@@ -457,15 +517,14 @@ describe('ImapParser: HTTP requests', () => {
 
 describe('ImapParser: after a fatal error', () => {
   it('returns null forever and holds nothing', () => {
-    const parser = new ImapParser();
-    parser.push(Buffer.from('GET / HTTP/1.1\r\na NOOP\r\n'));
-    expect(parser.next()).toEqual(err('http-request', null, true));
-    expect(parser.bufferedBytes).toBe(0);
-    parser.push(Buffer.from('b NOOP\r\n'));
-    expect(parser.next()).toBeNull();
-    expect(parser.next()).toBeNull();
-    expect(parser.bufferedBytes).toBe(0);
-    expect(parser.takeBuffered().length).toBe(0);
+    const result = eachPartSplit(['GET / HTTP/1.1\r\na NOOP\r\n', 'b NOOP\r\n'], ([first, later]) => {
+      const parser = new ImapParser();
+      const events = feedEach(parser, first!).flat();
+      const heldAfterFatal = parser.bufferedBytes;
+      const afterwards = feedEach(parser, later!).flat();
+      return { events, heldAfterFatal, afterwards, again: [parser.next(), parser.next()], held: parser.bufferedBytes, taken: parser.takeBuffered().length };
+    });
+    expect(result).toEqual({ events: [err('http-request', null, true)], heldAfterFatal: 0, afterwards: [], again: [null, null], held: 0, taken: 0 });
   });
 });
 
@@ -510,38 +569,52 @@ describe('ImapParser: pipelining and buffer hand-over', () => {
   });
 
   it('drops a command whose synchronising literal the session refuses, and parses the next one', () => {
-    const parser = new ImapParser();
-    parser.push(Buffer.from('a LOGIN {5}\r\n'));
-    expect(parser.next()).toEqual(cont('a', 'LOGIN'));
-    parser.refuseLiteral();
+    // As the session does: refuse on the continuation event, whatever is already buffered behind it.
+    const refuse: Hook = (parser, event) => {
+      if (event.type === 'literal-continuation') parser.refuseLiteral();
+    };
     // Without our "+" the client sends no literal: its next line is a new command.
-    parser.push(Buffer.from('b NOOP\r\n'));
-    expect(parser.next()).toEqual(cmd('b', 'NOOP'));
-    expect(parser.next()).toBeNull();
+    expectEvents('a LOGIN {5}\r\nb NOOP\r\n', [cont('a', 'LOGIN'), cmd('b', 'NOOP')], undefined, refuse);
+    // Refusing is only for a pending literal: anywhere else it changes nothing.
+    const refuseAlways: Hook = (parser) => parser.refuseLiteral();
+    expectEvents('a LOGIN {5+}\r\nalice x\r\nb NOOP\r\n', [cmd('a', 'LOGIN', lit('alice'), atom('x')), cmd('b', 'NOOP')], undefined, refuseAlways);
   });
 
   it('resets a half-parsed command on discardBuffered() and takeBuffered()', () => {
-    const parser = new ImapParser();
-    parser.push(Buffer.from('a LOGIN {5}\r\n'));
-    expect(parser.next()).toEqual(CONT);
-    parser.push(Buffer.from('al'));
-    expect(parser.discardBuffered()).toBe(2);
-    parser.push(Buffer.from('b NOOP\r\n'));
-    expect(parser.next()).toEqual(cmd('b', 'NOOP'));
-
-    parser.push(Buffer.from('c LOGIN {5+}\r\nal'));
-    expect(parser.next()).toBeNull();
-    expect(parser.takeBuffered().toString()).toBe('al');
-    parser.push(Buffer.from('d NOOP\r\n'));
-    expect(parser.next()).toEqual(cmd('d', 'NOOP'));
+    const parts = ['a LOGIN {5}\r\n', 'al', 'b NOOP\r\n', 'c LOGIN {5+}\r\nal', 'd NOOP\r\n'];
+    const result = eachPartSplit(parts, ([announce, partial, next, halfLiteral, last]) => {
+      const parser = new ImapParser();
+      const announced = feedEach(parser, announce!).flat();
+      const waiting = feedEach(parser, partial!).flat();
+      const discarded = parser.discardBuffered();
+      const afterDiscard = feedEach(parser, next!).flat();
+      const pending = feedEach(parser, halfLiteral!).flat();
+      const taken = parser.takeBuffered().toString('latin1');
+      const afterTake = feedEach(parser, last!).flat();
+      return { announced, waiting, discarded, afterDiscard, pending, taken, afterTake };
+    });
+    expect(result).toEqual({
+      announced: [CONT],
+      waiting: [],
+      discarded: 2,
+      afterDiscard: [cmd('b', 'NOOP')],
+      pending: [],
+      taken: 'al',
+      afterTake: [cmd('d', 'NOOP')],
+    });
   });
 
   it('reports buffered bytes so the session can apply back-pressure', () => {
-    const parser = new ImapParser();
-    parser.push(Buffer.from('a NOOP\r\nb NOOP\r\n'));
-    expect(parser.bufferedBytes).toBe(16);
-    parser.next();
-    expect(parser.bufferedBytes).toBe(8);
+    const input = 'a NOOP\r\nb NOOP\r\n';
+    for (const { label, result } of feedSplits(input, (chunks) => {
+      const parser = new ImapParser();
+      // Counted as they arrive, before anything is parsed.
+      const arriving = chunks.map((chunk) => (parser.push(chunk), parser.bufferedBytes));
+      const first = parser.next();
+      return { arriving: arriving.at(-1), first, afterOne: parser.bufferedBytes, growsByChunk: arriving.every((n, i) => n === chunks.slice(0, i + 1).reduce((t, c) => t + c.length, 0)) };
+    })) {
+      expect(result, label).toEqual({ arriving: 16, first: cmd('a', 'NOOP'), afterOne: 8, growsByChunk: true });
+    }
   });
 });
 

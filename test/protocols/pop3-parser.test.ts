@@ -7,6 +7,7 @@ import {
   type Pop3ParserLimits,
 } from '../../src/protocols/pop3/parser.js';
 import { feedSplits } from '../support/feed.js';
+import { eachPartSplit } from './stepwise.js';
 
 interface DriveOptions {
   limits?: Partial<Pop3ParserLimits>;
@@ -54,6 +55,16 @@ function everySplit<T>(input: Buffer | string, run: (chunks: Buffer[]) => T): T 
 
 function eventsOf(input: Buffer | string, opts: DriveOptions = {}): Pop3ParseEvent[] {
   return everySplit(input, (chunks) => drive(chunks, opts).events);
+}
+
+/** Pushes each chunk and drains after it; the events that chunk brought out. */
+function feedEach(parser: Pop3Parser, chunks: Buffer[]): Pop3ParseEvent[][] {
+  return chunks.map((chunk) => {
+    parser.push(chunk);
+    const events: Pop3ParseEvent[] = [];
+    for (let event = parser.next(); event !== null; event = parser.next()) events.push(event);
+    return events;
+  });
 }
 
 function command(name: string, args: string[], rest: string | Buffer): Pop3ParseEvent {
@@ -123,6 +134,13 @@ describe('Pop3Parser commands', () => {
     ]);
   });
 
+  it('passes a "*" initial response through as an argument, for the session to cancel', () => {
+    expect(eventsOf('AUTH PLAIN *\r\nAUTH LOGIN *\r\n', { onEvent: saslAfterBareAuth })).toEqual([
+      command('AUTH', ['PLAIN', '*'], 'PLAIN *'),
+      command('AUTH', ['LOGIN', '*'], 'LOGIN *'),
+    ]);
+  });
+
   it('parses bare AUTH (mechanism listing)', () => {
     expect(eventsOf('AUTH\r\n')).toEqual([command('AUTH', [], '')]);
   });
@@ -136,13 +154,14 @@ describe('Pop3Parser commands', () => {
   });
 
   it('produces nothing for a line still missing its LF', () => {
-    const parser = new Pop3Parser();
-    parser.push(Buffer.from('CAPA\r'));
-    expect(parser.next()).toBeNull();
-    expect(parser.bufferedBytes).toBe(5);
-    parser.push(Buffer.from('\n'));
-    expect(parser.next()).toEqual(command('CAPA', [], ''));
-    expect(parser.bufferedBytes).toBe(0);
+    const result = eachPartSplit(['CAPA\r', '\n'], ([line, lf]) => {
+      const parser = new Pop3Parser();
+      const before = feedEach(parser, line!).flat();
+      const held = parser.bufferedBytes;
+      const after = feedEach(parser, lf!).flat();
+      return { before, held, after, left: parser.bufferedBytes };
+    });
+    expect(result).toEqual({ before: [], held: 5, after: [command('CAPA', [], '')], left: 0 });
   });
 });
 
@@ -194,12 +213,13 @@ describe('Pop3Parser errors', () => {
   });
 
   it('reports a 513-byte line as soon as byte 513 arrives, without LF', () => {
-    const parser = new Pop3Parser();
-    parser.push(Buffer.alloc(512, 0x41));
-    expect(parser.next()).toBeNull();
-    parser.push(Buffer.from('A'));
-    expect(parser.next()).toEqual(error('line-too-long', true));
-    expect(parser.bufferedBytes).toBe(0);
+    const result = eachPartSplit([Buffer.alloc(512, 0x41), 'A'], ([full, extra]) => {
+      const parser = new Pop3Parser();
+      const atLimit = feedEach(parser, full!).flat();
+      const over = feedEach(parser, extra!).flat();
+      return { atLimit, over, held: parser.bufferedBytes };
+    });
+    expect(result).toEqual({ atLimit: [], over: [error('line-too-long', true)], held: 0 });
   });
 
   it('reports a 513-byte line the same under every chunking', () => {
@@ -211,11 +231,11 @@ describe('Pop3Parser errors', () => {
     expect(Buffer.byteLength(line)).toBe(512);
     expect(eventsOf(`${line}\r\n`)).toEqual([command('USER', ['a'.repeat(507)], 'a'.repeat(507))]);
 
-    const parser = new Pop3Parser();
-    parser.push(Buffer.from(`${line}\r`));
-    expect(parser.next()).toBeNull();
-    parser.push(Buffer.from('\n'));
-    expect(parser.next()).toMatchObject({ type: 'command', name: 'USER' });
+    const result = eachPartSplit([`${line}\r`, '\n'], ([withCr, lf]) => {
+      const parser = new Pop3Parser();
+      return { waiting: feedEach(parser, withCr!).flat(), done: feedEach(parser, lf!).flat() };
+    });
+    expect(result).toEqual({ waiting: [], done: [command('USER', ['a'.repeat(507)], 'a'.repeat(507))] });
   });
 
   it('reports 512 bytes plus CR plus a non-LF byte as too long', () => {
@@ -230,18 +250,26 @@ describe('Pop3Parser errors', () => {
   });
 
   it('returns null forever after a fatal error and drops all buffers', () => {
-    const parser = new Pop3Parser();
-    parser.push(Buffer.from('GET / HTTP/1.1\r\nCAPA\r\n'));
-    expect(parser.next()).toEqual(error('http-request', true));
-    expect(parser.next()).toBeNull();
-    expect(parser.bufferedBytes).toBe(0);
-    parser.push(Buffer.from('CAPA\r\n'));
-    expect(parser.next()).toBeNull();
-    expect(parser.bufferedBytes).toBe(0);
-    expect(parser.takeBuffered()).toEqual(Buffer.alloc(0));
-    expect(parser.discardBuffered()).toBe(0);
-    parser.expectSaslResponse();
-    expect(parser.next()).toBeNull();
+    const result = eachPartSplit(['GET / HTTP/1.1\r\nCAPA\r\n', 'CAPA\r\n'], ([first, later]) => {
+      const parser = new Pop3Parser();
+      const events = feedEach(parser, first!).flat();
+      const heldAfterFatal = parser.bufferedBytes;
+      const afterwards = feedEach(parser, later!).flat();
+      const held = parser.bufferedBytes;
+      const taken = parser.takeBuffered();
+      const discarded = parser.discardBuffered();
+      parser.expectSaslResponse();
+      return { events, heldAfterFatal, afterwards, held, taken, discarded, sasl: parser.next() };
+    });
+    expect(result).toEqual({
+      events: [error('http-request', true)],
+      heldAfterFatal: 0,
+      afterwards: [],
+      held: 0,
+      taken: Buffer.alloc(0),
+      discarded: 0,
+      sasl: null,
+    });
   });
 
   it('never throws on arbitrary bytes', () => {
@@ -301,10 +329,11 @@ describe('Pop3Parser buffering around login and STLS', () => {
   });
 
   it('returns an empty buffer from takeBuffered() when nothing is pipelined', () => {
-    const parser = new Pop3Parser();
-    parser.push(Buffer.from('PASS x\r\n'));
-    expect(parser.next()).toMatchObject({ name: 'PASS' });
-    expect(parser.takeBuffered()).toEqual(Buffer.alloc(0));
+    const result = everySplit('PASS x\r\n', (chunks) => {
+      const { events, parser } = drive(chunks, { onEvent: () => false });
+      return { events, taken: parser.takeBuffered() };
+    });
+    expect(result).toEqual({ events: [command('PASS', ['x'], 'x')], taken: Buffer.alloc(0) });
   });
 
   it('drops commands injected after STLS', () => {

@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { isTrusted, readProxyHeader, trustedProxies } from '../../src/session/proxy-header.js';
+import { canonicalAddress, isTrusted, readProxyHeader, trustedProxies } from '../../src/session/proxy-header.js';
 
 const servers: net.Server[] = [];
 afterEach(() => {
@@ -53,13 +53,24 @@ describe('PROXY protocol', () => {
       Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x21, 0x00, 0x24]),
       Buffer.from([...src, ...new Array(16).fill(0), 0x00, 0x50, 0x03, 0xe1]),
     ]);
-    expect(await roundTrip(v6)).toEqual({ origin: { address: '2001:db8:0:0:0:0:0:1', port: 80 }, rest: '' });
+    expect(await roundTrip(v6)).toEqual({ origin: { address: '2001:db8::1', port: 80 }, rest: '' });
     // An IPv4 client behind a dual-stack balancer arrives as ::ffff:a.b.c.d and is an IPv4 client.
     const mapped = Buffer.concat([
       Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a, 0x21, 0x21, 0x00, 0x24]),
       Buffer.from([...new Array(10).fill(0), 0xff, 0xff, 203, 0, 113, 5, ...new Array(16).fill(0), 0x00, 0x50, 0x03, 0xe1]),
     ]);
     expect(await roundTrip(mapped)).toEqual({ origin: { address: '203.0.113.5', port: 80 }, rest: '' });
+  });
+
+  it('gives every address one spelling, so logs and fail2ban see one client', async () => {
+    // Catches: a balancer's upper-case or uncompressed IPv6 reaching the log as a different address.
+    const v1 = await roundTrip(Buffer.from('PROXY TCP6 2001:0DB8:0001:0002:0000:0000:0000:00A1 2001:db8::2 51234 993\r\n'));
+    expect(v1).toEqual({ origin: { address: '2001:db8:1:2::a1', port: 51234 }, rest: '' });
+    expect(canonicalAddress('::FFFF:10.1.2.3')).toBe('10.1.2.3');
+    expect(canonicalAddress('::ffff:a01:203')).toBe('10.1.2.3');
+    expect(canonicalAddress('FE80:0:0:0:0:0:0:1')).toBe('fe80::1');
+    expect(canonicalAddress('::1')).toBe('::1');
+    expect(canonicalAddress('192.0.2.1')).toBe('192.0.2.1');
   });
 
   it('refuses anything that is not a PROXY header', async () => {

@@ -25,18 +25,40 @@ describe('secrets stay out of the audit trail and logs', () => {
     const typedWrong = 'my-old-main-password';
     await t.store.verifier.verify('alice', created.password, { protocol: 'imap', clientIp: '127.0.0.1' });
     await t.store.verifier.verify('alice', typedWrong, { protocol: 'pop3', clientIp: '127.0.0.1' });
+    const second = await t.store.appPasswords.create('alice', { name: 'phone' });
+    t.store.appPasswords.revoke('alice', second.info.id);
+    t.store.totp.disable('alice');
     t.store.appPasswords.revokeAll('alice');
 
     const rows = JSON.stringify(t.store.db.prepare('SELECT * FROM audit').all());
-    const events = (t.store.db.prepare('SELECT event FROM audit ORDER BY id').all() as { event: string }[]).map((r) => r.event);
-    expect(events).toEqual(['account-added', 'created', 'totp-enrolled', 'totp-enabled', 'login-ok', 'login-failed', 'revoked-all']);
+    const events = t.store.db.prepare('SELECT event, username, app_password_id AS appPasswordId FROM audit ORDER BY id').all() as Array<{
+      event: string;
+      username: string;
+      appPasswordId: number | null;
+    }>;
+    expect(events.map((r) => r.event)).toEqual([
+      'account-added',
+      'created',
+      'totp-enrolled',
+      'totp-enabled',
+      'login-ok',
+      'login-failed',
+      'created',
+      'revoked',
+      'totp-disabled',
+      'revoked-all',
+    ]);
+    // Every event names its account; a single revoke also names the app password.
+    expect(events.every((r) => r.username === 'alice')).toBe(true);
+    expect(events.find((r) => r.event === 'revoked')?.appPasswordId).toBe(second.info.id);
     const secret = created.password.replace(/ /g, '');
-    for (const needle of [secret, secret.slice(4), created.password, enrolment.secret, code, typedWrong]) {
+    const secondSecret = second.password.replace(/ /g, '');
+    for (const needle of [secret, secret.slice(4), created.password, secondSecret, secondSecret.slice(4), enrolment.secret, code, typedWrong]) {
       expect(rows).not.toContain(needle);
     }
     t.store.db.pragma('wal_checkpoint(TRUNCATE)');
     const raw = readFileSync(t.options.path);
-    for (const needle of [secret, enrolment.secret, typedWrong]) expect(raw.includes(Buffer.from(needle))).toBe(false);
+    for (const needle of [secret, secondSecret, enrolment.secret, typedWrong]) expect(raw.includes(Buffer.from(needle))).toBe(false);
   });
 
   it('the logger redacts secret-named fields even when code passes them by mistake', () => {

@@ -63,6 +63,102 @@ describe('StoreHandle', () => {
   });
 });
 
+describe('StoreHandle when writes fail', () => {
+  /** A handle over its own store with a short busy timeout, logging into `lines`. */
+  async function handleWithLog(): Promise<{ h: StoreHandle; lines: string[] }> {
+    const lines: string[] = [];
+    const log = createLogger({ level: 'info', destination: { write: (line: string) => void lines.push(line) } });
+    const own = t.reopen({ busyTimeoutMs: 50 });
+    return { h: new StoreHandle({ ...t.options, busyTimeoutMs: 50 }, log, own), lines };
+  }
+  const messages = (lines: string[], msg: string) => lines.map((l) => JSON.parse(l) as { msg: string; err?: string }).filter((l) => l.msg === msg);
+  /** A login's bookkeeping write, as the session does it: a failure is reported to the handle. */
+  function bookkeep(h: StoreHandle): void {
+    try {
+      h.get().audit.record('login-ok', { username: 'alice' });
+    } catch (err) {
+      h.writeFailed(err);
+      throw err;
+    }
+  }
+
+  it('locked by another process: refuses logins until a write probe gets through, keeps the connection, logs once', async () => {
+    // Catches: logins going on (reads still work in WAL mode) while failures cannot be counted,
+    // a lock mistaken for a broken file, and a handle that never notices the lock is gone.
+    const { h, lines } = await handleWithLog();
+    const store = h.writable();
+    const other = t.reopen();
+    other.db.exec('BEGIN EXCLUSIVE');
+    other.db.prepare("UPDATE accounts SET created_at = created_at WHERE username = 'alice'").run();
+    try {
+      expect(() => bookkeep(h)).toThrow(/locked/);
+      // Refused at once, without touching the database, until the retry interval is over.
+      expect(() => h.writable()).toThrow(/writes to database .* are failing; logins are refused/);
+      // Reads still work, from the same connection: a lock is not a broken database.
+      expect(h.get()).toBe(store);
+      expect(h.get().accounts.find('alice')).not.toBeNull();
+      await waitRetry();
+      // The probe still cannot get the lock.
+      expect(() => h.writable()).toThrow(/database is locked/);
+      expect(h.get()).toBe(store);
+    } finally {
+      other.db.exec('ROLLBACK');
+    }
+    // Still inside the interval the last probe started: refused without a probe.
+    expect(() => h.writable()).toThrow(/are failing/);
+    await waitRetry();
+    expect(h.writable()).toBe(store);
+    expect(messages(lines, 'database writes are failing; logins are refused until they work again')).toEqual([expect.objectContaining({ err: 'database is locked' })]);
+    expect(messages(lines, 'the database is usable again')).toHaveLength(1);
+    expect(messages(lines, 'the database is unusable; logins fail until it recovers')).toEqual([]);
+    h.close();
+  });
+
+  it('read-only: drops the connection, refuses logins while the reopened one is read-only too, recovers once writes work', async () => {
+    // Catches: SQLITE_READONLY taken for a passing problem (a connection SQLite opened read-only
+    // never becomes writable; only a fresh open does), and logins let in on a read-only store.
+    // query_only makes SQLite refuse every write on that connection with SQLITE_READONLY, the
+    // same error a database opened read-only gives; unlike file permissions it also holds for root.
+    const { h, lines } = await handleWithLog();
+    const first = h.writable();
+    first.db.pragma('query_only = ON');
+    expect(() => bookkeep(h)).toThrow(/readonly/);
+    expect(() => h.writable()).toThrow(/are failing/);
+    // A fresh connection; make it read-only as well, as a read-only file would open.
+    const second = h.get();
+    expect(second).not.toBe(first);
+    second.db.pragma('query_only = ON');
+    await waitRetry();
+    expect(() => h.writable()).toThrow(/readonly/);
+    await waitRetry();
+    // The connection the probe failed on was dropped; the next one is writable.
+    const third = h.writable();
+    expect(third).not.toBe(second);
+    third.audit.record('login-ok', { username: 'alice' });
+    expect(messages(lines, 'database writes are failing; logins are refused until they work again')).toHaveLength(1);
+    expect(messages(lines, 'the database is usable again')).toHaveLength(1);
+    h.close();
+  });
+
+  it('costs nothing while writes work: no probe at all', async () => {
+    // Catches: a write on every login's hot path.
+    const { h } = await handleWithLog();
+    const store = h.writable();
+    store.db.pragma('query_only = ON');
+    // Only a failed write tells the handle; until then it does not go looking.
+    expect(h.writable()).toBe(store);
+    store.db.pragma('query_only = OFF');
+    h.close();
+  });
+
+  it('ignores write failures once closed (shutdown)', async () => {
+    const { h, lines } = await handleWithLog();
+    h.close();
+    h.writeFailed(new Error('the store is closed (shutting down)'));
+    expect(lines).toEqual([]);
+  });
+});
+
 describe('StoreHandle at start-up', () => {
   it('creates a missing database, and says so', async () => {
     const t2 = await makeTestStore();

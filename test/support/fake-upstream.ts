@@ -26,6 +26,8 @@ export interface FakeConnection {
   received(): Buffer;
   /** Runs `listener` when the connection closes (from either side). */
   onClose(listener: () => void): void;
+  /** True once the connection is closed (from either side). */
+  readonly closed: boolean;
 }
 
 export interface FakeUpstreamScript {
@@ -119,6 +121,9 @@ export async function startFakeUpstream(script: FakeUpstreamScript, pki: { serve
       onClose: (listener) => {
         if (raw.destroyed) listener();
         else raw.once('close', listener);
+      },
+      get closed() {
+        return raw.destroyed;
       },
     };
     fake.connections.push(conn);

@@ -45,6 +45,8 @@ export interface GatewayTestOptions {
   now?: Clock;
   /** argon2id cost for the gateway's store (default FAST_ARGON2); timing tests make hashing dominate. */
   argon2?: { memoryKib: number; iterations: number; parallelism: number };
+  /** The gateway's environment; default: MAILGATE_MASTER_PASSWORD set to the Dovecot master password. */
+  env?: NodeJS.ProcessEnv;
 }
 
 function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
@@ -109,7 +111,7 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
       config,
       log,
       storeOptions: { argon2: options.argon2 ?? FAST_ARGON2, ...(options.now ? { now: options.now } : {}) },
-      env: { MAILGATE_MASTER_PASSWORD: dovecot.master.password },
+      env: options.env ?? { MAILGATE_MASTER_PASSWORD: dovecot.master.password },
     });
   } catch (err) {
     await removeTempDir(dir);

@@ -2,7 +2,8 @@
 import { Command } from 'commander';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import { parseScopes } from '../../store/app-passwords.js';
-import { appPasswordStatus, type AppPasswordInfo } from '../../store/types.js';
+import type { Store } from '../../store/store.js';
+import { appPasswordStatus, type Account, type AppPasswordInfo } from '../../store/types.js';
 import { parseDuration } from '../duration.js';
 import { globalOptions, withStore } from '../context.js';
 import { isoTime, printJson, printLine, printTable, shortTime } from '../output.js';
@@ -22,6 +23,21 @@ function toJson(info: AppPasswordInfo, now: number) {
   };
 }
 
+/**
+ * A self-service front end (a web page, a helpdesk script) issues app
+ * passwords on the user's word only after the user proves they hold the
+ * second factor. The code is consumed: the same code cannot issue a second
+ * app password, here or in any other process sharing the store.
+ */
+function requireTotpCode(store: Store, account: Account, code: string): void {
+  if (account.totpState !== 'enabled') {
+    throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is not on for ${account.username}; --totp-code needs it`);
+  }
+  if (!store.totp.verify(account.username, code)) {
+    throw new MailgateError(ErrorCodes.TOTP_CODE, 'the code is wrong, expired or already used; wait for the next one');
+  }
+}
+
 function parseId(text: string): number {
   if (!/^\d{1,15}$/.test(text)) throw new MailgateError(ErrorCodes.USAGE, `"${text}" is not an app password id (see "app-password list")`);
   return Number(text);
@@ -37,13 +53,15 @@ export function appPasswordCommand(): Command {
     .requiredOption('--name <name>', 'what it is for, e.g. "Thunderbird on laptop"')
     .option('--scope <scopes>', 'comma-separated: imap, pop3', 'imap,pop3')
     .option('--expires <duration>', 'expire after e.g. 30m, 12h, 90d, 8w, 1y')
+    .option('--totp-code <code>', "require a current code from the account's authenticator app (self-service: proves the second factor)")
     .option('--json', 'print JSON')
-    .action((user: string, opts: { name: string; scope: string; expires?: string }, cmd: Command) => {
+    .action((user: string, opts: { name: string; scope: string; expires?: string; totpCode?: string }, cmd: Command) => {
       // Validate everything before touching the database, so bad input changes nothing.
       const scopes = parseScopes(opts.scope);
       const expiresAt = opts.expires === undefined ? null : Date.now() + parseDuration(opts.expires);
       return withStore(cmd, async (store) => {
         const account = store.accounts.get(user);
+        if (opts.totpCode !== undefined) requireTotpCode(store, account, opts.totpCode);
         const created = await store.appPasswords.create(account.username, { name: opts.name, scopes, expiresAt });
         if (globalOptions(cmd).json) {
           return printJson({

@@ -13,6 +13,7 @@
  */
 
 import { LineBuffer } from '../line-buffer.js';
+import { FIXED_LIMITS } from '../../config/limits.js';
 
 export interface ImapParserLimits {
   /** One line segment up to CRLF, excluding literal data. */
@@ -36,6 +37,7 @@ export const DEFAULT_IMAP_PARSER_LIMITS: ImapParserLimits = Object.freeze({
 });
 
 export type ImapArg =
+  /** Also AUTHENTICATE's cancelling initial response "*" (see isSaslCancel). */
   | { kind: 'atom'; value: string }
   | { kind: 'nil' }
   | { kind: 'string'; value: Buffer; literal: boolean }
@@ -67,6 +69,7 @@ const SP = 0x20;
 const DQUOTE = 0x22;
 const LPAREN = 0x28;
 const RPAREN = 0x29;
+const STAR = 0x2a;
 const PLUS = 0x2b;
 const BACKSLASH = 0x5c;
 const LBRACE = 0x7b;
@@ -91,7 +94,7 @@ const CHAR_CLASS: Uint8Array = (() => {
   return table;
 })();
 
-const MAX_TAG_BYTES = 64;
+const MAX_TAG_BYTES = FIXED_LIMITS.imap_max_tag_bytes;
 /** RFC 9051 number is at most 4294967295, so anything longer is garbage. */
 const MAX_LITERAL_DIGITS = 10;
 
@@ -342,6 +345,13 @@ export class ImapParser {
 
       if (c === LBRACE) return this.acceptLiteral(command, line, pos);
 
+      if (c === STAR && isSaslCancel(command, line, pos)) {
+        currentItems(command).push({ kind: 'atom', value: '*' });
+        pos++;
+        needSeparator = true;
+        continue;
+      }
+
       const atomEnd = scanClass(line, pos, ASTRING_CHAR);
       if (atomEnd === pos) return rejectHere(invalidArgumentStart(line, pos));
       if (c === TILDE && line[atomEnd] === LBRACE) {
@@ -466,6 +476,22 @@ export function isValidAtom(value: string): boolean {
 
 function currentItems(command: CommandState): ImapArg[] {
   return command.stack[command.stack.length - 1]!;
+}
+
+/**
+ * "*" is an atom-special, but as AUTHENTICATE's initial response it is how a
+ * client cancels (the same as a "*" continuation line), so the session must
+ * see it rather than a syntax error. Only a lone "*" right after the
+ * mechanism qualifies; it is delivered as an atom whose value is "*".
+ */
+function isSaslCancel(command: CommandState, line: Buffer, pos: number): boolean {
+  const next = line[pos + 1];
+  return (
+    command.name === 'AUTHENTICATE' &&
+    command.stack.length === 1 &&
+    command.stack[0]!.length === 1 &&
+    (next === undefined || next === SP)
+  );
 }
 
 function scanClass(line: Buffer, start: number, cls: number): number {
