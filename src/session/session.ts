@@ -84,10 +84,13 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   protected secure = false;
   protected badCommands = 0;
   protected failedLogins = 0;
-  protected clientId: { name?: string; version?: string } = {};
+  /** Shared until an ID command names the client: most never do, and it is never mutated. */
+  protected clientId: Readonly<{ name?: string; version?: string }> = NO_CLIENT_ID;
   private readonly startedAt = Date.now();
   private timer: NodeJS.Timeout | null = null;
   private relay: Relay | null = null;
+  /** Under TLS: the TCP socket beneath, until the relay takes over its listeners. */
+  private tcpSocket: Socket | null = null;
   /** Set while a login runs; aborted when the client leaves, so the upstream dialogue stops too. */
   private loginAbort: AbortController | null = null;
   private sasl: { mechanism: string; exchange: SaslExchange } | null = null;
@@ -96,7 +99,9 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   private tlsVersion: string | null = null;
   private readonly clientAddress: string;
   private readonly clientPort: number;
-  private readonly listenerLabel: string;
+  /** For the log's listener label, built when the session ends rather than kept as a string. */
+  private readonly localAddress: string;
+  private readonly localPort: number;
 
   abstract readonly protocol: 'imap' | 'pop3';
   /** Pre-login only: dropped once the session relays, so idle sessions stay small. */
@@ -116,7 +121,8 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     // limits and fail2ban want the plain IPv4 form.
     this.clientAddress = plainAddress(origin?.address ?? socket.remoteAddress ?? 'unknown');
     this.clientPort = origin?.port ?? socket.remotePort ?? 0;
-    this.listenerLabel = `${listener.protocol}/${listener.tls}@${socket.localAddress ?? listener.host}:${socket.localPort ?? listener.port}`;
+    this.localAddress = socket.localAddress ?? listener.host;
+    this.localPort = socket.localPort ?? listener.port;
     this.clientKey = clientKey(this.clientAddress);
   }
 
@@ -149,10 +155,16 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   /** Logs in upstream with these credentials; gives up when `clientLeft` fires. */
   protected abstract loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult>;
 
+  /**
+   * The session's own socket listeners, one pair for the TCP socket and the
+   * TLS socket over it; the relay replaces them (see startRelay).
+   */
+  private readonly socketError = (err: Error) => this.onSocketError(err);
+  private readonly socketClosed = () => this.onClose();
+
   start(): void {
     this.services.registry.add(this);
-    this.socket.on('error', (err) => this.onSocketError(err));
-    this.socket.on('close', () => this.onClose());
+    this.listen(this.socket);
     if (this.listener.tls === 'implicit') {
       this.beginTls();
     } else {
@@ -212,9 +224,11 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   private beginTls(): void {
     this.state = 'handshake';
     const plain = this.socket;
+    this.tcpSocket = plain;
     const secure = wrapServerTls(plain, { tls: this.services.serverTls, protocol: this.protocol });
     // Closing the TLS socket must close the TCP socket under it at once.
-    secure.once('close', () => plain.destroy());
+    // ('close' comes once: on() spares idle sessions once()'s wrapper.)
+    secure.on('close', () => plain.destroy());
     this.socket = secure;
     this.armTimer(this.services.config.timeouts.tls_handshake_seconds, () => {
       this.outcome = 'tls-handshake-timeout';
@@ -228,8 +242,21 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       this.attachReader();
       this.enterPrelogin();
     });
-    secure.on('error', (err) => this.onSocketError(err));
-    secure.on('close', () => this.onClose());
+    this.listen(secure);
+  }
+
+  private listen(socket: Socket): void {
+    socket.on('error', this.socketError);
+    socket.on('close', this.socketClosed);
+  }
+
+  /** The relay handles errors and closes from now on, of the TLS socket and the TCP socket under it. */
+  private unlisten(): void {
+    for (const socket of [this.socket, this.tcpSocket]) {
+      socket?.removeListener('error', this.socketError);
+      socket?.removeListener('close', this.socketClosed);
+    }
+    this.tcpSocket = null;
   }
 
   private attachReader(): void {
@@ -520,6 +547,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.clearTimer();
     this.clearPreloginDeadline();
     this.socket.removeAllListeners('data');
+    this.unlisten();
     const pipelined = this.parser.takeBuffered();
     this.currentParser = null;
     this.sasl = null;
@@ -576,7 +604,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       {
         clientIp: this.clientAddress,
         clientPort: this.clientPort,
-        listener: this.listenerLabel,
+        listener: `${this.listener.protocol}/${this.listener.tls}@${this.localAddress}:${this.localPort}`,
         protocol: this.protocol,
         tls: this.tlsVersion,
         ...this.loginFields,
@@ -607,8 +635,8 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     return {
       clientIp: this.clientAddress,
       clientPort: this.clientPort,
-      localIp: this.socket.localAddress ?? '',
-      localPort: this.socket.localPort ?? 0,
+      localIp: this.localAddress,
+      localPort: this.localPort,
       sessionId: this.id,
     };
   }
@@ -657,6 +685,8 @@ function errorText(err: unknown): string {
 function delay(ms: number): Promise<void> {
   return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
 }
+
+const NO_CLIENT_ID: Readonly<{ name?: string; version?: string }> = Object.freeze({});
 
 function plainAddress(address: string): string {
   return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;

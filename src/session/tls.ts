@@ -96,11 +96,19 @@ export interface TlsServerOptions {
  * other id fails the handshake (cross-protocol attacks, ALPACA).
  */
 export function wrapServerTls(socket: Socket, options: TlsServerOptions): tls.TLSSocket {
-  const alpn = ALLOWED_ALPN[options.protocol];
   return new tls.TLSSocket(socket, {
     isServer: true,
     secureContext: options.tls.context,
     requestCert: false,
-    ALPNCallback: ({ protocols }) => (protocols.includes(alpn) ? alpn : undefined),
+    ALPNCallback: ALPN_CALLBACKS[options.protocol],
   });
 }
+
+type AlpnCallback = NonNullable<tls.TLSSocketOptions['ALPNCallback']>;
+
+function alpnCallback(alpn: string): AlpnCallback {
+  return ({ protocols }) => (protocols.includes(alpn) ? alpn : undefined);
+}
+
+/** One callback per protocol, not per connection: every TLS socket keeps its options for life. */
+const ALPN_CALLBACKS: Record<'imap' | 'pop3', AlpnCallback> = { imap: alpnCallback(ALLOWED_ALPN.imap), pop3: alpnCallback(ALLOWED_ALPN.pop3) };
