@@ -493,6 +493,15 @@ async function settleMemory(t: Target): Promise<MemorySample> {
   return { rss: median(last.map((s) => s.rss)), pss: median(last.map((s) => s.pss)), processes: last[last.length - 1]!.processes };
 }
 
+async function orNull<T>(work: () => Promise<T>, what: string): Promise<T | null> {
+  try {
+    return await work();
+  } catch (err) {
+    log(`  ${what} failed (${(err as Error).message}); left out of the results`);
+    return null;
+  }
+}
+
 async function mailgateSessions(env: Env): Promise<number> {
   const m = await scrape(env.mailgate.metricsPort);
   return (m.get('mailgate_sessions{state="prelogin"}') ?? 0) + (m.get('mailgate_sessions{state="relaying"}') ?? 0);
@@ -544,9 +553,11 @@ async function idleSessions(env: Env): Promise<void> {
     const openSeconds = openSecondsHalf + (performance.now() - t1) / 1000;
     const after = await settleMemory(t);
     const upstreamAfter = t.key === 'dovecot' ? after : dovecotTree();
-    const heapAfter = t.key === 'mailgate' ? await scrape(env.mailgate.metricsPort) : null;
+    // At the open-file limit the metrics endpoint itself may have no descriptor
+    // left to answer with: the heap figures are then missing, not the run.
+    const heapAfter = t.key === 'mailgate' ? await orNull(() => scrape(env.mailgate.metricsPort), 'metrics scrape after opening the sessions') : null;
     const held = conns.filter((c) => !c.closed).length;
-    const sessionsSeen = t.key === 'mailgate' ? await mailgateSessions(env) : null;
+    const sessionsSeen = t.key === 'mailgate' ? await orNull(() => mailgateSessions(env), 'session count from the metrics') : null;
     const perKiB = (a: number, b: number) => round((a - b) / n / 1024, 1);
     const res = target(env, t.key);
     res.idle = {
