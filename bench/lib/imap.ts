@@ -6,6 +6,7 @@
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import tls from 'node:tls';
+import { sleep } from './proc.js';
 
 export interface Endpoint {
   host: string;
@@ -299,5 +300,31 @@ export async function openSession(ep: Endpoint, user: string, password: string, 
   } catch (err) {
     conn.destroy();
     throw err;
+  }
+}
+
+/**
+ * Waits until a server just started greets on its implicit-TLS IMAP port,
+ * failing at once if the process exits meanwhile. `output` (what the
+ * process said) goes into either error; `ready` is any other check that
+ * must pass first.
+ */
+export async function waitForGreeting(
+  ep: Endpoint,
+  opts: { label: string; timeoutMs: number; exited: () => boolean; output: () => Promise<string>; ready?: () => Promise<unknown> },
+): Promise<void> {
+  const deadline = Date.now() + opts.timeoutMs;
+  for (;;) {
+    if (opts.exited()) throw new Error(`${opts.label} exited during start-up:\n${await opts.output()}`);
+    if (Date.now() > deadline) throw new Error(`${opts.label} did not come up within ${opts.timeoutMs / 1000} s:\n${await opts.output()}`);
+    try {
+      await opts.ready?.();
+      const conn = await ImapConn.connect(ep, { timeoutMs: 2000 });
+      await conn.greeting(2000);
+      conn.destroy();
+      return;
+    } catch {
+      await sleep(50);
+    }
   }
 }

@@ -8,8 +8,8 @@ import { existsSync, statSync, readdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { ImapConn } from './imap.js';
-import { spawnChild, sleep, type Child } from './proc.js';
+import { waitForGreeting } from './imap.js';
+import { spawnChild, type Child } from './proc.js';
 
 export const ROOT = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..');
 
@@ -186,20 +186,16 @@ export async function startMailgate(s: MailgateSettings, caPem: string, nodeOpti
   });
   let exited = false;
   void child.exited.then(() => (exited = true));
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (exited) throw new Error(`mailgate exited during start-up:\n${child.output().slice(-4000)}`);
-    if (Date.now() > deadline) throw new Error(`mailgate did not come up within 20 s:\n${child.output().slice(-4000)}`);
-    try {
-      await scrape(s.metricsPort);
-      const conn = await ImapConn.connect({ host: '127.0.0.1', port: s.imapsPort, tls: true, ca: caPem }, { timeoutMs: 2000 });
-      await conn.greeting(2000);
-      conn.destroy();
-      break;
-    } catch {
-      await sleep(50);
-    }
-  }
+  await waitForGreeting(
+    { host: '127.0.0.1', port: s.imapsPort, tls: true, ca: caPem },
+    {
+      label: 'mailgate',
+      timeoutMs: 20_000,
+      exited: () => exited,
+      output: async () => child.output().slice(-4000),
+      ready: () => scrape(s.metricsPort),
+    },
+  );
   return {
     child,
     pid: child.pid,

@@ -6,7 +6,7 @@
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ImapConn } from './imap.js';
+import { waitForGreeting } from './imap.js';
 import { ROOT } from './mailgate.js';
 import { childPids, commandVersion, spawnChild, sleep, type Child } from './proc.js';
 
@@ -129,19 +129,15 @@ export async function startNginx(s: NginxSettings, caPem: string): Promise<Nginx
   });
   let exited = false;
   void nginx.exited.then(() => (exited = true));
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (exited) throw new Error(`nginx exited during start-up:\n${nginx.output()}\n${await commandVersion('tail', ['-n', '20', path.join(s.dir, 'error.log')])}`);
-    if (Date.now() > deadline) throw new Error('nginx did not come up within 10 s');
-    try {
-      const conn = await ImapConn.connect({ host: '127.0.0.1', port: s.port, tls: true, ca: caPem }, { timeoutMs: 2000 });
-      await conn.greeting(2000);
-      conn.destroy();
-      break;
-    } catch {
-      await sleep(50);
-    }
-  }
+  await waitForGreeting(
+    { host: '127.0.0.1', port: s.port, tls: true, ca: caPem },
+    {
+      label: 'nginx',
+      timeoutMs: 10_000,
+      exited: () => exited,
+      output: async () => `${nginx.output()}\n${await commandVersion('tail', ['-n', '20', path.join(s.dir, 'error.log')])}`,
+    },
+  );
   return {
     nginx,
     auth,
