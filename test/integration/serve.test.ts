@@ -6,11 +6,11 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BIN, ROOT, runCli } from '../support/cli.js';
+import { BIN, ROOT, runCli, writeCliConfig } from '../support/cli.js';
 import { freePort } from '../support/ports.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
@@ -23,22 +23,16 @@ afterEach(async () => {
   dir = '';
 });
 
-async function writeConfig(extra: string): Promise<string> {
+/** The CLI test config plus TLS files in the temp dir, two implicit-TLS listeners and a dead upstream. */
+async function writeConfig(tlsExtra: string): Promise<string> {
   dir = await makeTempDir('serve');
   const deadPort = await freePort();
-  const file = path.join(dir, 'mailgate.toml');
-  writeFileSync(
-    file,
-    `[store]
-path = "${dir}/data/mailgate.db"
-key_file = "${dir}/data/mailgate.key"
-[auth]
-argon2_memory_kib = 1024
-argon2_iterations = 1
-[tls]
+  return writeCliConfig(
+    dir,
+    `[tls]
 cert = "${dir}/certs/mailgate.crt"
 key = "${dir}/certs/mailgate.key"
-${extra}
+${tlsExtra}
 [[listen]]
 protocol = "imap"
 port = 0
@@ -55,7 +49,6 @@ port = ${deadPort}
 upstream_connect_seconds = 2
 `,
   );
-  return file;
 }
 
 interface Running {
