@@ -54,3 +54,8 @@ export class MailgateError extends Error {
 export function isMailgateError(err: unknown, code?: ErrorCode): err is MailgateError {
   return err instanceof MailgateError && (code === undefined || err.code === code);
 }
+
+/** The message of anything thrown, for logs and one-line errors. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -14,7 +14,8 @@
  * does not reveal whether an account exists or has 2FA.
  */
 import type { Config } from '../config/schema.js';
-import { ErrorCodes, isMailgateError } from '../errors.js';
+import { ErrorCodes, errorMessage, isMailgateError } from '../errors.js';
+import { clipName } from '../log/logger.js';
 import { canonicalAppPassword } from '../store/app-password-format.js';
 import type { Store } from '../store/store.js';
 import type { StoreHandle } from '../store/store-handle.js';
@@ -89,7 +90,7 @@ export class AuthPolicy {
       this.handle.failed(err);
       // Whatever else failed (the database locked, unreadable, gone), fail
       // closed: nobody gets in on a store we cannot read.
-      return { outcome: 'temporary', reason: 'store-unavailable', username, detail: err instanceof Error ? err.message : String(err) };
+      return { outcome: 'temporary', reason: 'store-unavailable', username, detail: errorMessage(err) };
     }
   }
 
@@ -232,7 +233,7 @@ export class AuthPolicy {
       if (decision.account) {
         store.verifier.recordSuccess(decision.account, decision.mode === 'app-password' ? decision.appPassword : null, context);
       } else {
-        store.audit.record('login-ok', { username: clip(decision.upstream.user), ip: attempt.clientIp, protocol: attempt.protocol, detail: 'upstream-password' });
+        store.audit.record('login-ok', { username: clipName(decision.upstream.user), ip: attempt.clientIp, protocol: attempt.protocol, detail: 'upstream-password' });
       }
     })();
   }
@@ -242,7 +243,3 @@ export class AuthPolicy {
   }
 }
 
-/** Names in the audit trail: whatever a client sent, at most 256 characters. */
-function clip(name: string): string {
-  return name.length > 256 ? `${name.slice(0, 256)}...` : name;
-}

@@ -7,7 +7,7 @@
  */
 import { CommanderError } from 'commander';
 import { ConfigError } from '../config/load.js';
-import { MailgateError } from '../errors.js';
+import { errorMessage, MailgateError } from '../errors.js';
 import { TlsSetupError } from '../session/tls.js';
 import { createProgram } from './program.js';
 
@@ -27,7 +27,7 @@ function describe(err: unknown): { message: string; code: number } {
   if (err instanceof Error && err.name === 'SqliteError') {
     return { message: `the database refused the request: ${err.message}`, code: EXIT_REFUSED };
   }
-  return { message: `unexpected error: ${err instanceof Error ? err.message : String(err)}`, code: EXIT_REFUSED };
+  return { message: `unexpected error: ${errorMessage(err)}`, code: EXIT_REFUSED };
 }
 
 export async function main(argv: string[] = process.argv): Promise<number> {

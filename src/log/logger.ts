@@ -42,3 +42,8 @@ export function createLogger(options: LoggerOptions = {}): Logger {
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/** A name a client sent, for logs and the audit trail: at most 256 characters, whatever it sent. */
+export function clipName(name: string): string {
+  return name.length > 256 ? `${name.slice(0, 256)}...` : name;
+}

@@ -7,6 +7,7 @@
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { StoreHandle } from '../store/store-handle.js';
+import { errorMessage } from '../errors.js';
 
 const EVERY_MS = 10 * 60_000;
 const DAY_MS = 86_400_000;
@@ -43,7 +44,7 @@ export class Housekeeping {
       return { penalties, audit };
     } catch (err) {
       this.store.failed(err);
-      this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'housekeeping failed');
+      this.log.warn({ err: errorMessage(err) }, 'housekeeping failed');
       return { penalties: 0, audit: 0 };
     }
   }

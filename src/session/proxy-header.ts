@@ -10,6 +10,7 @@
  */
 import net from 'node:net';
 import { IPv4ProxyAddress, IPv6ProxyAddress, V1ProxyProtocol, V2ProxyProtocol } from 'proxy-protocol-js';
+import { canonicalAddress } from '../auth/client-key.js';
 import { FIXED_LIMITS } from '../config/limits.js';
 
 export interface ProxiedOrigin {
@@ -33,7 +34,7 @@ export function trustedProxies(cidrs: readonly string[]): net.BlockList {
 }
 
 export function isTrusted(list: net.BlockList, address: string): boolean {
-  const plain = address.startsWith('::ffff:') && net.isIPv4(address.slice(7)) ? address.slice(7) : address;
+  const plain = canonicalAddress(address);
   return list.check(plain, net.isIPv6(plain) ? 'ipv6' : 'ipv4');
 }
 
@@ -104,10 +105,7 @@ function parseV2(data: Buffer): Error | { origin: ProxiedOrigin | null; used: nu
     }
     if (address instanceof IPv6ProxyAddress) {
       const bytes = address.sourceAddress.address;
-      // An IPv4 client behind a dual-stack balancer (::ffff:a.b.c.d) is an IPv4 client.
-      if (bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff) {
-        return { origin: { address: bytes.slice(12).join('.'), port: address.sourcePort }, used: length };
-      }
+      // canonicalAddress also turns an IPv4 client behind a dual-stack balancer (::ffff:a.b.c.d) into an IPv4 client.
       const groups: string[] = [];
       for (let i = 0; i < 16; i += 2) groups.push(((bytes[i]! << 8) | bytes[i + 1]!).toString(16));
       return { origin: { address: canonicalAddress(groups.join(':')), port: address.sourcePort }, used: length };
@@ -118,18 +116,3 @@ function parseV2(data: Buffer): Error | { origin: ProxiedOrigin | null; used: nu
   }
 }
 
-/**
- * One spelling per address (RFC 5952: lower case, shortest form; IPv4-mapped
- * as dotted IPv4), so that logs, fail2ban and the upstream see the same
- * client however the balancer wrote it.
- */
-export function canonicalAddress(address: string): string {
-  if (!net.isIPv6(address)) return address;
-  // WHATWG URL parsing serialises IPv6 hosts in RFC 5952 form.
-  const canonical = new URL(`http://[${address}]/`).hostname.slice(1, -1);
-  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
-  if (!mapped) return canonical;
-  const high = parseInt(mapped[1]!, 16);
-  const low = parseInt(mapped[2]!, 16);
-  return [high >> 8, high & 0xff, low >> 8, low & 0xff].join('.');
-}

@@ -14,6 +14,7 @@
 import type { Logger } from '../log/logger.js';
 import type { StoreHandle } from '../store/store-handle.js';
 import type { SessionAuth, SessionRegistry, TrackedSession } from './registry.js';
+import { errorMessage } from '../errors.js';
 
 /** Keep IN (...) lists well under SQLite's variable limit. */
 const CHUNK = 500;
@@ -80,7 +81,7 @@ export class RevocationWatcher {
       this.check(store.db, sessions);
     } catch (err) {
       this.store.failed(err);
-      this.log.warn({ err: err instanceof Error ? err.message : String(err) }, 'revocation check failed');
+      this.log.warn({ err: errorMessage(err) }, 'revocation check failed');
     }
   }
 

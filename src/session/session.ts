@@ -13,10 +13,10 @@ import type { TLSSocket } from 'node:tls';
 import type { AbuseGuard, Admission } from '../auth/abuse.js';
 import type { RefusalTiming } from '../auth/refusal-timing.js';
 import type { AuthAttempt, AuthDecision, AuthPolicy } from '../auth/policy.js';
-import { clientKey } from '../auth/client-key.js';
+import { canonicalAddress, clientKey } from '../auth/client-key.js';
 import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config, ListenConfig } from '../config/schema.js';
-import type { Logger } from '../log/logger.js';
+import { clipName, type Logger } from '../log/logger.js';
 import type { StoreHandle } from '../store/store-handle.js';
 import type { Metrics } from '../server/metrics.js';
 import type { UpstreamTarget } from '../upstream/connect.js';
@@ -25,6 +25,7 @@ import { SaslExchange, type SaslCredentials, type SaslErrorReason, type SaslStep
 import { Relay, type RelayResult } from './relay.js';
 import type { SessionAuth, SessionRegistry, TerminationReason, TrackedSession } from './registry.js';
 import { wrapServerTls, type ServerTls } from './tls.js';
+import { errorMessage } from '../errors.js';
 
 /** What every session needs from the gateway around it. */
 export interface GatewayServices {
@@ -119,7 +120,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.socket = socket;
     // IPv4 clients of a dual-stack listener appear as ::ffff:a.b.c.d; logs,
     // limits and fail2ban want the plain IPv4 form.
-    this.clientAddress = plainAddress(origin?.address ?? socket.remoteAddress ?? 'unknown');
+    this.clientAddress = canonicalAddress(origin?.address ?? socket.remoteAddress ?? 'unknown');
     this.clientPort = origin?.port ?? socket.remotePort ?? 0;
     this.localAddress = socket.localAddress ?? listener.host;
     this.localPort = socket.localPort ?? listener.port;
@@ -385,7 +386,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     };
     const { guard, policy, store } = this.services;
     const unavailable = (err: unknown) =>
-      this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail: errorText(err) }, startedAt);
+      this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail: errorMessage(err) }, startedAt);
     try {
       // While the store cannot be written, no password is checked: a guesser's
       // failures could not be counted, nor a success recorded.
@@ -445,13 +446,13 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     }
     if (upstream.kind === 'rejected' && (upstream.code === 'IN-USE' || upstream.code === 'LOGIN-DELAY')) {
       // The credentials were right; the mailbox is busy. Not a failure to punish.
-      this.log.info({ clientIp: this.clientAddress, user: clip(user), protocol: this.protocol, upstream: upstream.reason }, 'mailbox in use upstream');
+      this.log.info({ clientIp: this.clientAddress, user: clipName(user), protocol: this.protocol, upstream: upstream.reason }, 'mailbox in use upstream');
       return { ok: false, kind: 'in-use', code: upstream.code === 'LOGIN-DELAY' ? 'LOGIN-DELAY' : 'IN-USE' };
     }
     if (upstream.kind === 'rejected') {
       return this.loginFailed(attempt, credentials, { outcome: 'refuse', reason: 'upstream-rejected', username: user }, startedAt, upstream.reason);
     }
-    this.log.warn({ clientIp: this.clientAddress, user: clip(user), reason: upstream.reason }, 'upstream login failed');
+    this.log.warn({ clientIp: this.clientAddress, user: clipName(user), reason: upstream.reason }, 'upstream login failed');
     return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'upstream-unavailable', username: user }, startedAt);
   }
 
@@ -463,7 +464,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   private async blocked(credentials: Credentials, blockedBy: 'ip' | 'account'): Promise<LoginOutcome> {
     this.failedLogins += 1;
     this.services.metrics.logins.inc({ protocol: this.protocol, result: 'blocked' });
-    this.log.warn({ clientIp: this.clientAddress, user: clip(credentials.username), protocol: this.protocol, blockedBy }, 'login blocked');
+    this.log.warn({ clientIp: this.clientAddress, user: clipName(credentials.username), protocol: this.protocol, blockedBy }, 'login blocked');
     await delay(this.services.guard.delayFor(1));
     return { ok: false, kind: 'temporary' };
   }
@@ -490,7 +491,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       clientIp: this.clientAddress,
       clientPort: this.clientPort,
       protocol: this.protocol,
-      user: clip(decision.username),
+      user: clipName(decision.username),
       method: credentials.method,
       reason: decision.reason,
       ...(upstreamText ? { upstream: upstreamText } : {}),
@@ -514,7 +515,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     // The audit write failing (locked, read-only) means the counters would fail
     // too: not tried, each attempt could hold the event loop for the busy timeout.
     const counted =
-      this.record(() => this.services.policy.recordFailure(attempt, clip(decision.username), decision.reason)) &&
+      this.record(() => this.services.policy.recordFailure(attempt, clipName(decision.username), decision.reason)) &&
       this.record(() => {
         penaltyMs = this.services.guard.recordFailure(this.clientKey, credentials.username, credentials.password);
       });
@@ -666,21 +667,14 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       work();
       return true;
     } catch (err) {
-      this.log.warn({ err: errorText(err) }, 'could not record the login in the store');
+      this.log.warn({ err: errorMessage(err) }, 'could not record the login in the store');
       this.services.store.writeFailed(err);
       return false;
     }
   }
 }
 
-/** Usernames in logs and the audit trail: whatever a client sent, at most 256 characters. */
-function clip(name: string): string {
-  return name.length > 256 ? `${name.slice(0, 256)}...` : name;
-}
 
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 function delay(ms: number): Promise<void> {
   return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
@@ -688,8 +682,5 @@ function delay(ms: number): Promise<void> {
 
 const NO_CLIENT_ID: Readonly<{ name?: string; version?: string }> = Object.freeze({});
 
-function plainAddress(address: string): string {
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
-}
 
 export type { TLSSocket };

@@ -8,7 +8,7 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { ErrorCodes, MailgateError } from '../errors.js';
+import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 
 export type Db = Database.Database;
@@ -78,6 +78,6 @@ function migrate(db: Db, file: string): void {
 }
 
 export function unavailable(file: string, err: unknown): MailgateError {
-  const detail = err instanceof Error ? err.message : String(err);
+  const detail = errorMessage(err);
   return new MailgateError(ErrorCodes.DB_UNAVAILABLE, `database ${file} is unavailable: ${detail}`, { cause: err });
 }

@@ -17,7 +17,7 @@
  */
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import type { Logger } from '../log/logger.js';
-import { ErrorCodes, MailgateError } from '../errors.js';
+import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
 import { PasswordHasher } from './hasher.js';
 import { Store, type StoreOptions } from './store.js';
 
@@ -101,7 +101,7 @@ export class StoreHandle {
   /** Tells the handle an operation failed; a fatal error closes the connection for a fresh open. */
   failed(err: unknown): void {
     if (isFatal(err) && this.store) {
-      this.log.error({ path: this.options.path, err: errorText(err) }, 'the database is unusable; logins fail until it recovers');
+      this.log.error({ path: this.options.path, err: errorMessage(err) }, 'the database is unusable; logins fail until it recovers');
       this.drop();
     }
   }
@@ -115,7 +115,7 @@ export class StoreHandle {
     if (this.closed) return;
     this.broken = true;
     if (this.writeRetryAt === null) {
-      this.log.error({ path: this.options.path, err: errorText(err) }, 'database writes are failing; logins are refused until they work again');
+      this.log.error({ path: this.options.path, err: errorMessage(err) }, 'database writes are failing; logins are refused until they work again');
     }
     this.writeRetryAt = Date.now() + RETRY_MS;
     if (isFatal(err)) this.drop();
@@ -165,7 +165,7 @@ export class StoreHandle {
   }
 
   private writesFailing(cause?: unknown): MailgateError {
-    const detail = cause === undefined ? '' : `: ${errorText(cause)}`;
+    const detail = cause === undefined ? '' : `: ${errorMessage(cause)}`;
     return new MailgateError(ErrorCodes.DB_UNAVAILABLE, `writes to database ${this.options.path} are failing${detail}; logins are refused until they work again`);
   }
 
@@ -220,9 +220,6 @@ function isFatal(err: unknown): boolean {
   return (typeof code === 'string' && FATAL_SQLITE_CODES.test(code)) || (err instanceof MailgateError && err.code === ErrorCodes.DB_UNAVAILABLE);
 }
 
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
 
 const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');
 

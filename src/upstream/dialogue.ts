@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import { connectUpstream, UpstreamError, type UpstreamTarget } from './connect.js';
 import type { UpstreamLoginResult } from './credentials.js';
 import { ResponseReader } from './response-reader.js';
+import { errorMessage } from '../errors.js';
 
 /** The upstream refused the credentials themselves (or, POP3, the mailbox is busy). */
 export class UpstreamRejected extends Error {
@@ -81,7 +82,7 @@ export async function runLoginDialogue(
     // Abandoned while still connecting: close the connection when it comes.
     else connecting.then((socket) => socket.destroy(), () => undefined);
     if (err instanceof UpstreamRejected) return { ok: false, kind: 'rejected', reason: err.reason, code: err.code };
-    return { ok: false, kind: 'unavailable', reason: err instanceof Error ? err.message : String(err), code: null };
+    return { ok: false, kind: 'unavailable', reason: errorMessage(err), code: null };
   } finally {
     if (onAbort) clientLeft?.removeEventListener('abort', onAbort);
   }

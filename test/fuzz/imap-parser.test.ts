@@ -19,7 +19,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { ImapParser, isValidAtom, isValidTag, type ImapArg, type ImapParseEvent, type ImapParserLimits } from '../../src/protocols/imap/parser.js';
-import { byteSoup, cut } from '../support/feed.js';
+import { byteSoup, cut, describeRandomInput } from '../support/feed.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x1a9);
 fc.configureGlobal({ seed: SEED, numRuns: 300, endOnFailure: true });
@@ -115,36 +115,13 @@ const soupArb = byteSoup(TOKENS, { parts: 80, partBytes: 12 });
 
 const inputArb = fc.oneof(fc.uint8Array({ maxLength: 600 }), soupArb);
 
-describe('IMAP parser under random input', () => {
-  it('never throws, always stops, stays within its limits and drops everything after a fatal error', () => {
-    fc.assert(
-      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, fc.boolean(), (bytes, points, limits, withSasl) => {
-        feed(cut(bytes, points), limits, withSasl ? saslHook : undefined);
-      }),
-      { numRuns: 3000 },
-    );
-  });
-
-  it('with the production limits, a flood with no line end is cut off at the line limit', () => {
-    fc.assert(
-      fc.property(fc.uint8Array({ minLength: 8200, maxLength: 9000 }).map((u) => u.map((b) => (b === 0x0a ? 0x20 : b))), fc.array(fc.nat(), { maxLength: 20 }), (bytes, points) => {
-        const run = feed(cut(bytes, points), {});
-        expect(run.fatal).toBe(true);
-      }),
-      { numRuns: 40 },
-    );
-  });
-
-  it('gives the same events however the bytes are chunked', () => {
-    fc.assert(
-      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, (bytes, points, limits) => {
-        const whole = feed([bytes], limits, saslHook).events;
-        const chunked = feed(cut(bytes, points), limits, saslHook).events;
-        expect(chunked).toEqual(whole);
-      }),
-      { numRuns: 2000 },
-    );
-  });
+describeRandomInput({
+  name: 'IMAP',
+  inputArb,
+  limitsArb,
+  feed: (chunks, limits, withSasl) => feed(chunks, limits, withSasl ? saslHook : undefined),
+  flood: { minLength: 8200, maxLength: 9000, lfStandIn: 0x20, runs: 40 },
+  runs: { anyInput: 3000, chunking: 2000 },
 });
 
 // ---- credential provenance ------------------------------------------------

@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { Pop3Parser, type Pop3ParseEvent, type Pop3ParserLimits } from '../../src/protocols/pop3/parser.js';
-import { byteSoup, cut } from '../support/feed.js';
+import { byteSoup, cut, describeRandomInput } from '../support/feed.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x90b3);
 fc.configureGlobal({ seed: SEED, numRuns: 300, endOnFailure: true });
@@ -92,34 +92,13 @@ const soupArb = byteSoup(TOKENS, { parts: 60, partBytes: 10 });
 
 const inputArb = fc.oneof(fc.uint8Array({ maxLength: 500 }), soupArb);
 
-describe('POP3 parser under random input', () => {
-  it('never throws, always stops, stays within its limits and drops everything after a fatal error', () => {
-    fc.assert(
-      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, fc.boolean(), (bytes, points, limits, withSasl) => {
-        feed(cut(bytes, points), limits, withSasl ? saslHook : undefined);
-      }),
-      { numRuns: 4000 },
-    );
-  });
-
-  it('with the production limit, a flood with no line end is cut off', () => {
-    fc.assert(
-      fc.property(fc.uint8Array({ minLength: 600, maxLength: 3000 }).map((u) => u.map((b) => (b === 0x0a ? 0x41 : b))), fc.array(fc.nat(), { maxLength: 20 }), (bytes, points) => {
-        expect(feed(cut(bytes, points), {}).fatal).toBe(true);
-      }),
-      { numRuns: 200 },
-    );
-  });
-
-  it('gives the same events however the bytes are chunked', () => {
-    fc.assert(
-      fc.property(inputArb, fc.array(fc.nat(), { maxLength: 12 }), limitsArb, (bytes, points, limits) => {
-        const whole = feed([bytes], limits, saslHook).events;
-        expect(feed(cut(bytes, points), limits, saslHook).events).toEqual(whole);
-      }),
-      { numRuns: 2000 },
-    );
-  });
+describeRandomInput({
+  name: 'POP3',
+  inputArb,
+  limitsArb,
+  feed: (chunks, limits, withSasl) => feed(chunks, limits, withSasl ? saslHook : undefined),
+  flood: { minLength: 600, maxLength: 3000, lfStandIn: 0x41, runs: 200 },
+  runs: { anyInput: 4000, chunking: 2000 },
 });
 
 describe('POP3 parser: PASS is exactly the rest of one input line', () => {

@@ -1,6 +1,6 @@
 import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { canonicalAddress, isTrusted, readProxyHeader, trustedProxies } from '../../src/session/proxy-header.js';
+import { isTrusted, readProxyHeader, trustedProxies } from '../../src/session/proxy-header.js';
 
 const servers: net.Server[] = [];
 afterEach(() => {
@@ -66,11 +66,6 @@ describe('PROXY protocol', () => {
     // Catches: a balancer's upper-case or uncompressed IPv6 reaching the log as a different address.
     const v1 = await roundTrip(Buffer.from('PROXY TCP6 2001:0DB8:0001:0002:0000:0000:0000:00A1 2001:db8::2 51234 993\r\n'));
     expect(v1).toEqual({ origin: { address: '2001:db8:1:2::a1', port: 51234 }, rest: '' });
-    expect(canonicalAddress('::FFFF:10.1.2.3')).toBe('10.1.2.3');
-    expect(canonicalAddress('::ffff:a01:203')).toBe('10.1.2.3');
-    expect(canonicalAddress('FE80:0:0:0:0:0:0:1')).toBe('fe80::1');
-    expect(canonicalAddress('::1')).toBe('::1');
-    expect(canonicalAddress('192.0.2.1')).toBe('192.0.2.1');
   });
 
   it('refuses anything that is not a PROXY header', async () => {

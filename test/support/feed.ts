@@ -6,6 +6,7 @@
  * Protocol neutral: shared by the IMAP and POP3 parser tests.
  */
 import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
 
 export interface SplitPlan {
   label: string;
@@ -57,4 +58,58 @@ export function byteSoup(tokens: string[], sizes: { parts: number; partBytes: nu
   return fc
     .array(fc.oneof(fc.constantFrom(...pieces), fc.uint8Array({ maxLength: sizes.partBytes }).map((u) => Buffer.from(u))), { maxLength: sizes.parts })
     .map((parts) => new Uint8Array(Buffer.concat(parts)));
+}
+
+/** A parser as the shared random-input properties see it. */
+export interface FuzzedParser<L> {
+  name: string;
+  /** Raw bytes and protocol-shaped soups. */
+  inputArb: fc.Arbitrary<Uint8Array>;
+  limitsArb: fc.Arbitrary<L>;
+  /** Feeds the chunks, checking the parser's invariants at every step (throws on a violation). */
+  feed: (chunks: Uint8Array[], limits: L | Record<string, never>, withSasl: boolean) => { events: unknown[]; fatal: boolean };
+  /** A line with no end longer than the production line limit: its size range, and the byte that stands in for LF. */
+  flood: { minLength: number; maxLength: number; lfStandIn: number; runs: number };
+  runs: { anyInput: number; chunking: number };
+}
+
+/**
+ * The properties every pre-login parser must have under random input: it
+ * never throws or hangs and stays within its limits (checked by `feed`), cuts
+ * off a flood with no line end, and gives the same events however TCP cut
+ * the bytes.
+ */
+export function describeRandomInput<L>(p: FuzzedParser<L>): void {
+  const pointsArb = (max: number) => fc.array(fc.nat(), { maxLength: max });
+  describe(`${p.name} parser under random input`, () => {
+    it('never throws, always stops, stays within its limits and drops everything after a fatal error', () => {
+      fc.assert(
+        fc.property(p.inputArb, pointsArb(12), p.limitsArb, fc.boolean(), (bytes, points, limits, withSasl) => {
+          p.feed(cut(bytes, points), limits, withSasl);
+        }),
+        { numRuns: p.runs.anyInput },
+      );
+    });
+
+    it('with the production limits, a flood with no line end is cut off at the line limit', () => {
+      const { minLength, maxLength, lfStandIn, runs } = p.flood;
+      const floodArb = fc.uint8Array({ minLength, maxLength }).map((u) => u.map((b) => (b === 0x0a ? lfStandIn : b)));
+      fc.assert(
+        fc.property(floodArb, pointsArb(20), (bytes, points) => {
+          expect(p.feed(cut(bytes, points), {}, false).fatal).toBe(true);
+        }),
+        { numRuns: runs },
+      );
+    });
+
+    it('gives the same events however the bytes are chunked', () => {
+      fc.assert(
+        fc.property(p.inputArb, pointsArb(12), p.limitsArb, (bytes, points, limits) => {
+          const whole = p.feed([bytes], limits, true).events;
+          expect(p.feed(cut(bytes, points), limits, true).events).toEqual(whole);
+        }),
+        { numRuns: p.runs.chunking },
+      );
+    });
+  });
 }
