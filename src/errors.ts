@@ -23,6 +23,7 @@ export const ErrorCodes = {
   DB_UNAVAILABLE: 'E_DB_UNAVAILABLE',
   KEY_FILE: 'E_KEY_FILE',
   HASH_BUSY: 'E_HASH_BUSY',
+  ACCOUNT_BLOCKED: 'E_ACCOUNT_BLOCKED',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];

@@ -8,9 +8,12 @@
  * checking the password at all.
  *
  * Two rules keep legitimate users out of harm's way:
- *  - The same wrong password for the same account counts once per window, so
- *    a mail program retrying a stale saved password (Thunderbird tries it three
- *    ways per attempt, every few minutes) does not escalate anything.
+ *  - The same wrong password for the same account counts once per window
+ *    towards the blocks and the delays, so a mail program retrying a stale
+ *    saved password (Thunderbird tries it three ways per attempt, every few
+ *    minutes) does not escalate anything. Each repeat still counts for its
+ *    client address, against a much higher threshold of its own, so one
+ *    address cannot repeat a guess forever for free.
  *  - An account's block leaves one way in: from a client with no failures of
  *    its own, a password shaped like an app password is still checked, and
  *    only against the account's app passwords, so its owner can still log in.
@@ -25,6 +28,7 @@
  */
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import { FIXED_LIMITS } from '../config/limits.js';
+import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { canonicalAppPassword } from '../store/app-password-format.js';
 import type { PenaltyRules, PenaltyState } from '../store/penalties.js';
@@ -38,6 +42,22 @@ export interface AbuseRules {
   delayBaseMs: number;
   delayMaxMs: number;
   maxConcurrentPerClient: number;
+}
+
+/** The rules, from the configuration's [limits]. */
+export function abuseRules(limits: Config['limits']): AbuseRules {
+  return {
+    ip: {
+      windowMs: limits.ip_failure_window_seconds * 1000,
+      blockAfter: limits.ip_block_after,
+      repeatBlockAfter: limits.ip_repeat_block_after,
+      blockMs: limits.block_seconds * 1000,
+    },
+    account: { windowMs: limits.account_failure_window_seconds * 1000, blockAfter: limits.account_block_after, blockMs: limits.block_seconds * 1000 },
+    delayBaseMs: limits.failure_delay_base_ms,
+    delayMaxMs: limits.failure_delay_max_ms,
+    maxConcurrentPerClient: limits.max_concurrent_logins_per_ip,
+  };
 }
 
 export type Admission =
@@ -54,6 +74,9 @@ export class AbuseGuard {
   private readonly seen = new Map<string, number>();
   private readonly inFlight = new Map<string, { running: number; waiting: Array<() => void> }>();
 
+  /** Called when a block starts in this process (the revocation watcher re-checks sessions at once). */
+  onBlock: ((state: PenaltyState) => void) | null = null;
+
   constructor(
     private readonly store: () => Store,
     private readonly rules: AbuseRules,
@@ -64,6 +87,7 @@ export class AbuseGuard {
   /**
    * Waits for a credential-check slot for this client, then says whether the
    * attempt may be checked at all. Call `release` when the check is over.
+   * `username` is the account the attempt counts against (see AuthPolicy.penaltyAccount).
    */
   async admit(clientKey: string, username: string, password: Buffer): Promise<Admission> {
     await this.acquire(clientKey);
@@ -90,32 +114,33 @@ export class AbuseGuard {
     }
   }
 
+  /** Whether the account is blocked now (a second-factor check from outside the mail protocols asks this). */
+  accountBlocked(account: string): boolean {
+    const key = tryNormaliseUsername(account);
+    return key !== null && this.isBlocked(this.store().penalties.get('account', key, this.rules.account.windowMs));
+  }
+
   /**
    * Counts a refused login and returns how long to wait before answering it.
-   * A repeat of a wrong password already counted for the account is not
-   * counted again, but is still delayed.
+   * `account` is the name the attempt counts against (see AuthPolicy.penaltyAccount);
+   * `clientKey` null: not from the network (the CLI), counted for the account only.
+   * A repeat of a wrong password already counted for the account counts
+   * only as a repeat of its client, and is delayed like the failures before it.
    */
-  recordFailure(clientKey: string, username: string, password: Buffer): number {
+  recordFailure(clientKey: string | null, account: string, password: Buffer): number {
     // A name that cannot be an account (over-long, control characters) is
     // still counted, under a short stand-in, so it cannot bloat the table.
-    const account = tryNormaliseUsername(username) ?? `invalid:${createHash('sha256').update(username).digest('hex').slice(0, 16)}`;
+    const key = tryNormaliseUsername(account) ?? `invalid:${createHash('sha256').update(account).digest('hex').slice(0, 16)}`;
     const penalties = this.store().penalties;
-    let ip: PenaltyState;
-    let acct: PenaltyState;
-    if (this.isRepeat(account, password)) {
-      ip = penalties.get('ip', clientKey, this.rules.ip.windowMs);
-      acct = penalties.get('account', account, this.rules.account.windowMs);
-    } else {
-      const results = [penalties.recordFailure('ip', clientKey, this.rules.ip), penalties.recordFailure('account', account, this.rules.account)];
-      for (const { state, blockStarted } of results) {
-        if (blockStarted) {
-          this.log.warn({ kind: state.kind, key: state.key, failures: state.failures, until: new Date(state.blockedUntil!).toISOString() }, 'temporary block started');
-        }
-      }
-      ip = results[0]!.state;
-      acct = results[1]!.state;
+    const repeat = this.isRepeat(key, password);
+    const ip = clientKey === null ? null : repeat ? penalties.recordRepeat('ip', clientKey, this.rules.ip) : penalties.recordFailure('ip', clientKey, this.rules.ip);
+    const acct = repeat ? { state: penalties.get('account', key, this.rules.account.windowMs), blockStarted: false } : penalties.recordFailure('account', key, this.rules.account);
+    for (const { state, blockStarted } of ip ? [ip, acct] : [acct]) {
+      if (!blockStarted) continue;
+      this.log.warn({ kind: state.kind, key: state.key, failures: state.failures, repeats: state.repeats, until: new Date(state.blockedUntil!).toISOString() }, 'temporary block started');
+      this.onBlock?.(state);
     }
-    return this.delayFor(Math.max(ip.failures, acct.failures, 1));
+    return this.delayFor(Math.max(ip?.state.failures ?? 0, acct.state.failures, 1));
   }
 
   /** The answer delay after `failures` failures: base, doubling, capped. */

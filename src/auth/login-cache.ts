@@ -11,9 +11,16 @@
  * TOTP state unchanged?) before letting anyone in, so a revocation made by
  * another process applies to the very next login.
  *
- * A small negative side remembers app-password-shaped guesses that failed
- * argon2, so repeating them costs no hashing. It never shortens a penalty:
- * the caller counts and delays every failure exactly as before.
+ * The negative side remembers refusals, so repeating one costs no hashing
+ * and no upstream check: app-password-shaped guesses that failed argon2 (by
+ * their canonical form, so spacing and case variants are one guess), and
+ * every refused attempt as typed (protocol, name, authzid, password bytes),
+ * whatever the password's shape. A remembered refusal carries a stamp of the
+ * account's state when it was decided (exists? which one? two-step state?);
+ * the caller re-reads the account and trusts the entry only while the stamp
+ * still matches, so adding an account or turning 2FA off takes effect at
+ * once. It never shortens a penalty: the caller counts and delays every
+ * failure as before.
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import type { Clock } from '../store/types.js';
@@ -67,20 +74,69 @@ class LruMap<T> {
   delete(key: string): void {
     this.map.delete(key);
   }
+
+  clear(): void {
+    this.map.clear();
+  }
+}
+
+/** A refusal decided before, and the account state it was decided on. */
+export interface KnownRefusal {
+  reason: string;
+  /** The name the refusal was about (for the log and the penalties). */
+  username: string;
+  stamp: string;
+}
+
+/** What the attempt was, for the refusal side's key: the whole of what the client sent. */
+export interface AttemptShape {
+  protocol: string;
+  username: string;
+  authzid: string;
+  password: Buffer;
 }
 
 export class LoginCache {
   private readonly key = randomBytes(32);
   private readonly verified: LruMap<CachedLogin>;
   private readonly failed: LruMap<string>;
+  private readonly refused: LruMap<KnownRefusal>;
 
   constructor(options: LoginCacheOptions, now: Clock = Date.now) {
     this.verified = new LruMap(options.maxEntries, options.ttlMs, now);
     this.failed = new LruMap(options.negativeMaxEntries, options.negativeTtlMs, now);
+    this.refused = new LruMap(options.negativeMaxEntries, options.negativeTtlMs, now);
   }
 
-  get size(): { verified: number; failed: number } {
-    return { verified: this.verified.size, failed: this.failed.size };
+  get size(): { verified: number; failed: number; refused: number } {
+    return { verified: this.verified.size, failed: this.failed.size, refused: this.refused.size };
+  }
+
+  /** The refusal side's key for an attempt exactly as sent. */
+  attemptKey(attempt: AttemptShape): string {
+    return createHmac('sha256', this.key)
+      .update(`attempt\0${attempt.protocol}\0${attempt.username}\0${attempt.authzid}\0`)
+      .update(attempt.password)
+      .digest('base64url');
+  }
+
+  /** The refusal this exact attempt got recently, if any (the caller checks the stamp). */
+  knownRefusal(key: string): KnownRefusal | undefined {
+    return this.refused.get(key);
+  }
+
+  rememberRefusal(key: string, refusal: KnownRefusal): void {
+    this.refused.set(key, refusal);
+  }
+
+  forgetRefusal(key: string): void {
+    this.refused.delete(key);
+  }
+
+  /** Forgets every refusal (the policy changed: a reload). */
+  clearRefusals(): void {
+    this.refused.clear();
+    this.failed.clear();
   }
 
   /** The cache key for (account, canonical app password). */

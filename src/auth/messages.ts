@@ -19,6 +19,13 @@ export function twoFactorEnabledFarewell(helpUrl: string): string {
   return `2-step verification was turned on for this account; sign in again with an app password${help}`;
 }
 
+/** The farewell to a session that used the account password, once the account needs app passwords. */
+export function appPasswordRequiredFarewell(helpUrl: string): string {
+  const help = helpUrl ? `: ${helpUrl}` : '.';
+  return `This account now signs in with app passwords only; sign in again with an app password${help}`;
+}
+
+export const ACCOUNT_BLOCKED = 'This account is temporarily blocked after repeated failed sign-ins; try again later.';
 export const TEMPORARY_FAILURE = 'The mail service is temporarily unavailable; try again in a few minutes.';
 export const MAILBOX_IN_USE = 'The mailbox is in use by another session; try again later.';
 export const APP_PASSWORD_REVOKED = 'This app password was revoked or has expired; sign in again with a valid one.';

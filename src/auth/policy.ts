@@ -24,6 +24,7 @@ import { tryNormaliseUsername } from '../store/username.js';
 import type { UpstreamCredentials } from '../upstream/credentials.js';
 import type { VerifyResult } from '../store/verifier.js';
 import type { LoginCache } from './login-cache.js';
+import { accountOf, hasMasterSyntax } from './master-syntax.js';
 
 export type CacheLookup = 'hit' | 'miss' | 'stale' | 'known-failure';
 
@@ -34,8 +35,10 @@ export interface PolicyOptions {
 }
 
 export interface AuthAttempt {
-  /** The username exactly as the client sent it. */
+  /** The username exactly as the client sent it (SASL: the authcid). */
   username: string;
+  /** SASL PLAIN's authzid as sent; '' or absent when the client named none. */
+  authzid?: string;
   password: Buffer;
   protocol: Scope;
   clientIp: string;
@@ -51,6 +54,8 @@ export interface AuthAttempt {
 /** Why a login was refused or failed; for the log and fail2ban, never for the client. */
 export type RefusalReason =
   | 'invalid-username'
+  | 'master-user-syntax'
+  | 'authzid-mismatch'
   | 'unknown-account'
   | 'wrong-password'
   | 'revoked'
@@ -58,7 +63,8 @@ export type RefusalReason =
   | 'out-of-scope'
   | 'two-factor-required'
   | 'main-password-disabled'
-  | 'upstream-rejected';
+  | 'upstream-rejected'
+  | 'unknown-upstream-account';
 
 export type TemporaryReason = 'store-unavailable' | 'hash-busy' | 'master-password-missing' | 'upstream-unavailable' | 'blocked';
 
@@ -66,10 +72,35 @@ export type AuthDecision =
   | { outcome: 'accept'; mode: 'app-password'; account: Account; appPassword: AppPasswordInfo; upstream: UpstreamCredentials }
   /** Tentative: the upstream checks the password itself. */
   | { outcome: 'accept'; mode: 'upstream-password'; account: Account | null; upstream: UpstreamCredentials }
-  | { outcome: 'refuse'; reason: RefusalReason; username: string }
+  /** repeat: the same attempt was refused moments ago; answered from memory, nothing was checked. */
+  | { outcome: 'refuse'; reason: RefusalReason; username: string; repeat?: boolean }
   | { outcome: 'temporary'; reason: TemporaryReason; username: string; detail?: string };
 
+type Refusal = Extract<AuthDecision, { outcome: 'refuse' }>;
+
+/** Refusals that depend on nothing but what was typed and the account's state: safe to answer again from memory. */
+const REMEMBERED: ReadonlySet<RefusalReason> = new Set([
+  'invalid-username',
+  'master-user-syntax',
+  'authzid-mismatch',
+  'unknown-account',
+  'wrong-password',
+  'revoked',
+  'expired',
+  'out-of-scope',
+  'two-factor-required',
+  'main-password-disabled',
+  'upstream-rejected',
+]);
+
 export class AuthPolicy {
+  /**
+   * Decisions being made, by attempt: the same attempt arriving while one is
+   * being decided (a storm's first wave, a client's parallel connections)
+   * waits for that decision instead of running its own hash or upstream check.
+   */
+  private readonly inFlight = new Map<string, Promise<AuthDecision>>();
+
   constructor(
     private readonly handle: StoreHandle,
     private readonly config: Pick<Config, 'policy' | 'upstream'>,
@@ -81,9 +112,35 @@ export class AuthPolicy {
     return this.handle.get();
   }
 
+  /** The account a failure counts against: Dovecot reads "alice*x" as alice. */
+  penaltyAccount(username: string): string {
+    return accountOf(username, this.config.upstream.login.separator);
+  }
+
   async decide(attempt: AuthAttempt): Promise<AuthDecision> {
+    const cache = this.options.cache;
+    if (!cache) return this.decideOnce(attempt);
+    const key = `${cache.attemptKey(this.shape(attempt))}${attempt.appPasswordsOnly ? ':app-passwords-only' : ''}`;
+    const pending = this.inFlight.get(key);
+    if (pending) {
+      const decision = await pending;
+      // Answered like the one it waited for; a refusal counts as a repeat of it.
+      return decision.outcome === 'refuse' ? { ...decision, repeat: true } : decision;
+    }
+    const deciding = this.decideOnce(attempt);
+    this.inFlight.set(key, deciding);
     try {
-      return await this.decideOrThrow(attempt);
+      return await deciding;
+    } finally {
+      this.inFlight.delete(key);
+    }
+  }
+
+  private async decideOnce(attempt: AuthAttempt): Promise<AuthDecision> {
+    try {
+      const decision = await this.decideOrThrow(attempt);
+      if (decision.outcome === 'refuse' && !decision.repeat) this.remember(attempt, decision);
+      return decision;
     } catch (err) {
       const username = attempt.username;
       if (isMailgateError(err, ErrorCodes.HASH_BUSY)) return { outcome: 'temporary', reason: 'hash-busy', username };
@@ -94,17 +151,60 @@ export class AuthPolicy {
     }
   }
 
-  private async decideOrThrow(attempt: AuthAttempt): Promise<AuthDecision> {
-    const password = attempt.password.toString('utf8');
-    const name = tryNormaliseUsername(attempt.username);
-    if (name === null) {
-      await this.store.hasher.verifyDummy(password);
-      return { outcome: 'refuse', reason: 'invalid-username', username: attempt.username };
+  /**
+   * Remembers a refusal the upstream made (a wrong main password passed
+   * through), so that repeating it asks the upstream no more than a repeated
+   * local refusal costs argon2.
+   */
+  rememberUpstreamRefusal(attempt: AuthAttempt, refusal: Refusal): void {
+    try {
+      this.remember(attempt, refusal);
+    } catch {
+      // Only a shortcut for repeats; a store that cannot be read now is noticed elsewhere.
     }
-    const account = this.store.accounts.find(name);
-    const canonical = canonicalAppPassword(password);
-    const cacheKey = canonical !== null && this.options.cache ? this.options.cache.keyFor(name, canonical) : null;
+  }
 
+  private async decideOrThrow(attempt: AuthAttempt): Promise<AuthDecision> {
+    const repeat = this.repeatedRefusal(attempt);
+    if (repeat) return repeat;
+    const name = tryNormaliseUsername(attempt.username);
+    const refusal = this.refuseByShape(attempt, name);
+    const canonical = canonicalAppPassword(attempt.password.toString('utf8'));
+    const cacheKey = name !== null && canonical !== null && this.options.cache ? this.options.cache.keyFor(name, canonical) : null;
+    // The owner of a recently verified app password needs no hashing (never
+    // for an attempt refused by its shape: the right password with someone
+    // else's authzid is still refused).
+    const verified = cacheKey && !refusal ? this.verifiedFromCache(cacheKey, attempt.protocol) : 'miss';
+    if (typeof verified === 'object') return this.master(verified.account, verified.appPassword);
+    // Decided before anything about the account is read: while the hasher is
+    // full, every attempt gets the same temporary answer, whichever kind of
+    // account it names (and whether or not its path would need a hash).
+    if (!this.store.hasher.hasCapacity()) return { outcome: 'temporary', reason: 'hash-busy', username: attempt.username };
+    if (refusal) {
+      await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
+      return refusal;
+    }
+    return this.decideForAccount(attempt, name!, canonical, cacheKey, verified === 'stale');
+  }
+
+  /**
+   * Refusals decided by what was typed alone: a name that cannot be an
+   * account, Dovecot's master-user syntax (see master-syntax.ts), or a SASL
+   * authzid naming someone else. Each still costs its dummy hash (timing).
+   */
+  private refuseByShape(attempt: AuthAttempt, name: string | null): Refusal | null {
+    const separator = this.config.upstream.login.separator;
+    const authzid = attempt.authzid ?? '';
+    if (hasMasterSyntax(attempt.username, separator) || hasMasterSyntax(authzid, separator)) {
+      return { outcome: 'refuse', reason: 'master-user-syntax', username: tryNormaliseUsername(this.penaltyAccount(attempt.username)) ?? attempt.username };
+    }
+    if (name === null) return { outcome: 'refuse', reason: 'invalid-username', username: attempt.username };
+    if (authzid !== '' && tryNormaliseUsername(authzid) !== name) return { outcome: 'refuse', reason: 'authzid-mismatch', username: name };
+    return null;
+  }
+
+  private async decideForAccount(attempt: AuthAttempt, name: string, canonical: string | null, cacheKey: string | null, stale: boolean): Promise<AuthDecision> {
+    const account = this.store.accounts.find(name);
     if (canonical === null && attempt.appPasswordsOnly) {
       // AbuseGuard turns these away before they get here; never check one anyway.
       return { outcome: 'temporary', reason: 'blocked', username: name };
@@ -114,14 +214,14 @@ export class AuthPolicy {
       if (this.config.policy.unknown_users === 'passthrough' && !attempt.appPasswordsOnly) return this.passthrough(attempt, null);
       // A repeated guess skips the dummy hash like a repeated guess on a real account would.
       if (!(cacheKey && this.options.cache!.knownFailure(cacheKey) === 'unknown-account')) {
-        await this.store.hasher.verifyDummy(password);
+        await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
         if (cacheKey) this.options.cache!.rememberFailure(cacheKey, 'unknown-account');
       }
       return { outcome: 'refuse', reason: 'unknown-account', username: name };
     }
 
     if (canonical !== null) {
-      const result = await this.checkAppPassword(account, name, canonical, attempt.protocol, cacheKey);
+      const result = await this.checkAppPassword(account, name, canonical, attempt.protocol, cacheKey, stale);
       if (result.ok) return this.master(result.account, result.appPassword);
       // The password matched an app password that may not be used: say why in the log.
       if (result.reason !== 'wrong-password' || account.totpState === 'enabled' || attempt.appPasswordsOnly) {
@@ -133,29 +233,78 @@ export class AuthPolicy {
     return this.mainPassword(attempt, account, true);
   }
 
-  /** An app password check through the verified-login cache. */
-  private async checkAppPassword(account: Account, name: string, canonical: string, protocol: Scope, cacheKey: string | null): Promise<VerifyResult> {
+  /**
+   * The same attempt refused moments ago, the account in the same state:
+   * the same refusal again, without a hash or an upstream check. The account
+   * is re-read (one indexed read) so that a change since (the account added,
+   * two-step verification turned off) is never answered from memory.
+   */
+  private repeatedRefusal(attempt: AuthAttempt): Refusal | null {
     const cache = this.options.cache;
-    const report = this.options.onCacheLookup ?? (() => undefined);
+    if (!cache) return null;
+    const key = cache.attemptKey(this.shape(attempt));
+    const known = cache.knownRefusal(key);
+    if (!known) return null;
+    if (known.stamp !== this.stamp(attempt)) {
+      cache.forgetRefusal(key);
+      return null;
+    }
+    return { outcome: 'refuse', reason: known.reason as RefusalReason, username: known.username, repeat: true };
+  }
+
+  private remember(attempt: AuthAttempt, refusal: Refusal): void {
+    const cache = this.options.cache;
+    if (!cache || !REMEMBERED.has(refusal.reason)) return;
+    cache.rememberRefusal(cache.attemptKey(this.shape(attempt)), { reason: refusal.reason, username: refusal.username, stamp: this.stamp(attempt) });
+  }
+
+  private shape(attempt: AuthAttempt) {
+    return { protocol: attempt.protocol, username: attempt.username.trim(), authzid: attempt.authzid ?? '', password: attempt.password };
+  }
+
+  /**
+   * What a remembered refusal depended on: the account's identity and two-step
+   * state (none for an unknown name), and whether only app passwords were checked.
+   */
+  private stamp(attempt: AuthAttempt): string {
+    const name = tryNormaliseUsername(attempt.username);
+    const account = name === null ? null : this.store.accounts.find(name);
+    const state = account ? `${account.id}:${account.createdAt}:${account.totpState}:${account.totpChangedAt ?? ''}` : '-';
+    return attempt.appPasswordsOnly ? `${state}:app-passwords-only` : state;
+  }
+
+  /**
+   * A verified-login cache hit, re-read from the store (a revocation counts
+   * at once); 'stale' when the entry no longer holds, 'miss' without one.
+   */
+  private verifiedFromCache(cacheKey: string, protocol: Scope): { account: Account; appPassword: AppPasswordInfo } | 'miss' | 'stale' {
+    const cache = this.options.cache;
+    const hit = cache?.verifiedLogin(cacheKey);
+    if (!cache || !hit) return 'miss';
+    const again = this.store.verifier.recheck(hit, protocol);
+    if (again?.ok) {
+      this.report('hit');
+      return again;
+    }
+    cache.forgetVerified(cacheKey);
+    this.report('stale');
+    return 'stale';
+  }
+
+  private report(result: CacheLookup): void {
+    this.options.onCacheLookup?.(result);
+  }
+
+  /** An app password check through the negative cache, then argon2 (`stale`: the verified entry was just dropped). */
+  private async checkAppPassword(account: Account, name: string, canonical: string, protocol: Scope, cacheKey: string | null, stale: boolean): Promise<VerifyResult> {
+    const cache = this.options.cache;
     if (cache && cacheKey) {
-      const hit = cache.verifiedLogin(cacheKey);
-      if (hit && hit.accountId === account.id) {
-        // Still read the row: a revocation from another process counts at once.
-        const again = this.store.verifier.recheck(hit, protocol);
-        if (again?.ok) {
-          report('hit');
-          return again;
-        }
-        cache.forgetVerified(cacheKey);
-        report('stale');
-      } else {
-        const known = cache.knownFailure(cacheKey);
-        if (known === 'wrong-password' || known === 'revoked' || known === 'expired') {
-          report('known-failure');
-          return { ok: false, reason: known, account };
-        }
-        report('miss');
+      const known = cache.knownFailure(cacheKey);
+      if (known === 'wrong-password' || known === 'revoked' || known === 'expired') {
+        this.report('known-failure');
+        return { ok: false, reason: known, account };
       }
+      if (!stale) this.report('miss');
     }
     const result = await this.store.verifier.check(name, canonical, protocol);
     if (cache && cacheKey) {

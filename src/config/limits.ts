@@ -43,12 +43,14 @@ export const LIMIT_DEFAULTS = {
   /** [auth] Verified logins remembered: one per (account, app password) in use, so 10,000 covers the
    * devices of a few thousand users, at a few hundred bytes each (a few MiB). */
   login_cache_max_entries: 10_000,
-  /** [auth] Failed app-password guesses remembered: a mail program with an old saved password retries
-   * it every few minutes, so 5 minutes catches the next retry without hashing it again. */
+  /** [auth] Refused logins remembered (account, password, protocol: any password, not only app-password
+   * shaped ones): a mail program with an old saved password retries it every few minutes, and a storm
+   * repeats one guess from many addresses, so 5 minutes catches the next repeat without hashing it again
+   * or asking the upstream. */
   failed_login_cache_ttl_seconds: 300,
-  /** [auth] Kept small: only stale passwords of real devices ever repeat (tens to hundreds at once);
-   * an attacker's guesses are all different, so a bigger cache would only hold the attacker's junk. */
-  failed_login_cache_max_entries: 1_000,
+  /** [auth] About 200 bytes each, so 10,000 is 2 MiB: room for the stale passwords of every device of a few
+   * thousand users, and for a storm's repeated guesses; distinct guesses (which do not repeat) are evicted first. */
+  failed_login_cache_max_entries: 10_000,
 
   /** Sessions at once, all listeners. Each idle TLS session costs tens of KiB; 10,000 fits a small VM. */
   max_connections: 10_000,
@@ -73,6 +75,11 @@ export const LIMIT_DEFAULTS = {
   ip_failure_window_seconds: 600,
   /** 10 distinct wrong passwords in 10 minutes from one address is no typo. */
   ip_block_after: 10,
+  /** Repeats of a wrong password already counted (a stale saved password, or a storm repeating one guess) from one
+   * address in the window. A stale Thunderbird fails 3 ways per check, every few minutes: under 10 per window per
+   * device, so a household with several stale devices stays far below 60, while an address repeating one guess
+   * through the answer delays (at least 2 s each, a few at once) reaches it within a minute. */
+  ip_repeat_block_after: 60,
   /** Per account, the same window as per IP: the two counters then tell the same story in the log. */
   account_failure_window_seconds: 600,
   /** Per account: higher than per IP, since several devices and a shared NAT can each fail a few times. */
@@ -122,6 +129,14 @@ export const FIXED_LIMITS = {
    * at about 100 bytes each, 50,000 is 5 MiB at most, and more than the distinct failures the
    * per-IP and per-account blocks let through in one window from any realistic number of sources. */
   abuse_max_fingerprints: 50_000,
+  /** Repeated refusals (the same wrong password again) and attempts refused by a block are written to the log
+   * once per address per this many seconds, with a count, instead of once per attempt: a storm of repeats
+   * otherwise writes megabytes a minute. fail2ban still sees every such address once per period. */
+  repeated_failure_log_seconds: 10,
+  /** ...of which the first few of each kind (same address, user and reason) are still written one by one:
+   * Thunderbird retries a stale password three ways (AUTHENTICATE PLAIN, AUTHENTICATE LOGIN, LOGIN), and each
+   * of those is worth its own line; a storm's hundredth repeat is not. */
+  repeated_failure_log_burst: 3,
   /** PROXY protocol v1 header: the spec (section 2.1) caps it at 107 bytes, CRLF included. */
   proxy_v1_max_bytes: 107,
   /** PROXY protocol v2 header: the 16-byte fixed part plus 536 bytes of addresses and TLVs. The largest

@@ -150,6 +150,7 @@ const limitsSchema = z
     pop3_max_line_bytes: z.number().int().min(255).max(64 * 1024).default(L.pop3_max_line_bytes),
     ip_failure_window_seconds: positiveInt.default(L.ip_failure_window_seconds),
     ip_block_after: positiveInt.default(L.ip_block_after),
+    ip_repeat_block_after: positiveInt.default(L.ip_repeat_block_after),
     account_failure_window_seconds: positiveInt.default(L.account_failure_window_seconds),
     account_block_after: positiveInt.default(L.account_block_after),
     block_seconds: positiveInt.default(L.block_seconds),

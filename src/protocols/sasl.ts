@@ -15,6 +15,11 @@ export type SaslMechanismName = 'PLAIN' | 'LOGIN';
 export const SUPPORTED_SASL_MECHANISMS: readonly SaslMechanismName[] = Object.freeze(['PLAIN', 'LOGIN'] as const);
 
 export interface SaslCredentials {
+  /**
+   * PLAIN's authorization identity as sent ('' when none). Whether it may be
+   * used is the login policy's decision (an authzid naming someone else is
+   * refused there like any failed login); it never reaches the upstream.
+   */
   authzid: string;
   username: string;
   password: Buffer;
@@ -24,7 +29,6 @@ export type SaslErrorReason =
   | 'cancelled'
   | 'bad-base64'
   | 'malformed'
-  | 'authzid-mismatch'
   | 'unsupported-mechanism'
   | 'too-long';
 
@@ -77,11 +81,6 @@ function decodeUtf8(bytes: Buffer): string | null {
   } catch {
     return null;
   }
-}
-
-/** The store compares usernames trimmed and lower-cased; authzid must match the same way. */
-function normaliseIdentity(name: string): string {
-  return name.trim().toLowerCase();
 }
 
 type State =
@@ -218,14 +217,9 @@ export class SaslExchange {
     const authzid = decodeUtf8(authzidBytes);
     const username = decodeUtf8(authcidBytes);
     if (authzid === null || username === null) return this.fail('malformed');
-    if (authzid !== '' && normaliseIdentity(authzid) !== normaliseIdentity(username)) {
-      return this.fail('authzid-mismatch');
-    }
 
     this.state = 'finished';
-    // authzid is always '': acting as another identity is not supported, and a
-    // client-chosen authzid must never reach the upstream.
-    return { type: 'done', credentials: { authzid: '', username, password: Buffer.from(passwordBytes) } };
+    return { type: 'done', credentials: { authzid, username, password: Buffer.from(passwordBytes) } };
   }
 
   private acceptLoginUsername(input: string | Buffer): SaslStep {

@@ -5,7 +5,7 @@
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
-import { AbuseGuard } from '../auth/abuse.js';
+import { AbuseGuard, abuseRules } from '../auth/abuse.js';
 import { clientKey } from '../auth/client-key.js';
 import { LoginCache } from '../auth/login-cache.js';
 import { AuthPolicy } from '../auth/policy.js';
@@ -13,6 +13,8 @@ import { RefusalTiming } from '../auth/refusal-timing.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import { ConfigError, configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
+import { RepeatedLines } from '../log/repeated-lines.js';
+import { FIXED_LIMITS } from '../config/limits.js';
 import { ImapSession } from '../session/imap-session.js';
 import { Pop3Session } from '../session/pop3-session.js';
 import { isTrusted, readProxyHeader, trustedProxies, type ProxiedOrigin } from '../session/proxy-header.js';
@@ -65,7 +67,11 @@ export class Gateway {
       services.registry,
       services.log,
       services.config.timeouts.revocation_check_seconds * 1000,
+      services.config.policy,
     );
+    // A block started here does not move SQLite's data_version for this
+    // connection: tell the watcher, so a blocked name's sessions close at once.
+    services.guard.onBlock = () => this.revocations.changed();
   }
 
   /** The store as it is now (it may be reopened after the database recovers). */
@@ -90,7 +96,6 @@ export class Gateway {
       if (!masterPassword) {
         log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
       }
-      const limits = config.limits;
       const registry = new SessionRegistry();
       const metrics = new Metrics({
         sessions: () => registry.counts(),
@@ -118,18 +123,7 @@ export class Gateway {
           ),
           onCacheLookup: (result) => metrics.loginCache.inc({ result }),
         }),
-        guard: new AbuseGuard(
-          () => store.get(),
-          {
-            ip: { windowMs: limits.ip_failure_window_seconds * 1000, blockAfter: limits.ip_block_after, blockMs: limits.block_seconds * 1000 },
-            account: { windowMs: limits.account_failure_window_seconds * 1000, blockAfter: limits.account_block_after, blockMs: limits.block_seconds * 1000 },
-            delayBaseMs: limits.failure_delay_base_ms,
-            delayMaxMs: limits.failure_delay_max_ms,
-            maxConcurrentPerClient: limits.max_concurrent_logins_per_ip,
-          },
-          log,
-          options.storeOptions?.now,
-        ),
+        guard: new AbuseGuard(() => store.get(), abuseRules(config.limits), log, options.storeOptions?.now),
         serverTls: await loadServerTls(config, log),
         registry,
         metrics,
@@ -142,6 +136,7 @@ export class Gateway {
         ),
         upstreams: { imap: upstreamTarget(config.upstream.imap), pop3: upstreamTarget(config.upstream.pop3) },
         upstreamCapabilities: { imap: null, pop3: null },
+        repeatedLines: new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst),
       };
       services.admission = (session) => admit(services, session);
       warnIfFewFileDescriptors(config, log);
@@ -285,6 +280,7 @@ export class Gateway {
       for (const session of registry.all()) session.terminate('shutdown');
       await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => setTimeout(resolve, 3000).unref())]);
     }
+    this.services.repeatedLines.flush();
     await this.services.metrics.close();
     await this.checkpointer.stop();
     this.services.store.close();

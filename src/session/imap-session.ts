@@ -4,7 +4,7 @@
  * else is refused with the client's tag. After login the shared Session
  * relays bytes and this class is out of the picture.
  */
-import { loginFailedAlert, MAILBOX_IN_USE, TEMPORARY_FAILURE, APP_PASSWORD_REVOKED, SHUTTING_DOWN, TOO_MANY_ERRORS, IDLE_TIMEOUT, twoFactorEnabledFarewell } from '../auth/messages.js';
+import { ACCOUNT_BLOCKED, APP_PASSWORD_REVOKED, appPasswordRequiredFarewell, IDLE_TIMEOUT, loginFailedAlert, MAILBOX_IN_USE, SHUTTING_DOWN, TEMPORARY_FAILURE, TOO_MANY_ERRORS, twoFactorEnabledFarewell } from '../auth/messages.js';
 import { preloginCapabilities } from '../protocols/imap/capabilities.js';
 import { continuation, tagged, untagged, untaggedData } from '../protocols/imap/compiler.js';
 import { clientIdSummary, parseIdArgs } from '../protocols/imap/id.js';
@@ -13,7 +13,7 @@ import { SUPPORTED_SASL_MECHANISMS, type SaslCredentials, type SaslErrorReason }
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
 import { loginImapUpstream } from '../upstream/imap-login.js';
 import type { ProxiedOrigin } from './proxy-header.js';
-import { Session, type FarewellReason, type GatewayServices } from './session.js';
+import { Session, type Credentials, type FarewellReason, type GatewayServices } from './session.js';
 import { FIXED_LIMITS, imapMaxCommandBytes } from '../config/limits.js';
 import type { ListenConfig } from '../config/schema.js';
 import type { Socket } from 'node:net';
@@ -65,6 +65,10 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
         return untagged('BYE', APP_PASSWORD_REVOKED, 'UNAVAILABLE');
       case 'two-factor-enabled':
         return untagged('BYE', twoFactorEnabledFarewell(this.services.config.policy.help_url), 'UNAVAILABLE');
+      case 'app-password-required':
+        return untagged('BYE', appPasswordRequiredFarewell(this.services.config.policy.help_url), 'UNAVAILABLE');
+      case 'blocked':
+        return untagged('BYE', ACCOUNT_BLOCKED, 'UNAVAILABLE');
       case 'shutdown':
         return untagged('BYE', SHUTTING_DOWN, 'UNAVAILABLE');
       case 'idle':
@@ -211,7 +215,7 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
       this.countBadCommand();
       return;
     }
-    this.runLogin(tag, username, argBytes(pass), 'login');
+    this.runLogin(tag, { username, password: argBytes(pass), method: 'login' });
   }
 
   private authenticate(tag: string, args: ImapArg[]): void {
@@ -227,7 +231,7 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
   }
 
   protected saslDone(credentials: SaslCredentials, mechanism: string): void {
-    this.runLogin(this.saslTag, credentials.username, credentials.password, `authenticate-${mechanism.toLowerCase()}`);
+    this.runLogin(this.saslTag, { username: credentials.username, authzid: credentials.authzid, password: credentials.password, method: `authenticate-${mechanism.toLowerCase()}` });
   }
 
   protected saslFailed(reason: SaslErrorReason): void {
@@ -239,14 +243,6 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
       case 'unsupported-mechanism':
         this.write(tagged(tag, 'NO', `Unsupported mechanism; use ${SUPPORTED_SASL_MECHANISMS.join(' or ')}.`));
         break;
-      case 'authzid-mismatch':
-        // Refused like any credentials, and counted like them, so it neither
-        // stands out nor can be repeated for free on one connection.
-        this.failedLogins += 1;
-        this.log.info({ clientIp: this.clientIp, protocol: this.protocol, method: 'authenticate-plain', reason: 'authzid-mismatch' }, 'login failed');
-        this.refuseCredentials(tag);
-        this.closeIfTooManyFailures();
-        return;
       case 'bad-base64':
         this.write(tagged(tag, 'BAD', 'Invalid base64 in the authentication data.'));
         break;
@@ -258,8 +254,8 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
     this.countBadCommand();
   }
 
-  private runLogin(tag: string, username: string, password: Buffer, method: string): void {
-    this.login({ username, password, method })
+  private runLogin(tag: string, credentials: Credentials): void {
+    this.login(credentials)
       .then((outcome) => {
         if (outcome.ok) {
           const caps = outcome.upstream.capabilities;

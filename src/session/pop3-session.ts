@@ -4,7 +4,7 @@
  * QUIT. Everything else gets -ERR. After login the shared Session relays bytes.
  */
 import type { Socket } from 'node:net';
-import { APP_PASSWORD_REVOKED, IDLE_TIMEOUT, loginFailedAlert, MAILBOX_IN_USE, SHUTTING_DOWN, TEMPORARY_FAILURE, TOO_MANY_ERRORS, twoFactorEnabledFarewell } from '../auth/messages.js';
+import { ACCOUNT_BLOCKED, APP_PASSWORD_REVOKED, appPasswordRequiredFarewell, IDLE_TIMEOUT, loginFailedAlert, MAILBOX_IN_USE, SHUTTING_DOWN, TEMPORARY_FAILURE, TOO_MANY_ERRORS, twoFactorEnabledFarewell } from '../auth/messages.js';
 import type { ListenConfig } from '../config/schema.js';
 import { err, multiline, ok } from '../protocols/pop3/compiler.js';
 import { Pop3Parser, type Pop3ParseEvent } from '../protocols/pop3/parser.js';
@@ -12,7 +12,7 @@ import { SUPPORTED_SASL_MECHANISMS, type SaslCredentials, type SaslErrorReason }
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
 import { loginPop3Upstream } from '../upstream/pop3-login.js';
 import type { ProxiedOrigin } from './proxy-header.js';
-import { Session, type FarewellReason, type GatewayServices } from './session.js';
+import { Session, type Credentials, type FarewellReason, type GatewayServices } from './session.js';
 
 type Command = Extract<Pop3ParseEvent, { type: 'command' }>;
 
@@ -54,6 +54,10 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
         return err(APP_PASSWORD_REVOKED, 'AUTH');
       case 'two-factor-enabled':
         return err(twoFactorEnabledFarewell(this.services.config.policy.help_url), 'AUTH');
+      case 'app-password-required':
+        return err(appPasswordRequiredFarewell(this.services.config.policy.help_url), 'AUTH');
+      case 'blocked':
+        return err(ACCOUNT_BLOCKED, 'AUTH');
       case 'shutdown':
       case 'internal':
         return err(reason === 'shutdown' ? SHUTTING_DOWN : TEMPORARY_FAILURE, 'SYS/TEMP');
@@ -175,7 +179,7 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
       this.countBadCommand();
       return;
     }
-    this.runLogin(user, command.rest, 'user-pass');
+    this.runLogin({ username: user, password: command.rest, method: 'user-pass' });
   }
 
   private authCommand(command: Command): void {
@@ -194,7 +198,7 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
   }
 
   protected saslDone(credentials: SaslCredentials, mechanism: string): void {
-    this.runLogin(credentials.username, credentials.password, `auth-${mechanism.toLowerCase()}`);
+    this.runLogin({ username: credentials.username, authzid: credentials.authzid, password: credentials.password, method: `auth-${mechanism.toLowerCase()}` });
   }
 
   protected saslFailed(reason: SaslErrorReason): void {
@@ -205,14 +209,6 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
       case 'unsupported-mechanism':
         this.write(err(`Unsupported mechanism; use ${SUPPORTED_SASL_MECHANISMS.join(' or ')}.`));
         break;
-      case 'authzid-mismatch':
-        // Refused like any credentials, and counted like them, so it neither
-        // stands out nor can be repeated for free on one connection.
-        this.failedLogins += 1;
-        this.log.info({ clientIp: this.clientIp, protocol: this.protocol, method: 'auth-plain', reason: 'authzid-mismatch' }, 'login failed');
-        this.write(err(loginFailedAlert(this.services.config.policy.help_url), 'AUTH'));
-        this.closeIfTooManyFailures();
-        return;
       case 'bad-base64':
         this.write(err('Invalid base64 in the authentication data.'));
         break;
@@ -224,8 +220,8 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser> {
     this.countBadCommand();
   }
 
-  private runLogin(username: string, password: Buffer, method: string): void {
-    this.login({ username, password, method })
+  private runLogin(credentials: Credentials): void {
+    this.login(credentials)
       .then((outcome) => {
         if (outcome.ok) {
           this.write(`${outcome.upstream.confirmation}\r\n`);

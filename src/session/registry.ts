@@ -26,8 +26,15 @@ export interface TrackedSession {
   terminate(reason: TerminationReason): void;
 }
 
-/** 'two-factor-enabled': a session that used the account password, once app passwords became mandatory. */
-export type TerminationReason = 'revoked' | 'two-factor-enabled' | 'shutdown';
+/**
+ * Why mailgate ends a logged-in session, each with its own farewell:
+ * 'revoked': its app password (or account) is gone;
+ * 'two-factor-enabled': it used the account password, and 2-step verification was turned on;
+ * 'app-password-required': it used the account password, and the account now needs app passwords;
+ * 'blocked': its name was blocked after repeated failed logins;
+ * 'shutdown': the gateway is stopping.
+ */
+export type TerminationReason = 'revoked' | 'two-factor-enabled' | 'app-password-required' | 'blocked' | 'shutdown';
 
 export class SessionRegistry {
   private readonly sessions = new Set<TrackedSession>();

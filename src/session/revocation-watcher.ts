@@ -5,32 +5,35 @@
  *  - their app password is revoked, expires, or is deleted with its account;
  *  - their account is removed;
  *  - two-step verification is turned on for an account whose session logged
- *    in with the upstream (main) password.
+ *    in with the upstream (main) password;
+ *  - a session passed through for a name mailgate did not know, once that
+ *    name is added as an account that may no longer use its main password
+ *    (two-step verification on, or `main_password_without_2fa = "reject"`),
+ *    or once the name is blocked.
  *
  * The check is cheap when nothing changed: SQLite's `data_version` moves only
- * when another connection commits, so the sessions are re-read only then, or
- * when the earliest known expiry has passed.
+ * when another connection commits, so the sessions are re-read only then, when
+ * this process says it changed something (`changed()`), or when the earliest
+ * known expiry has passed.
  */
+import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { StoreHandle } from '../store/store-handle.js';
-import type { SessionAuth, SessionRegistry, TrackedSession } from './registry.js';
+import type { Store } from '../store/store.js';
+import type { Account, AppPasswordInfo } from '../store/types.js';
+import { tryNormaliseUsername } from '../store/username.js';
+import type { SessionAuth, SessionRegistry, TerminationReason, TrackedSession } from './registry.js';
 import { errorMessage } from '../errors.js';
 
-/** Keep IN (...) lists well under SQLite's variable limit. */
-const CHUNK = 500;
+type LoggedIn = TrackedSession & { auth: SessionAuth };
 
-interface AppPasswordRow {
-  id: number;
-  created_at: number;
-  revoked_at: number | null;
-  expires_at: number | null;
-}
-
-interface AccountRow {
-  id: number;
-  created_at: number;
-  totp_state: string;
-  totp_changed_at: number | null;
+/** What the sessions' credentials look like in the store now. */
+interface Current {
+  accounts: Map<number, Account>;
+  appPasswords: Map<number, AppPasswordInfo>;
+  /** Accounts by name, for sessions passed through for names mailgate did not know. */
+  byName: Map<string, Account>;
+  blockedNames: Set<string>;
 }
 
 export class RevocationWatcher {
@@ -39,12 +42,16 @@ export class RevocationWatcher {
   private lastStoreIdentity: unknown = null;
   private nextExpiry = Infinity;
   private lastCheckAt = 0;
+  /** This process changed something the sessions depend on: check at the next opportunity. */
+  private dirty = false;
+  private soon: NodeJS.Immediate | null = null;
 
   constructor(
     private readonly store: StoreHandle,
     private readonly registry: SessionRegistry,
     private readonly log: Logger,
     private readonly intervalMs: number,
+    private readonly policy: Pick<Config['policy'], 'main_password_without_2fa'>,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -56,88 +63,129 @@ export class RevocationWatcher {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
+    if (this.soon) clearImmediate(this.soon);
+    this.soon = null;
+  }
+
+  /**
+   * This process committed a change that may end sessions (a block started,
+   * say). SQLite's data_version does not move for a connection's own commits,
+   * so without this the change would go unnoticed until something else moved.
+   */
+  changed(): void {
+    this.dirty = true;
+    if (this.soon || !this.timer) return;
+    this.soon = setImmediate(() => {
+      this.soon = null;
+      this.tick();
+    });
   }
 
   /** One pass; public so tests can drive it. */
   tick(): void {
-    let store;
+    let store: Store;
     try {
       store = this.store.get();
     } catch {
       return; // the database is down; logins fail closed meanwhile, sessions stay as they are
     }
-    const sessions = [...this.registry.authenticated()].filter((s) => s.auth.accountId !== null);
+    const sessions = [...this.registry.authenticated()];
     try {
-      const version = store.db.pragma('data_version', { simple: true }) as number;
+      const version = store.dataVersion();
       const now = this.now();
       // A session that logged in around the last check may have raced a
       // revocation committed just before it: check it once more.
       const fresh = sessions.some((s) => s.auth.loginAt >= this.lastCheckAt - 2 * this.intervalMs);
-      const unchanged = store === this.lastStoreIdentity && version === this.lastVersion && now < this.nextExpiry && !fresh;
+      const unchanged = !this.dirty && store === this.lastStoreIdentity && version === this.lastVersion && now < this.nextExpiry && !fresh;
       this.lastStoreIdentity = store;
       this.lastVersion = version;
       if (unchanged || sessions.length === 0) return;
+      this.dirty = false;
       this.lastCheckAt = now;
-      this.check(store.db, sessions);
+      this.check(store, sessions);
     } catch (err) {
       this.store.failed(err);
       this.log.warn({ err: errorMessage(err) }, 'revocation check failed');
     }
   }
 
-  private check(db: import('../store/database.js').Db, sessions: Array<TrackedSession & { auth: SessionAuth }>): void {
-    const appPasswords = this.load<AppPasswordRow>(
-      db,
-      'SELECT id, created_at, revoked_at, expires_at FROM app_passwords WHERE id IN',
-      sessions.map((s) => s.auth.appPasswordId).filter((id): id is number => id !== null),
-    );
-    const accounts = this.load<AccountRow>(
-      db,
-      'SELECT id, created_at, totp_state, totp_changed_at FROM accounts WHERE id IN',
-      sessions.map((s) => s.auth.accountId!),
-    );
+  private check(store: Store, sessions: LoggedIn[]): void {
+    const current = this.read(store, sessions);
     const now = this.now();
     let nextExpiry = Infinity;
     for (const session of sessions) {
-      const reason = this.reasonToClose(session.auth, appPasswords, accounts, now);
+      const reason = session.auth.accountId === null ? this.passthroughReason(session.auth, current) : this.reasonToClose(session.auth, current, now);
       if (reason) {
         this.log.info({ session: session.id, user: session.auth.username, appPasswordId: session.auth.appPasswordId, reason }, 'closing a session whose credentials are no longer valid');
-        // Its own farewell: telling this user an app password was revoked would be wrong.
-        session.terminate(reason === 'two-factor-enabled' ? 'two-factor-enabled' : 'revoked');
+        session.terminate(farewellFor(reason));
         continue;
       }
-      const expires = session.auth.appPasswordId === null ? null : appPasswords.get(session.auth.appPasswordId)?.expires_at ?? null;
+      const expires = session.auth.appPasswordId === null ? null : current.appPasswords.get(session.auth.appPasswordId)?.expiresAt ?? null;
       if (expires !== null) nextExpiry = Math.min(nextExpiry, expires);
     }
     this.nextExpiry = nextExpiry;
   }
 
-  private reasonToClose(
-    auth: SessionAuth,
-    appPasswords: Map<number, AppPasswordRow>,
-    accounts: Map<number, AccountRow>,
-    now: number,
-  ): string | null {
-    const account = accounts.get(auth.accountId!);
+  private read(store: Store, sessions: LoggedIn[]): Current {
+    const known = sessions.filter((s) => s.auth.accountId !== null);
+    const names = sessions.filter((s) => s.auth.accountId === null).map((s) => nameOf(s.auth));
+    return {
+      accounts: store.accounts.findByIds(known.map((s) => s.auth.accountId!)),
+      appPasswords: store.appPasswords.findByIds(known.map((s) => s.auth.appPasswordId).filter((id): id is number => id !== null)),
+      byName: names.length > 0 ? store.accounts.findByNames(names) : new Map(),
+      blockedNames: names.length > 0 ? store.penalties.blockedAccounts(names) : new Set(),
+    };
+  }
+
+  private reasonToClose(auth: SessionAuth, current: Current, now: number): CloseReason | null {
+    const account = current.accounts.get(auth.accountId!);
     // Removed, even if a new account has taken its id since.
-    if (!account || account.created_at !== auth.accountCreatedAt) return 'account-removed';
+    if (!account || account.createdAt !== auth.accountCreatedAt) return 'account-removed';
     if (auth.mode === 'upstream-password') {
-      return account.totp_state === 'enabled' ? 'two-factor-enabled' : null;
+      return account.totpState === 'enabled' ? 'two-factor-enabled' : null;
     }
-    const appPassword = auth.appPasswordId === null ? undefined : appPasswords.get(auth.appPasswordId);
-    if (!appPassword || appPassword.created_at !== auth.appPasswordCreatedAt) return 'app-password-removed';
-    if (appPassword.revoked_at !== null) return 'app-password-revoked';
-    if (appPassword.expires_at !== null && appPassword.expires_at <= now) return 'app-password-expired';
+    const appPassword = auth.appPasswordId === null ? undefined : current.appPasswords.get(auth.appPasswordId);
+    if (!appPassword || appPassword.createdAt !== auth.appPasswordCreatedAt) return 'app-password-removed';
+    if (appPassword.revokedAt !== null) return 'app-password-revoked';
+    if (appPassword.expiresAt !== null && appPassword.expiresAt <= now) return 'app-password-expired';
     return null;
   }
 
-  private load<T extends { id: number }>(db: import('../store/database.js').Db, sql: string, ids: number[]): Map<number, T> {
-    const rows = new Map<number, T>();
-    const unique = [...new Set(ids)];
-    for (let i = 0; i < unique.length; i += CHUNK) {
-      const chunk = unique.slice(i, i + CHUNK);
-      for (const row of db.prepare(`${sql} (${chunk.map(() => '?').join(',')})`).all(...chunk) as T[]) rows.set(row.id, row);
-    }
-    return rows;
+  /** A session passed through for a name mailgate did not know at login. */
+  private passthroughReason(auth: SessionAuth, current: Current): CloseReason | null {
+    const name = nameOf(auth);
+    if (current.blockedNames.has(name)) return 'account-blocked';
+    const account = current.byName.get(name);
+    if (!account) return null;
+    if (account.totpState === 'enabled') return 'two-factor-enabled';
+    return this.policy.main_password_without_2fa === 'reject' ? 'main-password-disabled' : null;
   }
+}
+
+type CloseReason =
+  | 'account-removed'
+  | 'account-blocked'
+  | 'two-factor-enabled'
+  | 'main-password-disabled'
+  | 'app-password-removed'
+  | 'app-password-revoked'
+  | 'app-password-expired';
+
+/** Each reason's own farewell: telling a user an app password was revoked when none was would be wrong. */
+function farewellFor(reason: CloseReason): TerminationReason {
+  switch (reason) {
+    case 'two-factor-enabled':
+      return 'two-factor-enabled';
+    case 'main-password-disabled':
+      return 'app-password-required';
+    case 'account-blocked':
+      return 'blocked';
+    default:
+      return 'revoked';
+  }
+}
+
+/** The name a passthrough session's account would have (the session keeps the name as typed). */
+function nameOf(auth: SessionAuth): string {
+  return tryNormaliseUsername(auth.username) ?? auth.username;
 }

@@ -17,6 +17,7 @@ import { canonicalAddress, clientKey } from '../auth/client-key.js';
 import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import { clipName, type Logger } from '../log/logger.js';
+import type { RepeatedLines } from '../log/repeated-lines.js';
 import type { StoreHandle } from '../store/store-handle.js';
 import type { Metrics } from '../server/metrics.js';
 import type { UpstreamTarget } from '../upstream/connect.js';
@@ -43,6 +44,8 @@ export interface GatewayServices {
   upstreamCapabilities: { imap: string[] | null; pop3: string[] | null };
   /** Connection limits: null to admit the session, or the reason to refuse it. */
   admission?: (session: Session) => string | null;
+  /** Lines a storm would repeat (repeated refusals, blocked and temporary attempts), summarised per address. */
+  repeatedLines: RepeatedLines;
 }
 
 /** The parts of a protocol parser the shared session drives. */
@@ -68,6 +71,8 @@ export type LoginOutcome =
 
 export interface Credentials {
   username: string;
+  /** SASL PLAIN's authzid, as sent ('' when none). */
+  authzid?: string;
   password: Buffer;
   /** How the client sent them, for the log: login, authenticate-plain, user-pass... */
   method: string;
@@ -379,14 +384,17 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     const startedAt = Date.now();
     const attempt: AuthAttempt = {
       username: credentials.username,
+      authzid: credentials.authzid ?? '',
       password: credentials.password,
       protocol: this.protocol,
       clientIp: this.clientAddress,
       client: this.clientId.name ? `${this.clientId.name}${this.clientId.version ? `/${this.clientId.version}` : ''}` : null,
     };
     const { guard, policy, store } = this.services;
+    // Blocks and failures count against the account the attempt names, as the upstream would read it.
+    const account = policy.penaltyAccount(credentials.username);
     const unavailable = (err: unknown) =>
-      this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail: errorMessage(err) }, startedAt);
+      this.loginFailed(attempt, credentials, account, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail: errorMessage(err) }, startedAt);
     try {
       // While the store cannot be written, no password is checked: a guesser's
       // failures could not be counted, nor a success recorded.
@@ -396,7 +404,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     }
     let admission: Admission;
     try {
-      admission = await guard.admit(this.clientKey, credentials.username, credentials.password);
+      admission = await guard.admit(this.clientKey, account, credentials.password);
     } catch (err) {
       store.failed(err);
       return unavailable(err);
@@ -413,7 +421,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     } finally {
       admission.release();
     }
-    if (decision.outcome !== 'accept') return this.loginFailed(attempt, credentials, decision, startedAt);
+    if (decision.outcome !== 'accept') return this.loginFailed(attempt, credentials, account, decision, startedAt);
     const user = decision.upstream.user;
     if (!upstream || clientLeft.aborted || this.finished) {
       // The client hung up meanwhile: nobody to relay for, nothing to record.
@@ -424,7 +432,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       // Recorded before the client hears OK: a login the store cannot record does not get in.
       if (!this.record(() => policy.recordSuccess(attempt, decision))) {
         upstream.socket.destroy();
-        return this.unrecorded(attempt, credentials, user, startedAt);
+        return this.unrecorded(attempt, credentials, account, user, startedAt);
       }
       this.services.metrics.logins.inc({ protocol: this.protocol, result: 'ok' });
       this.loginFields = {
@@ -450,21 +458,42 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       return { ok: false, kind: 'in-use', code: upstream.code === 'LOGIN-DELAY' ? 'LOGIN-DELAY' : 'IN-USE' };
     }
     if (upstream.kind === 'rejected') {
-      return this.loginFailed(attempt, credentials, { outcome: 'refuse', reason: 'upstream-rejected', username: user }, startedAt, upstream.reason);
+      const refusal = { outcome: 'refuse', reason: 'upstream-rejected', username: user } as const;
+      policy.rememberUpstreamRefusal(attempt, refusal);
+      return this.loginFailed(attempt, credentials, account, refusal, startedAt, upstream.reason);
+    }
+    if (upstream.kind === 'no-such-account') {
+      // The master login worked but the mail server has no such mailbox: the
+      // user's problem to hear about as a failed login, the operator's to fix.
+      this.log.warn({ clientIp: this.clientAddress, user: clipName(user), protocol: this.protocol, upstream: upstream.reason }, 'the mail server does not know this account');
+      return this.loginFailed(attempt, credentials, account, { outcome: 'refuse', reason: 'unknown-upstream-account', username: user }, startedAt, upstream.reason);
     }
     this.log.warn({ clientIp: this.clientAddress, user: clipName(user), reason: upstream.reason }, 'upstream login failed');
-    return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'upstream-unavailable', username: user }, startedAt);
+    return this.loginFailed(attempt, credentials, account, { outcome: 'temporary', reason: 'upstream-unavailable', username: user }, startedAt);
   }
 
   /**
    * A blocked client or account: refused without the password being looked
-   * at. It still counts as a failed login on this connection, and waits the
-   * first-failure delay, so a blocked client cannot hammer one connection.
+   * at, answered like any temporary failure (see temporaryFailure).
    */
   private async blocked(credentials: Credentials, blockedBy: 'ip' | 'account'): Promise<LoginOutcome> {
-    this.failedLogins += 1;
     this.services.metrics.logins.inc({ protocol: this.protocol, result: 'blocked' });
-    this.log.warn({ clientIp: this.clientAddress, user: clipName(credentials.username), protocol: this.protocol, blockedBy }, 'login blocked');
+    this.services.repeatedLines.write('warn', 'login blocked', `${blockedBy}\0${credentials.username}`, { clientIp: this.clientAddress, session: this.id, user: clipName(credentials.username), protocol: this.protocol, blockedBy });
+    return this.temporaryFailure(true);
+  }
+
+  /**
+   * Every temporary answer (blocked, hashing busy, store or upstream down, a
+   * login that could not be recorded) waits the first-failure delay, so none
+   * stands out from the others by its timing: the answer tells nothing about
+   * the account or the password. Those a client can bring about at will
+   * (blocked, hashing busy: refused without a check) also count as failed
+   * logins on this connection, so they cannot be repeated fast on one; an
+   * outage of the store or the upstream does not cut off the clients that
+   * wait it out.
+   */
+  private async temporaryFailure(countsOnConnection: boolean): Promise<LoginOutcome> {
+    if (countsOnConnection) this.failedLogins += 1;
     await delay(this.services.guard.delayFor(1));
     return { ok: false, kind: 'temporary' };
   }
@@ -472,17 +501,16 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   /**
    * The upstream accepted the login but the store could not record it. It
    * is answered like a refusal the store could not count (see loginFailed),
-   * after the same first-failure delay, so neither the answer nor its timing
-   * tells the password was right.
+   * so neither the answer nor its timing tells the password was right.
    */
-  private async unrecorded(attempt: AuthAttempt, credentials: Credentials, user: string, startedAt: number): Promise<LoginOutcome> {
-    await delay(this.services.guard.delayFor(1));
-    return this.loginFailed(attempt, credentials, { outcome: 'temporary', reason: 'store-unavailable', username: user, detail: 'the login could not be recorded' }, startedAt);
+  private unrecorded(attempt: AuthAttempt, credentials: Credentials, account: string, user: string, startedAt: number): Promise<LoginOutcome> {
+    return this.loginFailed(attempt, credentials, account, { outcome: 'temporary', reason: 'store-unavailable', username: user, detail: 'the login could not be recorded' }, startedAt);
   }
 
   private async loginFailed(
     attempt: AuthAttempt,
     credentials: Credentials,
+    account: string,
     decision: Exclude<AuthDecision, { outcome: 'accept' }>,
     startedAt: number,
     upstreamText?: string,
@@ -490,6 +518,8 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     const fields = {
       clientIp: this.clientAddress,
       clientPort: this.clientPort,
+      // Named here too: summarised lines are written by the gateway's logger, not this session's.
+      session: this.id,
       protocol: this.protocol,
       user: clipName(decision.username),
       method: credentials.method,
@@ -499,25 +529,27 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     };
     if (decision.outcome !== 'refuse') {
       this.services.metrics.logins.inc({ protocol: this.protocol, result: 'temporary' });
-      this.log.warn(fields, 'login temporarily failed');
-      return { ok: false, kind: 'temporary' };
+      this.services.repeatedLines.write('warn', 'login temporarily failed', decision.reason, fields);
+      return this.temporaryFailure(decision.reason === 'hash-busy' || decision.reason === 'blocked');
     }
     this.failedLogins += 1;
     this.services.metrics.logins.inc({ protocol: this.protocol, result: 'failed' });
-    // A stable message and field names: fail2ban's filter keys on them.
-    this.log.info(fields, 'login failed');
+    // A stable message and field names: fail2ban's filter keys on them. A
+    // repeat of a refusal goes to the summarised lines, and is not audited again.
+    if (decision.repeat) this.services.repeatedLines.write('info', 'login failed', `${decision.reason}\0${decision.username}`, { ...fields, repeat: true });
+    else this.services.log.info(fields, 'login failed');
     // Answer no sooner than a refusal decided elsewhere would be (timing must
     // not tell which accounts mailgate knows), then add the penalty delay.
-    const source = decision.reason === 'upstream-rejected' ? 'upstream' : 'local';
+    const source = decision.reason === 'upstream-rejected' || decision.reason === 'unknown-upstream-account' ? 'upstream' : 'local';
     let delayMs = this.services.refusalTiming.settle(this.protocol, source, Date.now() - startedAt);
     // If the penalty store cannot be written, still delay as for a first failure.
     let penaltyMs = this.services.guard.delayFor(1);
     // The audit write failing (locked, read-only) means the counters would fail
     // too: not tried, each attempt could hold the event loop for the busy timeout.
     const counted =
-      this.record(() => this.services.policy.recordFailure(attempt, clipName(decision.username), decision.reason)) &&
+      (decision.repeat === true || this.record(() => this.services.policy.recordFailure(attempt, clipName(decision.username), decision.reason))) &&
       this.record(() => {
-        penaltyMs = this.services.guard.recordFailure(this.clientKey, credentials.username, credentials.password);
+        penaltyMs = this.services.guard.recordFailure(this.clientKey, account, credentials.password);
       });
     delayMs += penaltyMs;
     // The answer waits: cheap for a person, expensive for a guesser.
@@ -564,7 +596,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
 
   terminate(reason: TerminationReason): void {
     if (this.state === 'closed') return;
-    this.outcome = reason === 'shutdown' ? 'shutdown' : 'revoked';
+    this.outcome = reason === 'shutdown' || reason === 'blocked' ? reason : 'revoked';
     if (this.relay) {
       this.relay.terminate(this.farewell(reason));
     } else {

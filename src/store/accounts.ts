@@ -1,7 +1,7 @@
 /** Accounts: the people whose logins mailgate checks. */
 import { ErrorCodes, MailgateError } from '../errors.js';
 import type { AuditLog } from './audit.js';
-import type { Db } from './database.js';
+import { selectIn, type Db } from './database.js';
 import type { Account, Clock, TotpState } from './types.js';
 import { normaliseUsername } from './username.js';
 
@@ -65,6 +65,18 @@ export class AccountRepository {
     }
     const row = this.byName.get(username) as AccountRow | undefined;
     return row ? toAccount(row) : null;
+  }
+
+  /** The accounts of these (normalised) names that exist, by name. */
+  findByNames(names: readonly string[]): Map<string, Account> {
+    const rows = selectIn<AccountRow>(this.db, `SELECT ${COLUMNS} FROM accounts WHERE username IN`, names);
+    return new Map(rows.map((row) => [row.username, toAccount(row)]));
+  }
+
+  /** The accounts of these ids that exist, by id (for re-checking open sessions). */
+  findByIds(ids: readonly number[]): Map<number, Account> {
+    const rows = selectIn<AccountRow>(this.db, `SELECT ${COLUMNS} FROM accounts WHERE id IN`, ids);
+    return new Map(rows.map((row) => [row.id, toAccount(row)]));
   }
 
   findById(id: number): Account | null {

@@ -8,8 +8,9 @@ import { ErrorCodes, MailgateError } from '../errors.js';
 import type { AccountRepository } from './accounts.js';
 import { generateAppPassword, type GeneratedAppPassword } from './app-password-format.js';
 import type { AuditLog } from './audit.js';
-import type { Db } from './database.js';
+import { selectIn, type Db } from './database.js';
 import type { PasswordHasher } from './hasher.js';
+import type { TotpService } from './totp.js';
 import { SCOPES, appPasswordStatus, type Account, type AppPasswordInfo, type Clock, type Scope } from './types.js';
 
 export const MAX_NAME_LENGTH = 64;
@@ -40,6 +41,13 @@ export interface CreateOptions {
   name: string;
   scopes?: readonly Scope[];
   expiresAt?: number | null;
+  /**
+   * Self-service issuance: a current code from the account's authenticator
+   * app, checked and consumed in the same transaction as the insert. A
+   * create refused for another reason (duplicate name, limit) keeps the code
+   * unspent; a wrong code creates nothing.
+   */
+  totpCode?: string;
 }
 
 export interface CreatedAppPassword {
@@ -96,6 +104,7 @@ export class AppPasswordRepository {
     private readonly accounts: AccountRepository,
     private readonly audit: AuditLog,
     private readonly hasher: PasswordHasher,
+    private readonly totp: TotpService,
     private readonly now: Clock,
     private readonly maxActive: number,
   ) {
@@ -118,12 +127,16 @@ export class AppPasswordRepository {
     const expiresAt = options.expiresAt ?? null;
     // Check before the (slow) hash so an obviously refused request fails fast;
     // the same checks run again inside the write transaction, which is what counts.
-    this.checkCanCreate(this.accounts.get(username), name);
+    const account = this.accounts.get(username);
+    this.checkCanCreate(account, name);
+    if (options.totpCode !== undefined && account.totpState !== 'enabled') {
+      throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is not on for ${account.username}; a code cannot be checked`);
+    }
 
     for (let attempt = 0; attempt < 5; attempt++) {
       const generated = generateAppPassword();
       const hash = await this.hasher.hash(generated.secret);
-      const created = this.insertIfFree(username, name, scopes, expiresAt, generated, hash);
+      const created = this.insertIfFree(username, name, scopes, expiresAt, generated, hash, options.totpCode);
       if (created) return created;
     }
     // Five selector collisions in one account of at most a few dozen rows
@@ -138,6 +151,7 @@ export class AppPasswordRepository {
     expiresAt: number | null,
     generated: GeneratedAppPassword,
     hash: string,
+    totpCode: string | undefined,
   ): CreatedAppPassword | null {
     return this.db
       .transaction((): CreatedAppPassword | null => {
@@ -145,6 +159,8 @@ export class AppPasswordRepository {
         this.checkCanCreate(account, name);
         const clash = this.selectBySelector.get(account.id, generated.selector) as AppPasswordRow | undefined;
         if (clash && clash.revoked_at === null) return null;
+        // Last, so that only a create that will happen spends the code.
+        if (totpCode !== undefined) this.totp.consumeIn(account, totpCode);
         const result = this.db
           .prepare(
             'INSERT INTO app_passwords (account_id, name, selector, hash, scopes, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
@@ -221,6 +237,12 @@ export class AppPasswordRepository {
   findById(id: number): AppPasswordInfo | null {
     const row = this.selectStatusById.get(id) as AppPasswordRow | undefined;
     return row ? toInfo(row) : null;
+  }
+
+  /** The app passwords of these ids that exist, by id (for re-checking open sessions). */
+  findByIds(ids: readonly number[]): Map<number, AppPasswordInfo> {
+    const rows = selectIn<AppPasswordRow>(this.db, 'SELECT * FROM app_passwords WHERE id IN', ids);
+    return new Map(rows.map((row) => [row.id, toInfo(row)]));
   }
 
   recordUse(id: number, use: { ip: string | null; protocol: string; client?: string | null }): void {

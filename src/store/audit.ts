@@ -17,6 +17,7 @@ export const AUDIT_EVENTS = [
   'totp-enrolled',
   'totp-enabled',
   'totp-disabled',
+  'totp-failed',
   'login-ok',
   'login-failed',
 ] as const;

@@ -81,3 +81,17 @@ export function unavailable(file: string, err: unknown): MailgateError {
   const detail = errorMessage(err);
   return new MailgateError(ErrorCodes.DB_UNAVAILABLE, `database ${file} is unavailable: ${detail}`, { cause: err });
 }
+
+/** Keep IN (...) lists well under SQLite's variable limit. */
+const IN_CHUNK = 500;
+
+/** Runs `sql` ending in "IN" for the distinct `values`, in chunks; all rows. */
+export function selectIn<T>(db: Db, sql: string, values: readonly (string | number)[]): T[] {
+  const unique = [...new Set(values)];
+  const rows: T[] = [];
+  for (let i = 0; i < unique.length; i += IN_CHUNK) {
+    const chunk = unique.slice(i, i + IN_CHUNK);
+    rows.push(...(db.prepare(`${sql} (${chunk.map(() => '?').join(',')})`).all(...chunk) as T[]));
+  }
+  return rows;
+}

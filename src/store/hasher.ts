@@ -10,6 +10,7 @@
 import { availableParallelism } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import argon2 from 'argon2';
+import { LIMIT_DEFAULTS } from '../config/limits.js';
 import { ErrorCodes, MailgateError } from '../errors.js';
 
 export interface HasherOptions {
@@ -44,11 +45,20 @@ export class PasswordHasher {
     const poolThreads = Number(process.env.UV_THREADPOOL_SIZE) || 4;
     this.concurrency =
       options.concurrency && options.concurrency > 0 ? options.concurrency : Math.max(1, Math.min(availableParallelism() - 1, poolThreads - 1));
-    this.maxQueue = options.maxQueue ?? 256;
+    this.maxQueue = options.maxQueue ?? LIMIT_DEFAULTS.hash_queue;
   }
 
   get stats(): HasherStats {
     return { running: this.running, queued: this.waiting.length, verifications: this.verifications };
+  }
+
+  /**
+   * False when a verification started now would be refused as busy: every
+   * slot runs and the queue is full. Asked before anything about an account is
+   * read, so that a busy hasher turns every attempt away alike.
+   */
+  hasCapacity(): boolean {
+    return this.running < this.concurrency || this.waiting.length < this.maxQueue;
   }
 
   hash(password: string): Promise<string> {

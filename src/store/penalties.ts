@@ -3,8 +3,13 @@
  * and per account. They live in the database so that `mailgate blocks` (another
  * process) sees and lifts them, and so a restart does not hand an attacker a
  * fresh budget.
+ *
+ * Two counts per row: `failures` (distinct wrong passwords) and `repeats` (a
+ * wrong password already counted, tried again). Each has its own threshold,
+ * so a stale saved password retried all day does not block a household, while
+ * an address repeating one guess forever is still stopped.
  */
-import type { Db } from './database.js';
+import { selectIn, type Db } from './database.js';
 import type { Clock } from './types.js';
 
 export type PenaltyKind = 'ip' | 'account';
@@ -12,8 +17,10 @@ export type PenaltyKind = 'ip' | 'account';
 export interface PenaltyState {
   kind: PenaltyKind;
   key: string;
-  /** Failures counted in the current window. */
+  /** Distinct failures counted in the current window. */
   failures: number;
+  /** Repeats of an already counted failure in the current window. */
+  repeats: number;
   windowStart: number;
   lastFailure: number;
   blockedUntil: number | null;
@@ -23,6 +30,8 @@ export interface PenaltyRules {
   windowMs: number;
   /** Failures in the window that start a block. */
   blockAfter: number;
+  /** Repeats in the window that start a block; none: repeats never block. */
+  repeatBlockAfter?: number;
   blockMs: number;
 }
 
@@ -30,6 +39,7 @@ interface Row {
   kind: PenaltyKind;
   key: string;
   failures: number;
+  repeats: number;
   window_start: number;
   last_failure: number;
   blocked_until: number | null;
@@ -40,6 +50,7 @@ function toState(row: Row): PenaltyState {
     kind: row.kind,
     key: row.key,
     failures: row.failures,
+    repeats: row.repeats,
     windowStart: row.window_start,
     lastFailure: row.last_failure,
     blockedUntil: row.blocked_until,
@@ -56,10 +67,10 @@ export class PenaltyRepository {
   ) {
     this.select = db.prepare('SELECT * FROM penalties WHERE kind = ? AND key = ?');
     this.upsert = db.prepare(
-      `INSERT INTO penalties (kind, key, failures, window_start, last_failure, blocked_until)
-       VALUES (@kind, @key, @failures, @windowStart, @lastFailure, @blockedUntil)
-       ON CONFLICT (kind, key) DO UPDATE SET failures = excluded.failures, window_start = excluded.window_start,
-         last_failure = excluded.last_failure, blocked_until = excluded.blocked_until`,
+      `INSERT INTO penalties (kind, key, failures, repeats, window_start, last_failure, blocked_until)
+       VALUES (@kind, @key, @failures, @repeats, @windowStart, @lastFailure, @blockedUntil)
+       ON CONFLICT (kind, key) DO UPDATE SET failures = excluded.failures, repeats = excluded.repeats,
+         window_start = excluded.window_start, last_failure = excluded.last_failure, blocked_until = excluded.blocked_until`,
     );
   }
 
@@ -67,30 +78,34 @@ export class PenaltyRepository {
   get(kind: PenaltyKind, key: string, windowMs: number): PenaltyState {
     const row = this.select.get(kind, key) as Row | undefined;
     const now = this.now();
-    if (!row) return { kind, key, failures: 0, windowStart: now, lastFailure: 0, blockedUntil: null };
+    if (!row) return { kind, key, failures: 0, repeats: 0, windowStart: now, lastFailure: 0, blockedUntil: null };
     const state = toState(row);
     if (now - state.windowStart >= windowMs) {
-      return { ...state, failures: 0, windowStart: now, blockedUntil: state.blockedUntil !== null && state.blockedUntil > now ? state.blockedUntil : null };
+      return { ...state, failures: 0, repeats: 0, windowStart: now, blockedUntil: state.blockedUntil !== null && state.blockedUntil > now ? state.blockedUntil : null };
     }
     return state;
   }
 
   /** Counts one failure; starts a block when the window's count reaches the threshold. */
   recordFailure(kind: PenaltyKind, key: string, rules: PenaltyRules): { state: PenaltyState; blockStarted: boolean } {
+    return this.count(kind, key, rules, 'failures');
+  }
+
+  /** Counts one repeat of a failure already counted; starts a block at the repeat threshold. */
+  recordRepeat(kind: PenaltyKind, key: string, rules: PenaltyRules): { state: PenaltyState; blockStarted: boolean } {
+    return this.count(kind, key, rules, 'repeats');
+  }
+
+  private count(kind: PenaltyKind, key: string, rules: PenaltyRules, field: 'failures' | 'repeats'): { state: PenaltyState; blockStarted: boolean } {
     return this.db
       .transaction(() => {
         const now = this.now();
         const current = this.get(kind, key, rules.windowMs);
-        const failures = current.failures + 1;
-        const startsBlock = failures >= rules.blockAfter && (current.blockedUntil === null || current.blockedUntil <= now);
-        const next: PenaltyState = {
-          kind,
-          key,
-          failures,
-          windowStart: current.windowStart,
-          lastFailure: now,
-          blockedUntil: startsBlock ? now + rules.blockMs : current.blockedUntil,
-        };
+        const next: PenaltyState = { ...current, kind, key, [field]: current[field] + 1, lastFailure: now };
+        const threshold = field === 'failures' ? rules.blockAfter : rules.repeatBlockAfter;
+        const free = current.blockedUntil === null || current.blockedUntil <= now;
+        const startsBlock = threshold !== undefined && next[field] >= threshold && free;
+        if (startsBlock) next.blockedUntil = now + rules.blockMs;
         this.upsert.run(next);
         return { state: next, blockStarted: startsBlock };
       })
@@ -103,6 +118,17 @@ export class PenaltyRepository {
       .prepare('SELECT * FROM penalties WHERE blocked_until IS NOT NULL AND blocked_until > ? ORDER BY blocked_until DESC')
       .all(this.now()) as Row[];
     return rows.map(toState);
+  }
+
+  /** Of these account keys, the ones blocked now (for closing sessions of names that got blocked). */
+  blockedAccounts(keys: readonly string[]): Set<string> {
+    const now = this.now();
+    const rows = selectIn<{ key: string; blocked_until: number | null }>(
+      this.db,
+      "SELECT key, blocked_until FROM penalties WHERE kind = 'account' AND key IN",
+      keys,
+    );
+    return new Set(rows.filter((row) => row.blocked_until !== null && row.blocked_until > now).map((row) => row.key));
   }
 
   /** Counters with failures in their window (for `blocks list --all`). */

@@ -58,8 +58,8 @@ export class Store {
       });
     this.audit = new AuditLog(db, now);
     this.accounts = new AccountRepository(db, this.audit, now);
-    this.appPasswords = new AppPasswordRepository(db, this.accounts, this.audit, this.hasher, now, options.maxAppPasswords);
     this.totp = new TotpService(db, this.accounts, this.audit, key, now, options.totpIssuer ?? 'mailgate');
+    this.appPasswords = new AppPasswordRepository(db, this.accounts, this.audit, this.hasher, this.totp, now, options.maxAppPasswords);
     this.verifier = new CredentialVerifier(this.accounts, this.appPasswords, this.audit, this.hasher, now);
     this.penalties = new PenaltyRepository(db, now);
   }
@@ -80,6 +80,14 @@ export class Store {
       ...(options.autoCheckpoint === undefined ? {} : { autoCheckpoint: options.autoCheckpoint }),
     });
     return new Store(db, options.path, key, options);
+  }
+
+  /**
+   * SQLite's data_version: it moves when another connection (another process,
+   * the CLI) commits, never for this connection's own commits.
+   */
+  dataVersion(): number {
+    return this.db.pragma('data_version', { simple: true }) as number;
   }
 
   close(): void {

@@ -112,6 +112,21 @@ export class TotpService {
       .immediate();
   }
 
+  /**
+   * Checks and consumes a code of an account whose two-step verification is
+   * on, inside the caller's transaction (so that a create that fails with it
+   * does not burn the code). Throws TOTP_STATE when it is not on, TOTP_CODE
+   * when the code is wrong, old or used.
+   */
+  consumeIn(account: Account, code: string): void {
+    if (account.totpState !== 'enabled') {
+      throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is not on for ${account.username}`);
+    }
+    if (this.acceptCode(account, code) === null) {
+      throw new MailgateError(ErrorCodes.TOTP_CODE, 'the code is wrong, expired or already used; wait for the next one');
+    }
+  }
+
   /** Validates and consumes a code; returns the accepted time step or null. */
   private acceptCode(account: Account, code: string): number | null {
     if (!/^\d{6}$/.test(code.trim())) return null;

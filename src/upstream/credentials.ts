@@ -30,6 +30,13 @@ export type UpstreamLoginResult =
     }
   /** The upstream refused the client's own credentials (passthrough only). */
   | { ok: false; kind: 'rejected'; reason: string; code: string | null }
+  /**
+   * The master login was accepted as such, but the mail server has no such
+   * account (Dovecot: IMAP `NO [AUTHORIZATIONFAILED]`, POP3 `-ERR [AUTH]
+   * Authorization failed`): the user's login fails, nothing is wrong with the
+   * master password.
+   */
+  | { ok: false; kind: 'no-such-account'; reason: string; code: string | null }
   /** Anything else: unreachable, TLS, timeouts, protocol errors, master login refused. */
   | { ok: false; kind: 'unavailable'; reason: string; code: string | null };
 

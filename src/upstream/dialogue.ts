@@ -20,6 +20,9 @@ export class UpstreamRejected extends Error {
   }
 }
 
+/** The upstream took the master credentials but does not know the account to act as. */
+export class UpstreamNoSuchAccount extends UpstreamRejected {}
+
 export abstract class UpstreamDialogue {
   protected socket: Socket;
   protected reader: ResponseReader;
@@ -81,6 +84,7 @@ export async function runLoginDialogue(
     if (dialogue) dialogue.destroy();
     // Abandoned while still connecting: close the connection when it comes.
     else connecting.then((socket) => socket.destroy(), () => undefined);
+    if (err instanceof UpstreamNoSuchAccount) return { ok: false, kind: 'no-such-account', reason: err.reason, code: err.code };
     if (err instanceof UpstreamRejected) return { ok: false, kind: 'rejected', reason: err.reason, code: err.code };
     return { ok: false, kind: 'unavailable', reason: errorMessage(err), code: null };
   } finally {

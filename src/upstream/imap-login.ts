@@ -15,7 +15,7 @@ import { encodeCommand, encodeIdCommand, type CommandArg } from '../protocols/im
 import { encodeBase64 } from '../protocols/sasl.js';
 import { upgradeUpstream, UpstreamError, type UpstreamTarget } from './connect.js';
 import { loginPair, saslPlainMessage, type ClientOrigin, type UpstreamCredentials, type UpstreamLoginResult } from './credentials.js';
-import { runLoginDialogue, UpstreamDialogue, UpstreamRejected } from './dialogue.js';
+import { runLoginDialogue, UpstreamDialogue, UpstreamNoSuchAccount, UpstreamRejected } from './dialogue.js';
 
 export interface ImapLoginRequest {
   target: UpstreamTarget;
@@ -139,6 +139,8 @@ class ImapUpstreamDialogue extends UpstreamDialogue {
     // RFC 5530: the server's own trouble, not the credentials': temporary, never a penalty.
     const temporary = code === 'UNAVAILABLE' || code === 'SERVERBUG' || code === 'LIMIT';
     if (credentials.kind === 'passthrough' && response.status === 'NO' && !temporary) throw new UpstreamRejected(text, response.code);
+    // RFC 5530: the master user was authenticated but may not act as this user (Dovecot: no such user).
+    if (credentials.kind === 'master' && response.status === 'NO' && code === 'AUTHORIZATIONFAILED') throw new UpstreamNoSuchAccount(text, response.code);
     throw new UpstreamError(
       credentials.kind === 'master' ? `the upstream refused the master login: ${text}` : `the upstream refused the login: ${text}`,
     );

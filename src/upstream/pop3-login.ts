@@ -10,7 +10,7 @@ import { encodeBase64 } from '../protocols/sasl.js';
 import { upgradeUpstream, UpstreamError } from './connect.js';
 import { loginPair, saslPlainMessage, type UpstreamLoginResult } from './credentials.js';
 import type { ImapLoginRequest } from './imap-login.js';
-import { runLoginDialogue, UpstreamDialogue, UpstreamRejected } from './dialogue.js';
+import { runLoginDialogue, UpstreamDialogue, UpstreamNoSuchAccount, UpstreamRejected } from './dialogue.js';
 
 export type Pop3LoginRequest = Omit<ImapLoginRequest, 'onGreetingCapabilities'> & {
   onCapabilities?: (capabilities: string[]) => void;
@@ -100,6 +100,9 @@ class Pop3UpstreamDialogue extends UpstreamDialogue {
     // credentials': unavailable, never counted against the user.
     const serverTrouble = reply.code === 'SYS/TEMP' || reply.code === 'SYS/PERM';
     if (credentials.kind === 'passthrough' && !serverTrouble) throw new UpstreamRejected(text, reply.code);
+    // POP3 has no code for it: Dovecot says "Authorization failed" when the master user may not act as
+    // the account (no such user), "Authentication failed" when the master password is wrong.
+    if (credentials.kind === 'master' && reply.code === 'AUTH' && /\bAuthorization failed\b/i.test(text)) throw new UpstreamNoSuchAccount(text, reply.code);
     throw new UpstreamError(`the upstream refused the ${credentials.kind === 'master' ? 'master ' : ''}login: ${text}`);
   }
 

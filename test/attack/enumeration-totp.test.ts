@@ -167,4 +167,47 @@ describe('TOTP replay', () => {
     expect(gw.store.appPasswords.list('erin')).toHaveLength(1);
   });
 
+  it('wrong --totp-code guesses count as failed logins of the account, are audited, and stop at its block', async () => {
+    // Catches: unlimited, unrecorded guessing of the six digits through the self-service path
+    // (the web page will call the same code path).
+    gw.store.accounts.add('frank');
+    const secret = enableTotp(gw.store, 'frank', Date.now() - 30_000);
+    const cli = cliConfigFor(gw, '[limits]\naccount_block_after = 3\nfailure_delay_base_ms = 0\nfailure_delay_max_ms = 0\n');
+    const issue = (name: string, code: string) => runCli(['--config', cli, 'app-password', 'create', 'frank', '--name', name, '--totp-code', code]);
+    const valid = new Set([-60_000, -30_000, 0, 30_000, 60_000].map((d) => codeAt(secret, Date.now() + d)));
+    const wrong = ['000000', '111111', '222222', '333333', '444444', '555555'].filter((c) => !valid.has(c)).slice(0, 3);
+    for (const code of wrong) {
+      const result = await issue('phone', code);
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/code is wrong/);
+    }
+    const window = gw.config.limits.account_failure_window_seconds * 1000;
+    const state = gw.store.penalties.get('account', 'frank', window);
+    expect(state.failures).toBe(3);
+    expect(state.blockedUntil).toBeGreaterThan(Date.now());
+    expect(gw.store.audit.list({ username: 'frank' }).filter((r) => r.event === 'totp-failed')).toHaveLength(3);
+    // Blocked: even the right code is refused now, and is not spent.
+    const right = codeAt(secret, Date.now());
+    const blocked = await issue('phone', right);
+    expect(blocked.code).toBe(1);
+    expect(blocked.stderr).toMatch(/temporarily blocked/);
+    expect(gw.store.appPasswords.list('frank')).toEqual([]);
+    gw.store.penalties.clear('frank');
+    expect((await issue('phone', right)).code).toBe(0);
+  });
+
+  it('a create refused for another reason (a duplicate name) does not spend the code', async () => {
+    // Catches: the code consumed before the create's own checks, so a typo in the name burns it.
+    gw.store.accounts.add('gina');
+    const secret = enableTotp(gw.store, 'gina', Date.now() - 30_000);
+    await gw.store.appPasswords.create('gina', { name: 'phone' });
+    const cli = cliConfigFor(gw);
+    const code = codeAt(secret, Date.now());
+    const duplicate = await runCli(['--config', cli, 'app-password', 'create', 'gina', '--name', 'phone', '--totp-code', code]);
+    expect(duplicate.code).toBe(1);
+    expect(duplicate.stderr).toMatch(/already has an app password named "phone"/);
+    const other = await runCli(['--config', cli, 'app-password', 'create', 'gina', '--name', 'tablet', '--totp-code', code]);
+    expect(other.code, other.stderr).toBe(0);
+    expect(gw.store.appPasswords.list('gina').map((p) => p.name)).toEqual(['phone', 'tablet']);
+  });
 });

@@ -110,3 +110,37 @@ describe('AbuseGuard', () => {
     expect(t.store.penalties.activeBlocks()).toEqual([]);
   });
 });
+
+describe('AbuseGuard: repeats per client address', () => {
+  const repeatRules: AbuseRules = { ...rules, ip: { ...rules.ip, repeatBlockAfter: 4 } };
+
+  it('counts each repeat for the client, and blocks it at the repeat threshold, not the account', async () => {
+    // Catches: repeats free forever for one address (a storm repeating one guess is never stopped),
+    // and repeats that block the account (a stale phone would lock its owner out).
+    const g = new AbuseGuard(() => t.store, repeatRules, silentLogger(), clock.now);
+    for (let i = 0; i < 4; i++) g.recordFailure('198.51.100.7', 'alice', pw('old-password'));
+    const ip = t.store.penalties.get('ip', '198.51.100.7', rules.ip.windowMs);
+    expect(ip).toMatchObject({ failures: 1, repeats: 3, blockedUntil: null });
+    g.recordFailure('198.51.100.7', 'alice', pw('old-password'));
+    expect(t.store.penalties.get('ip', '198.51.100.7', rules.ip.windowMs).blockedUntil).toBe(clock.now() + rules.ip.blockMs);
+    expect(t.store.penalties.get('account', 'alice', rules.account.windowMs)).toMatchObject({ failures: 1, repeats: 0, blockedUntil: null });
+    expect(await g.admit('198.51.100.7', 'bob', pw('x'))).toEqual({ ok: false, blockedBy: 'ip' });
+  });
+
+  it('counts a failure from outside the network (the CLI) against the account only, and tells whether it is blocked', () => {
+    const g = new AbuseGuard(() => t.store, rules, silentLogger(), clock.now);
+    for (let i = 0; i < rules.account.blockAfter; i++) g.recordFailure(null, 'carol', pw(`code-${i}`));
+    expect(g.accountBlocked('carol')).toBe(true);
+    expect(g.accountBlocked('Carol ')).toBe(true);
+    expect(g.accountBlocked('dave')).toBe(false);
+    expect(t.store.penalties.all().filter((p) => p.kind === 'ip')).toEqual([]);
+  });
+
+  it('tells the watcher when a block starts', () => {
+    const g = new AbuseGuard(() => t.store, rules, silentLogger(), clock.now);
+    const started: string[] = [];
+    g.onBlock = (state) => started.push(`${state.kind}:${state.key}`);
+    for (let i = 0; i < rules.ip.blockAfter; i++) g.recordFailure('198.51.100.8', `user${i}`, pw(`pw${i}`));
+    expect(started).toEqual(['ip:198.51.100.8']);
+  });
+});

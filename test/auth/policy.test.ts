@@ -1,4 +1,5 @@
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { LoginCache } from '../../src/auth/login-cache.js';
 import { AuthPolicy } from '../../src/auth/policy.js';
 import { parseConfig } from '../../src/config/load.js';
 import { silentLogger } from '../../src/log/logger.js';
@@ -139,5 +140,103 @@ describe('AuthPolicy', () => {
   it('is temporary when no master password is configured', async () => {
     const created = await t.store.appPasswords.create('tfa', { name: 'tb' });
     expect(await policy({}, null).decide(loginAttempt('tfa', created.password))).toMatchObject({ outcome: 'temporary', reason: 'master-password-missing' });
+  });
+});
+
+describe("AuthPolicy: Dovecot's master-user syntax and SASL authzid", () => {
+  it('refuses any name with the separator, as typed or as authzid, whatever master_style is, counting it against the account it names', async () => {
+    // Catches: "alice*alice" passed through as an unknown name (Dovecot logs alice in with her main
+    // password although she has 2FA), or checked against a fresh per-name failure budget.
+    for (const style of ['authzid', 'separator'] as const) {
+      const p = new AuthPolicy(handle, parseConfig({ policy: { unknown_users: 'passthrough' }, upstream: { login: { master_style: style } } }, 'test'), Buffer.from('m'));
+      for (const [username, authzid] of [['tfa*tfa', ''], ['TFA*gwmaster', ''], ['bob*bob', ''], ['bob', 'bob*bob']] as const) {
+        const before = t.store.hasher.stats.verifications;
+        const decision = await p.decide({ ...loginAttempt(username, 'pw'), authzid });
+        expect(decision, `${username} / ${authzid}`).toMatchObject({ outcome: 'refuse', reason: 'master-user-syntax' });
+        // Timing: it costs its argon2 run like any local refusal.
+        expect(t.store.hasher.stats.verifications - before).toBe(1);
+      }
+      expect(p.penaltyAccount('tfa*gwmaster')).toBe('tfa');
+      expect(p.penaltyAccount('alice')).toBe('alice');
+    }
+    // Another separator: that one is refused, "*" is then an ordinary character of a name.
+    const plus = new AuthPolicy(handle, parseConfig({ policy: { unknown_users: 'passthrough' }, upstream: { login: { separator: '+' } } }, 'test'), Buffer.from('m'));
+    expect(await plus.decide(loginAttempt('tfa+x', 'pw'))).toMatchObject({ outcome: 'refuse', reason: 'master-user-syntax' });
+    expect(await plus.decide(loginAttempt('odd*name', 'pw'))).toMatchObject({ outcome: 'accept', mode: 'upstream-password' });
+  });
+
+  it('refuses an authzid naming someone else like any failure, and takes one naming the user (any case, spaces)', async () => {
+    const created = await t.store.appPasswords.create('tfa', { name: 'tb' });
+    expect(await policy().decide({ ...loginAttempt('tfa', created.password), authzid: 'alice' })).toMatchObject({ outcome: 'refuse', reason: 'authzid-mismatch', username: 'tfa' });
+    expect(await policy().decide({ ...loginAttempt('tfa', created.password), authzid: ' TFA ' })).toMatchObject({ outcome: 'accept', mode: 'app-password' });
+  });
+});
+
+describe('AuthPolicy: repeats and a busy hasher', () => {
+  function cached(overrides: Record<string, unknown> = {}) {
+    const cache = new LoginCache({ ttlMs: 60_000, maxEntries: 100, negativeTtlMs: 60_000, negativeMaxEntries: 100 });
+    return new AuthPolicy(handle, parseConfig({ policy: overrides }, 'test'), Buffer.from('master-secret'), { cache });
+  }
+  const verifications = () => t.store.hasher.stats.verifications;
+
+  it('answers a repeated refusal again without a hash, whatever the password looks like', async () => {
+    // Catches: every repeat of one wrong password running argon2 (a storm fills the hasher).
+    const p = cached();
+    for (const [user, password, reason] of [
+      ['nobody', 'wrong', 'unknown-account'],
+      ['tfa', 'main-password', 'two-factor-required'],
+      ['tfa', 'abcd efgh ijkl mnop', 'wrong-password'],
+      ['tfa*tfa', 'pw', 'master-user-syntax'],
+      ['bad\u0000name', 'x', 'invalid-username'],
+    ] as const) {
+      expect(await p.decide(loginAttempt(user, password)), user).toMatchObject({ outcome: 'refuse', reason });
+      const before = verifications();
+      const again = await p.decide(loginAttempt(user, password));
+      expect(again, user).toMatchObject({ outcome: 'refuse', reason, repeat: true });
+      expect(verifications() - before, user).toBe(0);
+      // Another protocol, another password: not the same attempt.
+      expect(await p.decide(loginAttempt(user, password, 'pop3')), user).not.toHaveProperty('repeat');
+    }
+  });
+
+  it('does not trust a remembered refusal once the account changed', async () => {
+    // Catches: "unknown account" remembered after the account was added, or "two-factor required"
+    // after 2FA was turned off: the user's right password refused for minutes.
+    const p = cached();
+    expect(await p.decide(loginAttempt('newbie', 'upstream-pw'))).toMatchObject({ outcome: 'refuse', reason: 'unknown-account' });
+    t.store.accounts.add('newbie');
+    expect(await p.decide(loginAttempt('newbie', 'upstream-pw'))).toMatchObject({ outcome: 'accept', mode: 'upstream-password' });
+    expect(await p.decide(loginAttempt('tfa', 'tfa-main'))).toMatchObject({ outcome: 'refuse', reason: 'two-factor-required' });
+    t.store.totp.disable('tfa');
+    expect(await p.decide(loginAttempt('tfa', 'tfa-main'))).toMatchObject({ outcome: 'accept', mode: 'upstream-password' });
+  });
+
+  it('decides one attempt once when it arrives several times at once', async () => {
+    const p = cached();
+    const before = verifications();
+    const decisions = await Promise.all([1, 2, 3, 4].map(() => p.decide(loginAttempt('ghost', 'same-guess'))));
+    expect(verifications() - before).toBe(1);
+    expect(decisions.filter((d) => d.outcome === 'refuse' && d.repeat)).toHaveLength(3);
+  });
+
+  it('while the hasher is full, turns every fresh attempt away before reading the account, but lets a verified login in', async () => {
+    // Catches: "busy" answered only on the paths that hash (an instant NO [UNAVAILABLE] for 2FA and
+    // unknown accounts, a slow refusal for the others: an enumeration oracle).
+    const p = cached();
+    const created = await t.store.appPasswords.create('tfa', { name: 'tb' });
+    expect(await p.decide(loginAttempt('tfa', created.password))).toMatchObject({ outcome: 'accept' });
+    const full = vi.spyOn(t.store.hasher, 'hasCapacity').mockReturnValue(false);
+    const lookups = vi.spyOn(t.store.accounts, 'find');
+    try {
+      for (const [user, password] of [['nobody', 'x'], ['tfa', 'main'], ['alice', 'main'], ['tfa', 'zzzz yyyy xxxx wwww']] as const) {
+        expect(await p.decide(loginAttempt(user, password)), user).toMatchObject({ outcome: 'temporary', reason: 'hash-busy' });
+      }
+      expect(lookups).not.toHaveBeenCalled();
+      // The owner of a verified app password needs no hash, and gets in.
+      expect(await p.decide(loginAttempt('tfa', created.password))).toMatchObject({ outcome: 'accept', mode: 'app-password' });
+    } finally {
+      full.mockRestore();
+      lookups.mockRestore();
+    }
   });
 });

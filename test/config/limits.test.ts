@@ -104,9 +104,11 @@ describe('limits in one place', () => {
     );
   });
 
-  it('keeps the failed-login cache small: a tenth of the verified-login cache', () => {
+  it('sizes the refusal cache for every kind of repeated failure, and keeps it bounded (a few MiB)', () => {
+    // Catches: a cache so small that a storm's distinct guesses evict the repeats it exists for,
+    // or one that grows without bound.
     const { auth } = parseConfig({}, 'defaults');
-    expect(auth.failed_login_cache_max_entries).toBe(1_000);
-    expect(auth.failed_login_cache_max_entries * 10).toBeLessThanOrEqual(auth.login_cache_max_entries);
+    expect(auth.failed_login_cache_max_entries).toBe(10_000);
+    expect(auth.failed_login_cache_max_entries).toBeLessThanOrEqual(auth.login_cache_max_entries);
   });
 });

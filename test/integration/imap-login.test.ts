@@ -218,6 +218,20 @@ describe('AUTHENTICATE', () => {
     expect(failed.map((l) => [l.reason, l.method, l.clientIp])).toEqual(Array(3).fill(['authzid-mismatch', 'authenticate-plain', '127.0.0.1']));
   });
 
+  it('an account mailgate knows but the mail server does not: an ordinary failed login, logged as such', async () => {
+    // Catches: Dovecot's "no such user" for a master login (NO [AUTHORIZATIONFAILED]) taken for a
+    // refused master password: users got "temporarily unavailable" forever, and the log sent the
+    // operator after the master password.
+    gw.store.accounts.add('nomailbox');
+    const { password } = await gw.store.appPasswords.create('nomailbox', { name: 'phone' });
+    const c = await connect();
+    expect(await c.command('n1', `LOGIN nomailbox "${password}"`)).toBe(credentialFailure('n1', HELP_URL));
+    c.destroy();
+    expect(logLines(gw, 'login failed', { user: 'nomailbox' }).map((l) => l.reason)).toEqual(['unknown-upstream-account']);
+    expect(logLines(gw, 'the mail server does not know this account', { user: 'nomailbox' })).toHaveLength(1);
+    expect(logLines(gw, 'upstream login failed', { user: 'nomailbox' })).toEqual([]);
+  });
+
   it('"*" as the initial response cancels like a "*" line: BAD, not counted as a bad command', async () => {
     const c = await connect();
     // Three of them: were they counted, max_bad_commands (3) would close the session.

@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { attemptsLogged, logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { credentialFailure, ImapClient, imaps } from '../support/imap-client.js';
 import { freePort } from '../support/ports.js';
 import { saslPlain } from '../support/raw-client.js';
@@ -183,11 +183,12 @@ describe('one answer for every credential failure', () => {
         ['revoked', gw, login('alice', app.aliceRevoked!.password), 'revoked'],
         ['expired', gw, login('alice', app.aliceExpiring!.password), 'expired'],
         ['out of scope (pop3 only)', gw, login('alice', app.alicePop3!.password), 'out-of-scope'],
-        ['AUTHENTICATE PLAIN, 2FA main password', gw, `AUTHENTICATE PLAIN ${saslPlain('alice', 'alice-upstream-pw')}`, 'two-factor-required'],
+        // A distinct password: the same attempt again would be a repeat, answered alike but logged in a summary.
+        ['AUTHENTICATE PLAIN, 2FA main password', gw, `AUTHENTICATE PLAIN ${saslPlain('alice', 'alice-main-pw-2')}`, 'two-factor-required'],
         ['AUTHENTICATE PLAIN, unknown account', gw, `AUTHENTICATE PLAIN ${saslPlain('zed', 'zeds-password-2')}`, 'unknown-account'],
         ['passthrough unknown account, Dovecot says no', open, login('carol', 'not-carols-password'), 'upstream-rejected'],
         ['Dovecot refuses in its own words', open, login('frank', 'frank-upstream-pw'), 'upstream-rejected'],
-        ['STARTTLS listener, 2FA main password', gw, login('alice', 'alice-upstream-pw'), 'two-factor-required', 'starttls'],
+        ['STARTTLS listener, 2FA main password', gw, login('alice', 'alice-main-pw-3'), 'two-factor-required', 'starttls'],
         ['STARTTLS listener, unknown account', gw, login('zed', 'zeds-password-3'), 'unknown-account', 'starttls'],
       ];
       const results = await Promise.all(cases.map(([, g, cmd, , via]) => attempt(g, cmd, via)));
@@ -210,12 +211,14 @@ describe('one answer for every credential failure', () => {
   });
 
   it("the upstream's own wording is logged, never passed to the client", async () => {
+    // "Frank", not "frank": the test above refused frank's attempt already, and a repeat is answered
+    // from memory without asking Dovecot again. Dovecot lower-cases names (auth_username_format).
     const c = await connect(open);
-    expect(await c.command('u1', login('frank', 'frank-upstream-pw'))).toBe(credentialFailure('u1', HELP_URL));
+    expect(await c.command('u1', login('Frank', 'frank-upstream-pw'))).toBe(credentialFailure('u1', HELP_URL));
     await c.end();
     expect(c.transcript()).not.toContain(UPSTREAM_WORDING);
     const line = logLines(open, 'login failed', { clientPort: c.localPort })[0]!;
-    expect(line).toMatchObject({ user: 'frank', reason: 'upstream-rejected' });
+    expect(line).toMatchObject({ user: 'Frank', reason: 'upstream-rejected' });
     expect(String(line.upstream)).toContain(UPSTREAM_WORDING);
   });
 });
@@ -241,11 +244,7 @@ describe('upstream down', () => {
     expect(why.length).toBe(3);
     expect(why[0]).toMatchObject({ user: 'alice', clientIp: '127.0.0.1' });
     expect(String(why[0]!.reason)).toBe(`cannot connect to 127.0.0.1:${deadPort}: connect ECONNREFUSED 127.0.0.1:${deadPort}`);
-    expect(logLines(down, 'login temporarily failed', { clientPort: c.localPort }).map((l) => l.reason)).toEqual([
-      'upstream-unavailable',
-      'upstream-unavailable',
-      'upstream-unavailable',
-    ]);
+    expect(attemptsLogged(down, 'login temporarily failed', { clientPort: c.localPort, reason: 'upstream-unavailable' })).toBe(3);
     expect(logLines(down, 'login failed')).toEqual([]);
     expect((await sessionClosed(down, c.localPort)).outcome).toBe('closed-before-login');
   });

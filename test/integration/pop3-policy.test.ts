@@ -13,7 +13,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { DEFAULT_DOVECOT_USERS, startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { attemptsLogged, logLines, sessionClosed, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { makeTestPki } from '../support/pki.js';
 import { Pop3Client } from '../support/pop3-client.js';
 import { b64, saslPlain } from '../support/raw-client.js';
@@ -213,8 +213,23 @@ describe('POP3 credential policy, upstream login and logging (real Dovecot, real
     expect(await stubborn.waitClosed()).toBe('');
     const closed = await sessionClosed(gw, stubborn.localPort);
     expect(closed.outcome).toBe('too-many-login-failures');
-    const failed = logLines(gw, 'login failed', { session: closed.session });
-    expect(failed.map((l) => [l.reason, l.method, l.protocol, l.clientIp])).toEqual(Array(3).fill(['authzid-mismatch', 'auth-plain', 'pop3', '127.0.0.1']));
+    // Five refusals in all (two above, three here), each logged: repeats of one attempt beyond the
+    // first few in a period go into a summary line (src/log/repeated-lines.ts).
+    expect(attemptsLogged(gw, 'login failed', { reason: 'authzid-mismatch', method: 'auth-plain', protocol: 'pop3', clientIp: '127.0.0.1' })).toBe(5);
+  });
+
+  it('an account mailgate knows but the mail server does not: an ordinary failure, logged as such', async () => {
+    // Catches: Dovecot's "Authorization failed" (no such user for the master login) answered as
+    // temporarily unavailable forever, and logged like a wrong master password.
+    gw.store.accounts.add('nomailbox');
+    const { password } = await gw.store.appPasswords.create('nomailbox', { name: 'phone' });
+    secrets.add(password);
+    const client = await connect();
+    expect(await client.command('USER nomailbox')).toBe('+OK Send PASS\r\n');
+    expect(await client.command(`PASS ${password}`)).toBe(AUTH_FAILED);
+    client.destroy();
+    expect(logLines(gw, 'login failed', { user: 'nomailbox', reason: 'unknown-upstream-account', protocol: 'pop3' })).toHaveLength(1);
+    expect(logLines(gw, 'the mail server does not know this account', { user: 'nomailbox', protocol: 'pop3' })).toHaveLength(1);
   });
 
   it("the app password's last use is recorded with protocol pop3", async () => {

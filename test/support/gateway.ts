@@ -89,6 +89,7 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
         failure_delay_base_ms: 0,
         failure_delay_max_ms: 0,
         ip_block_after: 100_000,
+        ip_repeat_block_after: 100_000,
         account_block_after: 100_000,
         max_connections_per_ip: 1000,
         max_concurrent_logins_per_ip: 64,
@@ -145,6 +146,16 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
 /** The gateway's log lines with this message (and, optionally, these field values). */
 export function logLines(gw: Pick<GatewayHandle, 'logs'>, msg: string, fields: LogLine = {}): LogLine[] {
   return gw.logs().filter((l) => l.msg === msg && Object.entries(fields).every(([k, v]) => l[k] === v));
+}
+
+/**
+ * How many attempts the log reports with this message (and fields): a line
+ * stands for one, a summary line of repeats (`repeated: N`, see
+ * src/log/repeated-lines.ts) for N. Writes the pending summaries first.
+ */
+export function attemptsLogged(gw: Pick<GatewayHandle, 'logs' | 'gateway'>, msg: string, fields: LogLine = {}): number {
+  gw.gateway.services.repeatedLines.flush();
+  return logLines(gw, msg, fields).reduce((sum, line) => sum + (typeof line.repeated === 'number' ? line.repeated : 1), 0);
 }
 
 /** Waits for the `session closed` line of the session whose client (source) port was `clientPort`. */

@@ -1,7 +1,10 @@
 /** `mailgate app-password ...`: issue, list and revoke app passwords. */
 import { Command } from 'commander';
-import { ErrorCodes, MailgateError } from '../../errors.js';
-import { parseScopes } from '../../store/app-passwords.js';
+import { AbuseGuard, abuseRules } from '../../auth/abuse.js';
+import type { Config } from '../../config/schema.js';
+import { ErrorCodes, isMailgateError, MailgateError } from '../../errors.js';
+import { silentLogger } from '../../log/logger.js';
+import { parseScopes, type CreatedAppPassword } from '../../store/app-passwords.js';
 import type { Store } from '../../store/store.js';
 import { appPasswordStatus, type Account, type AppPasswordInfo } from '../../store/types.js';
 import { parseDuration } from '../duration.js';
@@ -26,15 +29,27 @@ function toJson(info: AppPasswordInfo, now: number) {
 /**
  * A self-service front end (a web page, a helpdesk script) issues app
  * passwords on the user's word only after the user proves they hold the
- * second factor. The code is consumed: the same code cannot issue a second
- * app password, here or in any other process sharing the store.
+ * second factor. The code is checked and consumed in the same transaction as
+ * the create (the same code cannot issue a second app password, here or in
+ * any other process sharing the store; a create refused for another reason
+ * keeps it unspent). Codes are guessable, so they are guarded like
+ * passwords: refused while the account is blocked, and a wrong one counts as
+ * a failed login of the account (the same penalties the gateway applies) and
+ * is audited.
  */
-function requireTotpCode(store: Store, account: Account, code: string): void {
-  if (account.totpState !== 'enabled') {
-    throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is not on for ${account.username}; --totp-code needs it`);
+async function createWithTotpCode(store: Store, config: Config, account: Account, code: string, create: () => Promise<CreatedAppPassword>): Promise<CreatedAppPassword> {
+  const guard = new AbuseGuard(() => store, abuseRules(config.limits), silentLogger());
+  if (guard.accountBlocked(account.username)) {
+    throw new MailgateError(ErrorCodes.ACCOUNT_BLOCKED, `${account.username} is temporarily blocked after repeated failures; try again later (or "mailgate blocks clear ${account.username}")`);
   }
-  if (!store.totp.verify(account.username, code)) {
-    throw new MailgateError(ErrorCodes.TOTP_CODE, 'the code is wrong, expired or already used; wait for the next one');
+  try {
+    return await create();
+  } catch (err) {
+    if (isMailgateError(err, ErrorCodes.TOTP_CODE)) {
+      guard.recordFailure(null, account.username, Buffer.from(code, 'utf8'));
+      store.audit.record('totp-failed', { username: account.username, detail: 'app-password-create' });
+    }
+    throw err;
   }
 }
 
@@ -59,10 +74,11 @@ export function appPasswordCommand(): Command {
       // Validate everything before touching the database, so bad input changes nothing.
       const scopes = parseScopes(opts.scope);
       const expiresAt = opts.expires === undefined ? null : Date.now() + parseDuration(opts.expires);
-      return withStore(cmd, async (store) => {
+      return withStore(cmd, async (store, { config }) => {
         const account = store.accounts.get(user);
-        if (opts.totpCode !== undefined) requireTotpCode(store, account, opts.totpCode);
-        const created = await store.appPasswords.create(account.username, { name: opts.name, scopes, expiresAt });
+        const code = opts.totpCode;
+        const create = () => store.appPasswords.create(account.username, { name: opts.name, scopes, expiresAt, ...(code === undefined ? {} : { totpCode: code }) });
+        const created = code === undefined ? await create() : await createWithTotpCode(store, config, account, code, create);
         if (globalOptions(cmd).json) {
           return printJson({
             id: created.info.id,

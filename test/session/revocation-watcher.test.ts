@@ -1,0 +1,126 @@
+/**
+ * The revocation watcher on its own, over a real store and stand-in
+ * sessions: which logged-in sessions it ends, with which farewell, and when
+ * it looks at all.
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { silentLogger } from '../../src/log/logger.js';
+import { SessionRegistry, type SessionAuth, type TerminationReason, type TrackedSession } from '../../src/session/registry.js';
+import { RevocationWatcher } from '../../src/session/revocation-watcher.js';
+import { StoreHandle } from '../../src/store/store-handle.js';
+import { enableTotp, makeTestStore, type TestStore } from '../support/store.js';
+
+let t: TestStore;
+let handle: StoreHandle;
+let registry: SessionRegistry;
+
+class FakeSession implements TrackedSession {
+  readonly protocol = 'imap' as const;
+  readonly clientKey = '127.0.0.1';
+  ended: TerminationReason | null = null;
+  constructor(
+    readonly id: string,
+    readonly auth: SessionAuth,
+  ) {}
+  terminate(reason: TerminationReason): void {
+    this.ended = reason;
+    registry.remove(this);
+  }
+}
+
+/** A session logged in through passthrough for a name mailgate did not know. */
+function passthrough(id: string, username: string): FakeSession {
+  const session = new FakeSession(id, { accountId: null, accountCreatedAt: null, username, appPasswordId: null, appPasswordCreatedAt: null, mode: 'upstream-password', loginAt: Date.now() - 60_000 });
+  registry.add(session);
+  registry.markAuthenticated(session);
+  return session;
+}
+
+function watcher(policy: 'passthrough' | 'reject' = 'passthrough'): RevocationWatcher {
+  return new RevocationWatcher(handle, registry, silentLogger(), 1000, { main_password_without_2fa: policy });
+}
+
+beforeEach(async () => {
+  t = await makeTestStore();
+  handle = new StoreHandle(t.options, silentLogger(), t.store);
+  registry = new SessionRegistry();
+});
+afterEach(async () => {
+  handle.close();
+  await t.cleanup();
+});
+
+describe('sessions passed through for names mailgate did not know', () => {
+  it('are ended once the name is added with two-step verification on', () => {
+    // Catches: a watcher that skips sessions without an account id, so a user who turns 2FA on keeps
+    // every session opened with the main password.
+    const w = watcher();
+    const carol = passthrough('s1', 'Carol');
+    const dave = passthrough('s2', 'dave');
+    w.tick();
+    expect(carol.ended).toBeNull();
+    t.store.accounts.add('carol');
+    w.changed();
+    w.tick();
+    expect(carol.ended).toBeNull(); // added without 2FA, main passwords allowed: nothing changes
+    enableTotp(t.store, 'carol');
+    w.changed();
+    w.tick();
+    expect(carol.ended).toBe('two-factor-enabled');
+    expect(dave.ended).toBeNull();
+  });
+
+  it('are ended once the name is added while main passwords need 2FA-less accounts to use app passwords', () => {
+    const w = watcher('reject');
+    const erin = passthrough('s3', 'erin');
+    t.store.accounts.add('erin');
+    w.changed();
+    w.tick();
+    expect(erin.ended).toBe('app-password-required');
+  });
+
+  it('are ended once the name is blocked', () => {
+    // Catches: a block (the name's failures passed the threshold) that leaves the name's
+    // passthrough sessions open, so the attacker who got in stays in.
+    const w = watcher();
+    const frank = passthrough('s4', 'Frank');
+    const other = passthrough('s5', 'gina');
+    w.tick();
+    t.store.penalties.recordFailure('account', 'frank', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
+    w.changed();
+    w.tick();
+    expect(frank.ended).toBe('blocked');
+    expect(other.ended).toBeNull();
+  });
+});
+
+describe('when it looks', () => {
+  it("does not notice this connection's own commits without being told: changed() is what makes it look", () => {
+    // Catches: relying on data_version alone, which does not move for the connection's own commits
+    // (a block started by this process, a revocation made by the web page in this process).
+    const w = watcher();
+    const henry = passthrough('s6', 'henry');
+    w.tick(); // first look: nothing to do, remembers data_version
+    // A long-gone login: it is not "fresh" any more, so only a change makes the watcher look.
+    henry.auth.loginAt = 0;
+    w.tick();
+    t.store.penalties.recordFailure('account', 'henry', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
+    w.tick();
+    expect(henry.ended).toBeNull();
+    w.changed();
+    w.tick();
+    expect(henry.ended).toBe('blocked');
+  });
+
+  it('notices commits of another connection (another process) by itself', () => {
+    const w = watcher();
+    const ivan = passthrough('s7', 'ivan');
+    ivan.auth.loginAt = 0;
+    w.tick();
+    const other = t.reopen();
+    other.accounts.add('ivan');
+    enableTotp(other, 'ivan');
+    w.tick();
+    expect(ivan.ended).toBe('two-factor-enabled');
+  });
+});
