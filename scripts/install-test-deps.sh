@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite talks to, when they are missing:
 # Dovecot (IMAP + POP3) as the upstream, and the real clients (curl, openssl,
-# python3 for imaplib/poplib, fetchmail). Debian/Ubuntu only; safe to re-run.
+# python3 for imaplib/poplib, fetchmail, the sqlite3 shell as an outside
+# reader of the store). Debian/Ubuntu only; safe to re-run.
 set -euo pipefail
 
 need=()
@@ -12,6 +13,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
+command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 

@@ -4,6 +4,7 @@ import { accountCommand } from './commands/account.js';
 import { appPasswordCommand } from './commands/app-password.js';
 import { blocksCommand } from './commands/blocks.js';
 import { serveCommand } from './commands/serve.js';
+import { storeCommand } from './commands/store.js';
 import { totpCommand } from './commands/totp.js';
 import { packageVersion } from './version.js';
 
@@ -14,7 +15,7 @@ export function createProgram(): Command {
     .option('-c, --config <file>', 'configuration file (default: $MAILGATE_CONFIG or config/mailgate.toml)')
     .showSuggestionAfterError(true);
 
-  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand()]) {
+  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand()]) {
     program.addCommand(command);
   }
   return program;

@@ -14,10 +14,16 @@
  * that cannot be recorded leaves no trace. So once a write fails, `writable()`
  * refuses every login until a cheap write probe, at most once a second, shows
  * that writes work again.
+ *
+ * It never opens the database file itself to look at it: closing that
+ * descriptor would drop every SQLite lock the process holds on the file, and
+ * the next outside reader to close would delete the WAL under the gateway
+ * (see database.ts). It looks with stat, and asks SQLite.
  */
-import { closeSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import type { Logger } from '../log/logger.js';
 import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
+import { askSqlite, MIN_DATABASE_BYTES } from './database.js';
 import { PasswordHasher } from './hasher.js';
 import { Store, type StoreOptions } from './store.js';
 
@@ -143,8 +149,10 @@ export class StoreHandle {
     try {
       // SQLite would take an empty (truncated) file for a new database and
       // migrate it into an empty store: that is a missing database, not one.
-      if (!hasSqliteHeader(this.options.path)) throw new Error('the file is not an SQLite database');
-      // Neither the database nor the key file is ever created here.
+      const st = statOf(this.options.path);
+      if (!st) throw new Error('the file is missing');
+      if (truncated(st)) throw new Error('the file is not an SQLite database');
+      // Neither the database nor the key file is ever created here (nor an empty file migrated).
       this.store = Store.open({ ...this.options, hasher: this.hasher, mustExist: true });
       // A store that opens but cannot be read (garbage past the header) is not back yet.
       this.store.db.prepare('SELECT COUNT(*) FROM accounts').get();
@@ -181,18 +189,23 @@ export class StoreHandle {
 
   /**
    * One stat per call: the file is missing or another inode (moved away,
-   * replaced), or it was overwritten in place with something that is not a
-   * database. SQLite would notice none of these: it serves reads from its page
-   * cache and appends to the WAL, so logins would go on against a file that
-   * is gone.
+   * replaced), truncated, or it was overwritten in place with something that
+   * is not a database. SQLite would notice none of these: it serves reads
+   * from its page cache and appends to the WAL, so logins would go on against
+   * a file that is gone. Only when size or modification time moved is SQLite
+   * asked about the content (a throwaway connection, about 0.2 ms: once per
+   * change of the file, i.e. after a checkpoint).
    */
   private fileGoneOrReplaced(): boolean {
     const st = statOf(this.options.path);
-    if (!st || `${st.dev}:${st.ino}` !== this.identity) return true;
+    if (!st || `${st.dev}:${st.ino}` !== this.identity || truncated(st)) return true;
     const stamp = `${st.size}:${st.mtimeMs}`;
     if (stamp === this.stamp) return false;
+    const verdict = askSqlite(this.options.path);
+    // SQLite could not tell (busy, out of descriptors): keep the connection, ask again next time.
+    if (verdict === 'unknown') return false;
     this.stamp = stamp;
-    return !hasSqliteHeader(this.options.path);
+    return verdict === 'not-a-database';
   }
 }
 
@@ -204,7 +217,7 @@ export class StoreHandle {
  */
 function openAtStart(options: StoreOptions, log: Logger): Store {
   const st = statOf(options.path);
-  if (st && !hasSqliteHeader(options.path)) {
+  if (st && (truncated(st) || askSqlite(options.path) === 'not-a-database')) {
     throw new MailgateError(
       ErrorCodes.DB_UNAVAILABLE,
       `${options.path} exists but is not an SQLite database (${st.size === 0 ? 'empty' : 'damaged'}); restore it, or remove it to start with a new store`,
@@ -220,21 +233,9 @@ function isFatal(err: unknown): boolean {
   return (typeof code === 'string' && FATAL_SQLITE_CODES.test(code)) || (err instanceof MailgateError && err.code === ErrorCodes.DB_UNAVAILABLE);
 }
 
-
-const SQLITE_HEADER = Buffer.from('SQLite format 3\0', 'latin1');
-
-function hasSqliteHeader(file: string): boolean {
-  try {
-    const fd = openSync(file, 'r');
-    try {
-      const head = Buffer.alloc(SQLITE_HEADER.length);
-      return readSync(fd, head, 0, head.length, 0) === head.length && head.equals(SQLITE_HEADER);
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    return false;
-  }
+/** Too short to be a database: truncated, or being written from the start (a restore by cp). */
+function truncated(st: { size: number } | null): boolean {
+  return st !== null && st.size < MIN_DATABASE_BYTES;
 }
 
 function statOf(file: string): { dev: number; ino: number; size: number; mtimeMs: number } | null {

@@ -7,14 +7,14 @@
  * in its log and keep running, and once the file is back logins must work
  * again without a restart.
  */
-import { closeSync, copyFileSync, openSync, renameSync, statSync, truncateSync, writeSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { renameSync, statSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { imapsLogin } from '../support/attack.js';
 import { imaps, taggedLine } from '../support/imap-client.js';
+import { outsideCopy, outsideScribble, outsideTruncate } from '../support/outside.js';
 import { pop3s } from '../support/pop3-client.js';
 import { enableTotp } from '../support/store.js';
 import { sleep, waitUntil } from '../support/timing.js';
@@ -111,17 +111,16 @@ describe('a database that goes bad under the gateway', () => {
     // Catches: a gateway that goes on serving logins from its page cache while the file on disk
     // is garbage (it would also write its WAL back over whatever is there).
     await expectRecovered();
+    // Damage comes from other processes (cp, dd): this one runs the gateway, and opening and
+    // closing the live file here would drop the gateway's locks on it.
     gw.store.db.pragma('wal_checkpoint(TRUNCATE)');
-    copyFileSync(dbPath, `${dbPath}.bak`);
-    const size = statSync(dbPath).size;
-    const fd = openSync(dbPath, 'r+');
-    writeSync(fd, randomBytes(size), 0, size, 0);
-    closeSync(fd);
+    outsideCopy(dbPath, `${dbPath}.bak`);
+    outsideScribble(dbPath, statSync(dbPath).size);
     try {
       await expectFailClosed();
       expect(gw.logs().some((l) => l.level === 50 && /database/.test(String(l.msg)))).toBe(true);
     } finally {
-      copyFileSync(`${dbPath}.bak`, dbPath);
+      outsideCopy(`${dbPath}.bak`, dbPath);
     }
     await expectRecovered();
   });
@@ -135,8 +134,8 @@ describe('a database that goes bad under the gateway', () => {
     expect(taggedLine(carol.answer, 'L1')).toMatch(/^L1 NO \[AUTHENTICATIONFAILED\]/);
     carol.c.destroy();
     gw.store.db.pragma('wal_checkpoint(TRUNCATE)');
-    copyFileSync(dbPath, `${dbPath}.bak`);
-    truncateSync(dbPath, 0);
+    outsideCopy(dbPath, `${dbPath}.bak`);
+    outsideTruncate(dbPath);
     try {
       await expectFailClosed();
       const again = await imapsLogin(gw, 'carol', 'carol-upstream-pw');
@@ -149,7 +148,7 @@ describe('a database that goes bad under the gateway', () => {
       later.c.destroy();
       expect(statSync(dbPath).size).toBe(0);
     } finally {
-      copyFileSync(`${dbPath}.bak`, dbPath);
+      outsideCopy(`${dbPath}.bak`, dbPath);
     }
     await expectRecovered();
     const restored = await imapsLogin(gw, 'carol', 'carol-upstream-pw');

@@ -10,6 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { Store, storeOptionsFromConfig } from '../../src/store/store.js';
 import { runCli, writeCliConfig } from '../support/cli.js';
+import { outsideWrite } from '../support/outside.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
 let dir: string;
@@ -75,7 +76,7 @@ describe('mailgate CLI', () => {
     expect((await cli('--version')).stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
     const help = await cli('--help');
     expect(help.code).toBe(0);
-    for (const cmd of ['account', 'totp', 'app-password']) expect(help.stdout).toContain(cmd);
+    for (const cmd of ['account', 'totp', 'app-password', 'blocks', 'store']) expect(help.stdout).toContain(cmd);
   });
 
   it('adds, lists, shows and removes accounts', async () => {
@@ -261,7 +262,7 @@ describe('mailgate CLI', () => {
 
   it('refuses with one line when the database is unreadable', async () => {
     await cli('account', 'add', 'alice');
-    writeFileSync(dbFile, Buffer.alloc(4096, 0x42));
+    outsideWrite(dbFile, Buffer.alloc(4096, 0x42));
     const result = await cli('account', 'list');
     expect(result.code).toBe(1);
     expect(result.stderr).toMatch(/^mailgate: database .* is unavailable: file is not a database\n$/);

@@ -1,7 +1,7 @@
-import { readFileSync } from 'node:fs';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log/logger.js';
 import { Checkpointer } from '../../src/store/checkpointer.js';
+import { outsideRead } from '../support/outside.js';
 import { makeTestStore, type TestStore } from '../support/store.js';
 
 let t: TestStore;
@@ -14,7 +14,8 @@ afterEach(async () => {
   await t.cleanup();
 });
 
-const inMainFile = (marker: string) => readFileSync(t.options.path).includes(Buffer.from(marker));
+/** Read by another process: reading the file from this one would drop the locks of its connections. */
+const inMainFile = (marker: string) => outsideRead(t.options.path).includes(Buffer.from(marker));
 
 it('copies the WAL into the database from a worker thread, not from the writer', async () => {
   // Enough writes that SQLite's own auto-checkpoint (1000 pages) would have run, were it on.

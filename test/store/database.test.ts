@@ -1,10 +1,11 @@
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { openDatabase } from '../../src/store/database.js';
+import { askSqlite, openDatabase, openExistingReadOnly } from '../../src/store/database.js';
 import { MIGRATIONS, SCHEMA_VERSION } from '../../src/store/migrations.js';
 import { isMailgateError, ErrorCodes } from '../../src/errors.js';
+import { outsideWrite, posixLocksOf, SQLITE_SHARED_LOCK } from '../support/outside.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
 let dirs: string[] = [];
@@ -88,7 +89,67 @@ describe('openDatabase', () => {
   it('reports a corrupt file as unavailable', async () => {
     const file = await tempDb();
     openDatabase(file).close();
-    writeFileSync(file, Buffer.alloc(8192, 0x41));
+    outsideWrite(file, Buffer.alloc(8192, 0x41));
     expect(() => openDatabase(file)).toThrowError(/unavailable/);
+  });
+
+  it('opening an existing database again keeps the locks of the connections already open', async () => {
+    // Catches: opening (to create) a database file that exists: closing that descriptor drops
+    // every POSIX lock the process holds on the file, the gateway's connection's included.
+    const file = await tempDb();
+    const first = openDatabase(file);
+    try {
+      expect(posixLocksOf(process.pid, file)).toContainEqual(SQLITE_SHARED_LOCK);
+      openDatabase(file).close();
+      expect(posixLocksOf(process.pid, file)).toContainEqual(SQLITE_SHARED_LOCK);
+    } finally {
+      first.close();
+    }
+  });
+
+  it('with mustExist, refuses a missing file and an empty one instead of making a new store of it', async () => {
+    // Catches: a truncated store migrated into an empty one (every account gone, passthrough deciding).
+    const file = await tempDb();
+    expect(() => openDatabase(file, { mustExist: true })).toThrowError(/unavailable/);
+    expect(() => statSync(file)).toThrow();
+    openDatabase(file).close();
+    outsideWrite(file, '');
+    expect(() => openDatabase(file, { mustExist: true })).toThrowError(/empty or not a mailgate store/);
+    expect(statSync(file).size).toBe(0);
+  });
+});
+
+describe('asking SQLite about a file', () => {
+  it('tells a database from garbage and from an unreadable or missing file, keeping the locks already held', async () => {
+    // Catches: garbage taken for a database (or the reverse), and a look that drops the locks.
+    const file = await tempDb();
+    const db = openDatabase(file);
+    try {
+      expect(askSqlite(file)).toBe('database');
+      expect(posixLocksOf(process.pid, file)).toContainEqual(SQLITE_SHARED_LOCK);
+    } finally {
+      db.close();
+    }
+    outsideWrite(file, Buffer.alloc(8192, 0x41));
+    expect(askSqlite(file)).toBe('not-a-database');
+    expect(askSqlite(`${file}.missing`)).toBe('unknown');
+  });
+});
+
+describe('openExistingReadOnly', () => {
+  it('opens an existing store read-only, and refuses a missing or empty file without creating anything', async () => {
+    const file = await tempDb();
+    expect(() => openExistingReadOnly(file)).toThrowError(/^database .* does not exist$/);
+    expect(() => statSync(file)).toThrow();
+    openDatabase(file).close();
+    const db = openExistingReadOnly(file);
+    try {
+      expect(db.readonly).toBe(true);
+      expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    } finally {
+      db.close();
+    }
+    outsideWrite(file, '');
+    expect(() => openExistingReadOnly(file)).toThrowError(/^database .* is empty$/);
   });
 });

@@ -2,11 +2,11 @@
  * No secret may reach the audit table or the logs: app passwords, TOTP secrets
  * and codes, and whatever wrong passwords users typed.
  */
-import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger } from '../../src/log/logger.js';
+import { outsideRead } from '../support/outside.js';
 import { makeTestStore, type TestStore } from '../support/store.js';
 
 let t: TestStore;
@@ -57,7 +57,8 @@ describe('secrets stay out of the audit trail and logs', () => {
       expect(rows).not.toContain(needle);
     }
     t.store.db.pragma('wal_checkpoint(TRUNCATE)');
-    const raw = readFileSync(t.options.path);
+    // Read by another process: reading the live file from this one would drop its locks.
+    const raw = outsideRead(t.options.path);
     for (const needle of [secret, secondSecret, enrolment.secret, typedWrong]) expect(raw.includes(Buffer.from(needle))).toBe(false);
   });
 

@@ -1,8 +1,9 @@
-import { copyFileSync, renameSync, writeFileSync } from 'node:fs';
+import { renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger, silentLogger } from '../../src/log/logger.js';
 import { StoreHandle } from '../../src/store/store-handle.js';
+import { outsideCopy, outsideScribble, outsideTruncate, outsideWrite, posixLocksOf, SQLITE_SHARED_LOCK } from '../support/outside.js';
 import { makeTestStore, type TestStore } from '../support/store.js';
 
 let t: TestStore;
@@ -35,7 +36,8 @@ describe('StoreHandle', () => {
   });
 
   it('notices a database replaced by garbage, and recovers when the good file is put back', async () => {
-    copyFileSync(t.options.path, `${t.options.path}.bak`);
+    // Copied by another process: reading the live file from this one would drop its locks.
+    outsideCopy(t.options.path, `${t.options.path}.bak`);
     // Replaced the way restores and copies replace files: a new file renamed over the old.
     writeFileSync(`${t.options.path}.tmp`, Buffer.alloc(8192, 0x5a));
     renameSync(`${t.options.path}.tmp`, t.options.path);
@@ -45,6 +47,46 @@ describe('StoreHandle', () => {
     renameSync(`${t.options.path}.bak`, t.options.path);
     await waitRetry();
     expect(handle.get().accounts.find('alice')).not.toBeNull();
+  });
+
+  it('notices a database overwritten in place with garbage, or truncated, and recovers when the copy is written back over it', async () => {
+    // Catches: in-place damage (same inode, so stat identity cannot see it) served from the page
+    // cache, and an empty file migrated into an empty store.
+    const db = t.options.path;
+    outsideCopy(db, `${db}.bak`);
+    outsideScribble(db, statSync(db).size);
+    expect(() => handle.get()).toThrow(/unavailable/);
+    await waitRetry();
+    expect(() => handle.get()).toThrow(/unavailable/);
+    // Restored the way `cp backup live` restores: written in place.
+    outsideCopy(`${db}.bak`, db);
+    await waitRetry();
+    expect(handle.get().accounts.find('alice')).not.toBeNull();
+
+    outsideTruncate(db);
+    expect(() => handle.get()).toThrow(/unavailable/);
+    await waitRetry();
+    expect(() => handle.get()).toThrow(/unavailable/);
+    expect(statSync(db).size).toBe(0);
+    outsideCopy(`${db}.bak`, db);
+    await waitRetry();
+    expect(handle.get().accounts.find('alice')).not.toBeNull();
+  });
+
+  it('looks at the file without dropping the locks SQLite holds on it', () => {
+    // Catches: the handle opening and closing the database file itself to look at it. Closing any
+    // descriptor of a file drops every POSIX lock the process holds on it; the next outside
+    // reader to close would take itself for the last connection and delete the WAL under us.
+    const store = handle.get();
+    expect(posixLocksOf(process.pid, t.options.path)).toContainEqual(SQLITE_SHARED_LOCK);
+    // A write and a checkpoint move the file's size and time: the handle looks at it again.
+    const before = statSync(t.options.path);
+    store.accounts.add('bob');
+    store.db.pragma('wal_checkpoint(PASSIVE)');
+    const after = statSync(t.options.path);
+    expect(`${after.size}:${after.mtimeMs}`).not.toBe(`${before.size}:${before.mtimeMs}`);
+    expect(handle.get()).toBe(store);
+    expect(posixLocksOf(process.pid, t.options.path)).toContainEqual(SQLITE_SHARED_LOCK);
   });
 
   it('drops the connection on a fatal SQLite error and opens a fresh one', async () => {
@@ -176,9 +218,9 @@ describe('StoreHandle at start-up', () => {
   it('refuses a database file that is empty or not SQLite, instead of migrating it into an empty store', async () => {
     const t2 = await makeTestStore();
     t2.store.close();
-    writeFileSync(t2.options.path, '');
+    outsideWrite(t2.options.path, '');
     expect(() => new StoreHandle(t2.options, silentLogger())).toThrow(/exists but is not an SQLite database \(empty\)/);
-    writeFileSync(t2.options.path, 'not a database at all, just text');
+    outsideWrite(t2.options.path, 'not a database at all, just text');
     expect(() => new StoreHandle(t2.options, silentLogger())).toThrow(/exists but is not an SQLite database \(damaged\)/);
     await t2.cleanup();
   });

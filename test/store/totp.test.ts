@@ -1,9 +1,9 @@
-import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCodes } from '../../src/errors.js';
 import { loadOrCreateKey } from '../../src/store/secret-box.js';
+import { outsideRead } from '../support/outside.js';
 import { makeTestStore, manualClock, type TestStore } from '../support/store.js';
 
 let t: TestStore;
@@ -91,7 +91,8 @@ describe('TOTP', () => {
     const e = t.store.totp.enroll('alice');
     t.store.totp.confirm('alice', codeAt(e.secret, clock.now()));
     t.store.db.pragma('wal_checkpoint(TRUNCATE)');
-    const raw = readFileSync(t.options.path);
+    // Read by another process: reading the live file from this one would drop its locks.
+    const raw = outsideRead(t.options.path);
     expect(raw.includes(Buffer.from(e.secret))).toBe(false);
     expect(raw.includes(Buffer.from(e.secret.slice(0, 12)))).toBe(false);
     expect(raw.includes(Buffer.from('alice'))).toBe(true); // the file is readable, the secret is not

@@ -1,0 +1,60 @@
+/**
+ * `mailgate store ...`: back up and check the database, safely while the
+ * gateway runs. Both open the existing store read-only through SQLite and
+ * never create one.
+ */
+import { existsSync } from 'node:fs';
+import { Command } from 'commander';
+import { configPath } from '../../config/load.js';
+import { ErrorCodes, MailgateError } from '../../errors.js';
+import { backupDatabase, checkDatabase, type CheckResult } from '../../store/maintenance.js';
+import { globalOptions, loadCommandConfig } from '../context.js';
+import { printJson, printLine } from '../output.js';
+
+/** One line per problem, for people. */
+function problems(result: CheckResult): string[] {
+  const lines = result.integrity.filter((line) => line !== 'ok').map((line) => `integrity: ${line}`);
+  for (const fk of result.foreignKeys) {
+    lines.push(`foreign key: ${fk.table} row ${fk.rowid ?? '?'} refers to a missing row of ${fk.parent}`);
+  }
+  if (result.schemaVersion === 0) lines.push('not a mailgate store (schema version 0)');
+  return lines;
+}
+
+export function storeCommand(): Command {
+  const store = new Command('store').description('back up and check the database (safe while the gateway runs)');
+
+  store
+    .command('backup')
+    .description('write a consistent copy of the database to FILE (mode 0600), online, through SQLite')
+    .argument('<file>', 'the copy to write; not the live database')
+    .option('--force', 'replace FILE if it exists')
+    .option('--json', 'print JSON')
+    .action(async (file: string, opts: { force?: boolean }, cmd: Command) => {
+      const { config } = loadCommandConfig(cmd);
+      const source = configPath(config.store.path);
+      const keyFile = configPath(config.store.key_file);
+      const written = await backupDatabase(source, file, { force: opts.force ?? false, busyTimeoutMs: config.store.busy_timeout_ms });
+      if (globalOptions(cmd).json) return printJson({ ...written, source, keyFile });
+      printLine(`wrote ${written.file}: ${written.bytes} bytes (${written.pages} pages), a consistent copy of ${source}`);
+      if (existsSync(keyFile)) printLine(`the key file ${keyFile} is not in it: keep a copy of that too, or the TOTP secrets in the copy cannot be read`);
+    });
+
+  store
+    .command('check')
+    .description('run PRAGMA integrity_check and foreign_key_check; exit 0 only when both are ok')
+    .option('--json', 'print JSON')
+    .action((_opts, cmd: Command) => {
+      const { config } = loadCommandConfig(cmd);
+      const file = configPath(config.store.path);
+      const result = checkDatabase(file, config.store.busy_timeout_ms);
+      const found = problems(result);
+      const ok = result.ok && found.length === 0;
+      if (globalOptions(cmd).json) printJson({ file, ok, schemaVersion: result.schemaVersion, integrity: result.integrity, foreignKeys: result.foreignKeys });
+      else if (ok) printLine(`ok: ${file}`);
+      else for (const line of found) printLine(line);
+      if (!ok) throw new MailgateError(ErrorCodes.DB_CHECK_FAILED, `${file} failed the check (${found.length} problem${found.length === 1 ? '' : 's'})`);
+    });
+
+  return store;
+}
