@@ -23,6 +23,8 @@ export const ErrorCodes = {
   DB_UNAVAILABLE: 'E_DB_UNAVAILABLE',
   KEY_FILE: 'E_KEY_FILE',
   HASH_BUSY: 'E_HASH_BUSY',
+  /** A listener (or the metrics endpoint) cannot bind its address. */
+  LISTEN: 'E_LISTEN',
 } as const;
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes];
