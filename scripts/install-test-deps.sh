@@ -2,7 +2,8 @@
 # Installs the real peers the test suite talks to, when they are missing:
 # Dovecot (IMAP + POP3) as the upstream, and the real clients (curl, openssl,
 # python3 for imaplib/poplib, fetchmail, the sqlite3 shell as an outside
-# reader of the store). Debian/Ubuntu only; safe to re-run.
+# reader of the store), and fail2ban, whose fail2ban-regex checks the shipped
+# filter. Debian/Ubuntu only; safe to re-run.
 set -euo pipefail
 
 need=()
@@ -14,6 +15,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
+command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 
@@ -34,5 +36,6 @@ echo "install-test-deps: installing ${pkgs[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 # The packages' own services are not needed (the tests start Dovecot
-# themselves on other ports), but apt may start them; that is harmless.
+# themselves on other ports, and only run fail2ban-regex), but apt may start
+# them; that is harmless (Debian's fail2ban watches only sshd by default).
 $sudo apt-get install -y -qq --no-install-recommends "${pkgs[@]}"

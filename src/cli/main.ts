@@ -30,7 +30,22 @@ function describe(err: unknown): { message: string; code: number } {
   return { message: `unexpected error: ${errorMessage(err)}`, code: EXIT_REFUSED };
 }
 
+/**
+ * `mailgate ... | head -1` closes the pipe early. Node reports that as an
+ * 'error' event on stdout, which would crash with a stack trace; a reader
+ * that stopped reading is no failure of the command, so the rest of the
+ * output is dropped and the command ends as it would have.
+ */
+function toleratesClosedStdout(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') return;
+    process.stderr.write(`mailgate: cannot write the output: ${errorMessage(err)}\n`);
+    process.exitCode = EXIT_REFUSED;
+  });
+}
+
 export async function main(argv: string[] = process.argv): Promise<number> {
+  toleratesClosedStdout();
   const program = createProgram();
   program.exitOverride();
   for (const command of program.commands) {
@@ -48,4 +63,5 @@ export async function main(argv: string[] = process.argv): Promise<number> {
 }
 
 const exitCode = await main();
-process.exitCode = exitCode;
+// An output error already recorded (see toleratesClosedStdout) is not overwritten by a success.
+process.exitCode = exitCode === EXIT_OK && process.exitCode ? process.exitCode : exitCode;

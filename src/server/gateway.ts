@@ -12,6 +12,7 @@ import { AuthPolicy } from '../auth/policy.js';
 import { RefusalTiming } from '../auth/refusal-timing.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import { ConfigError, configPath } from '../config/load.js';
+import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { RepeatedLines } from '../log/repeated-lines.js';
 import { FIXED_LIMITS } from '../config/limits.js';
@@ -21,12 +22,13 @@ import { isTrusted, readProxyHeader, trustedProxies, type ProxiedOrigin } from '
 import { SessionRegistry } from '../session/registry.js';
 import { RevocationWatcher } from '../session/revocation-watcher.js';
 import type { GatewayServices, Session } from '../session/session.js';
-import { loadServerTls } from '../session/tls.js';
+import { loadServerTls, type ServerTls } from '../session/tls.js';
 import { Housekeeping } from './housekeeping.js';
 import { Metrics } from './metrics.js';
 import { storeOptionsFromConfig, type Store, type StoreOptions } from '../store/store.js';
 import { StoreHandle } from '../store/store-handle.js';
 import { Checkpointer } from '../store/checkpointer.js';
+import { storeFootprint } from '../store/footprint.js';
 import { upstreamTarget } from '../upstream/connect.js';
 import { probeImapCapabilities, probePop3Capabilities } from '../upstream/probe.js';
 
@@ -79,8 +81,17 @@ export class Gateway {
     return this.services.store.get();
   }
 
+  /**
+   * Everything that can fail without the store (the master password file,
+   * the certificate, the upstreams' CA files) is checked before the store is
+   * opened, so a misconfigured first start creates no store at all; a start
+   * that fails later removes the store files it created.
+   */
   static async start(options: GatewayOptions): Promise<Gateway> {
     const { config, log } = options;
+    const masterPassword = readMasterPassword(config, options.env ?? process.env);
+    const serverTls = await loadServerTls(config, log);
+    const upstreams = { imap: upstreamTarget(config.upstream.imap, 'imap'), pop3: upstreamTarget(config.upstream.pop3, 'pop3') };
     // better-sqlite3 is synchronous: a write waiting for a lock blocks the event
     // loop, so the gateway waits far less than the CLI would.
     const storeOptions = storeOptionsFromConfig(config, {
@@ -88,11 +99,23 @@ export class Gateway {
       autoCheckpoint: false,
       ...options.storeOptions,
     });
+    const footprint = storeFootprint(storeOptions);
+    try {
+      return await Gateway.startWithStore(options, { masterPassword, serverTls, upstreams, storeOptions });
+    } catch (err) {
+      const removed = footprint.removeCreated();
+      if (removed.length > 0) log.info({ removed }, 'removed the new store this failed start had created');
+      throw err;
+    }
+  }
+
+  private static async startWithStore(options: GatewayOptions, checked: StartChecks): Promise<Gateway> {
+    const { config, log } = options;
+    const { masterPassword, storeOptions } = checked;
     const store = new StoreHandle(storeOptions, log);
     let gateway: Gateway | null = null;
     const checkpointer = new Checkpointer(storeOptions.path, CHECKPOINT_INTERVAL_MS, log, () => store.enableAutoCheckpoint());
     try {
-      const masterPassword = readMasterPassword(config, options.env ?? process.env);
       if (!masterPassword) {
         log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
       }
@@ -124,7 +147,7 @@ export class Gateway {
           onCacheLookup: (result) => metrics.loginCache.inc({ result }),
         }),
         guard: new AbuseGuard(() => store.get(), abuseRules(config.limits), log, options.storeOptions?.now),
-        serverTls: await loadServerTls(config, log),
+        serverTls: checked.serverTls,
         registry,
         metrics,
         refusalTiming: new RefusalTiming(
@@ -134,7 +157,7 @@ export class Gateway {
             : 0,
           [...new Set(config.listen.map((l) => l.protocol))],
         ),
-        upstreams: { imap: upstreamTarget(config.upstream.imap), pop3: upstreamTarget(config.upstream.pop3) },
+        upstreams: checked.upstreams,
         upstreamCapabilities: { imap: null, pop3: null },
         repeatedLines: new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst),
       };
@@ -142,11 +165,16 @@ export class Gateway {
       warnIfFewFileDescriptors(config, log);
       gateway = new Gateway(services, checkpointer);
       await gateway.probeUpstreams();
-      for (const listener of config.listen) await gateway.listen(listener);
+      for (const [index, listener] of config.listen.entries()) await gateway.listen(listener, index);
       gateway.revocations.start();
       gateway.housekeeping.start();
       checkpointer.start();
-      if (config.metrics.listen) gateway.metricsAddress = await metrics.listen(config.metrics.listen, log);
+      if (config.metrics.listen) {
+        const address = config.metrics.listen;
+        gateway.metricsAddress = await metrics.listen(address, log).catch((err: unknown) => {
+          throw listenError(err, 'metrics.listen', address);
+        });
+      }
       return gateway;
     } catch (err) {
       // Half started (a port taken, say): take down what did start, so the
@@ -157,14 +185,15 @@ export class Gateway {
     }
   }
 
-  private listen(listener: ListenConfig): Promise<void> {
+  private listen(listener: ListenConfig, index: number): Promise<void> {
     const server = net.createServer((socket) => this.accept(socket, listener));
-    // Errors on a listening socket (EMFILE under a flood, say) must not stop the gateway.
-    server.on('error', (err) => this.services.log.error({ err, listener: `${listener.host}:${listener.port}` }, 'listener error'));
     return new Promise((resolve, reject) => {
-      server.once('error', reject);
+      const failed = (err: Error) => reject(listenError(err, `listen[${index}]`, `${listener.host}:${listener.port}`));
+      server.once('error', failed);
       server.listen({ host: listener.host, port: listener.port }, () => {
-        server.removeListener('error', reject);
+        server.removeListener('error', failed);
+        // Errors on a listening socket (EMFILE under a flood, say) must not stop the gateway.
+        server.on('error', (err) => this.services.log.error({ err, listener: `${listener.host}:${listener.port}` }, 'listener error'));
         const address = server.address() as net.AddressInfo;
         this.servers.push(server);
         this.listeners.push({ config: listener, host: address.address, port: address.port });
@@ -286,6 +315,34 @@ export class Gateway {
     this.services.store.close();
     log.info('stopped');
   }
+}
+
+/** What Gateway.start checks before the store is opened. */
+interface StartChecks {
+  masterPassword: Buffer | null;
+  serverTls: ServerTls;
+  upstreams: GatewayServices['upstreams'];
+  storeOptions: StoreOptions;
+}
+
+/**
+ * A socket that cannot listen, in one line: which configuration key, which
+ * address, and what the operator can do about it.
+ */
+function listenError(err: unknown, key: string, address: string): Error {
+  const code = (err as NodeJS.ErrnoException).code;
+  const port = Number(address.slice(address.lastIndexOf(':') + 1));
+  const why =
+    code === 'EADDRINUSE'
+      ? 'the port is already in use (another mailgate, or another server); stop that, or choose another port'
+      : code === 'EACCES'
+        ? port < 1024
+          ? 'permission denied: ports below 1024 need root or CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE); or choose a port from 1024 up'
+          : 'permission denied by the system (a security policy?); choose another port'
+        : code === 'EADDRNOTAVAIL'
+          ? "the address is not one of this host's; use one it has, or 0.0.0.0 / ::"
+          : `cannot listen: ${errorMessage(err)}`;
+  return new MailgateError(ErrorCodes.LISTEN, `${key} ${address}: ${why}`, { cause: err });
 }
 
 /**

@@ -2,6 +2,7 @@
  * The gateway's own TLS: certificate loading (or first-run self-signed
  * generation), the server context, and the server-side STARTTLS upgrade.
  */
+import { createPrivateKey, X509Certificate } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import path from 'node:path';
@@ -47,11 +48,29 @@ export async function loadServerTls(config: Config, log: Logger): Promise<Server
   } catch (err) {
     throw new TlsSetupError(`cannot read TLS certificate or key: ${(err as Error).message}`);
   }
+  assertKeyMatchesCert(cert, key, certFile, keyFile);
   const minVersion = config.tls.min_version;
   try {
     return { context: tls.createSecureContext({ cert, key, minVersion }), minVersion, certFile };
   } catch (err) {
     throw new TlsSetupError(`TLS certificate ${certFile} or key ${keyFile} is unusable: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * OpenSSL takes a private key of another type than the certificate's (an RSA
+ * key with an EC certificate) without complaint, and then fails every
+ * handshake; say so at start-up instead.
+ */
+function assertKeyMatchesCert(cert: Buffer, key: Buffer, certFile: string, keyFile: string): void {
+  let matches: boolean;
+  try {
+    matches = new X509Certificate(cert).checkPrivateKey(createPrivateKey(key));
+  } catch (err) {
+    throw new TlsSetupError(`tls.cert ${certFile} or tls.key ${keyFile} is not a PEM certificate and private key: ${(err as Error).message}`);
+  }
+  if (!matches) {
+    throw new TlsSetupError(`tls.key ${keyFile} is not the private key of the certificate in tls.cert ${certFile}; configure the key that belongs to it`);
   }
 }
 

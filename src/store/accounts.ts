@@ -3,7 +3,7 @@ import { ErrorCodes, MailgateError } from '../errors.js';
 import type { AuditLog } from './audit.js';
 import { selectIn, type Db } from './database.js';
 import type { Account, Clock, TotpState } from './types.js';
-import { normaliseUsername } from './username.js';
+import { normaliseUsername, validateNewUsername } from './username.js';
 
 interface AccountRow {
   id: number;
@@ -34,6 +34,8 @@ export class AccountRepository {
     private readonly db: Db,
     private readonly audit: AuditLog,
     private readonly now: Clock,
+    /** upstream.login.separator: no new account may contain it (see validateNewUsername). */
+    private readonly masterSeparator: string,
   ) {
     this.byName = db.prepare(`SELECT ${COLUMNS} FROM accounts WHERE username = ?`);
     this.byId = db.prepare(`SELECT ${COLUMNS} FROM accounts WHERE id = ?`);
@@ -41,7 +43,7 @@ export class AccountRepository {
   }
 
   add(rawUsername: string): Account {
-    const username = normaliseUsername(rawUsername);
+    const username = validateNewUsername(rawUsername, this.masterSeparator);
     return this.db
       .transaction(() => {
         if (this.byName.get(username)) {

@@ -6,7 +6,7 @@
  * a ciphertext copied onto another account's row does not decrypt.
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, MailgateError } from '../errors.js';
 
@@ -17,6 +17,26 @@ const FORMAT_VERSION = 1;
 
 /** Reads the store key, creating it (mode 0600) on first use. */
 export function loadOrCreateKey(file: string): Buffer {
+  if (!keyFileExists(file)) createKey(file);
+  return loadKey(file);
+}
+
+/**
+ * Whether the key file is there. Anything but "it is not there" (a folder
+ * this user may not enter, say) is an error about reading it: taking it for
+ * absent would report a failed creation of a file that exists.
+ */
+function keyFileExists(file: string): boolean {
+  try {
+    statSync(file);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw cannotRead(file, err);
+  }
+}
+
+function createKey(file: string): void {
   try {
     mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
     // 'wx' fails if the file exists, so two processes starting together
@@ -24,10 +44,9 @@ export function loadOrCreateKey(file: string): Buffer {
     writeFileSync(file, randomBytes(KEY_BYTES), { flag: 'wx', mode: 0o600 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
-      throw new MailgateError(ErrorCodes.KEY_FILE, `cannot create key file ${file}: ${(err as Error).message}`);
+      throw new MailgateError(ErrorCodes.KEY_FILE, `store.key_file: cannot create ${file}: ${describeFsError(err)}`);
     }
   }
-  return loadKey(file);
 }
 
 /** Reads the store key, which must exist. */
@@ -36,12 +55,25 @@ export function loadKey(file: string): Buffer {
   try {
     key = readFileSync(file);
   } catch (err) {
-    throw new MailgateError(ErrorCodes.KEY_FILE, `cannot read key file ${file}: ${(err as Error).message}`);
+    throw cannotRead(file, err);
   }
   if (key.length !== KEY_BYTES) {
-    throw new MailgateError(ErrorCodes.KEY_FILE, `key file ${file} must hold exactly ${KEY_BYTES} bytes, it holds ${key.length}`);
+    throw new MailgateError(ErrorCodes.KEY_FILE, `store.key_file: ${file} must hold exactly ${KEY_BYTES} bytes, it holds ${key.length}`);
   }
   return key;
+}
+
+function cannotRead(file: string, err: unknown): MailgateError {
+  const hint = (err as NodeJS.ErrnoException).code === 'EACCES' ? '; let the user mailgate runs as read it and enter its folder' : '';
+  return new MailgateError(ErrorCodes.KEY_FILE, `store.key_file: cannot read ${file}: ${describeFsError(err)}${hint}`);
+}
+
+/** "EACCES (permission denied)": the code to search for, and the words to read. */
+function describeFsError(err: unknown): string {
+  const { code, message } = err as NodeJS.ErrnoException;
+  if (!code) return String(message ?? err);
+  const words = /^[A-Z]+: ([^,]+)/.exec(message ?? '')?.[1];
+  return words ? `${code} (${words})` : code;
 }
 
 export function seal(key: Buffer, plaintext: Buffer, associatedData: string): Buffer {

@@ -31,7 +31,12 @@ export interface StoreOptions {
   hasher?: PasswordHasher;
   mustExist?: boolean;
   autoCheckpoint?: boolean;
+  /** upstream.login.separator, which new account names may not contain; default `*` (Dovecot's usual). */
+  masterSeparator?: string;
 }
+
+/** The default of upstream.login.separator, for stores opened without a configuration. */
+const DEFAULT_MASTER_SEPARATOR = '*';
 
 export class Store {
   readonly accounts: AccountRepository;
@@ -57,7 +62,7 @@ export class Store {
         ...(options.hashQueue === undefined ? {} : { maxQueue: options.hashQueue }),
       });
     this.audit = new AuditLog(db, now);
-    this.accounts = new AccountRepository(db, this.audit, now);
+    this.accounts = new AccountRepository(db, this.audit, now, options.masterSeparator ?? DEFAULT_MASTER_SEPARATOR);
     this.totp = new TotpService(db, this.accounts, this.audit, key, now, options.totpIssuer ?? 'mailgate');
     this.appPasswords = new AppPasswordRepository(db, this.accounts, this.audit, this.hasher, this.totp, now, options.maxAppPasswords);
     this.verifier = new CredentialVerifier(this.accounts, this.appPasswords, this.audit, this.hasher, now);
@@ -109,6 +114,7 @@ export function storeOptionsFromConfig(config: Config, overrides: Partial<StoreO
     hashConcurrency: config.auth.hash_concurrency,
     hashQueue: config.auth.hash_queue,
     totpIssuer: config.totp.issuer,
+    masterSeparator: config.upstream.login.separator,
     ...overrides,
   };
 }

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { UpstreamConfig } from '../config/schema.js';
-import { configPath } from '../config/load.js';
+import { ConfigError, configPath } from '../config/load.js';
 
 export interface UpstreamTarget {
   host: string;
@@ -25,15 +25,24 @@ export class UpstreamError extends Error {
   override readonly name = 'UpstreamError';
 }
 
-export function upstreamTarget(config: UpstreamConfig): UpstreamTarget {
+/** The upstream of `protocol` as configured; a `ca` file that cannot be read is a ConfigError naming its key. */
+export function upstreamTarget(config: UpstreamConfig, protocol: 'imap' | 'pop3'): UpstreamTarget {
   return {
     host: config.host,
     port: config.port,
     tls: config.tls,
-    ...(config.ca ? { ca: readFileSync(configPath(config.ca)) } : {}),
+    ...(config.ca ? { ca: readCa(configPath(config.ca), `upstream.${protocol}.ca`) } : {}),
     verify: config.verify,
     servername: config.servername || config.host,
   };
+}
+
+function readCa(file: string, key: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new ConfigError(`${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
 }
 
 function tlsOptions(target: UpstreamTarget): tls.ConnectionOptions {

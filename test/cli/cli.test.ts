@@ -2,6 +2,7 @@
  * The admin CLI, run as the built binary against a temporary database:
  * output, exit codes (0 ok, 1 refused, 2 usage) and --json shapes.
  */
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
@@ -9,7 +10,7 @@ import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { Store, storeOptionsFromConfig } from '../../src/store/store.js';
-import { runCli, writeCliConfig } from '../support/cli.js';
+import { BIN, ROOT, runCli, writeCliConfig } from '../support/cli.js';
 import { outsideWrite } from '../support/outside.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
@@ -46,6 +47,16 @@ function auditTrail(): Array<[string, string | null, number | null]> {
       app_password_id: number | null;
     }>;
     return rows.map((r) => [r.event, r.username, r.app_password_id]);
+  } finally {
+    db.close();
+  }
+}
+
+/** How many failure counters and blocks the database holds. */
+function penaltyRows(): number {
+  const db = new Database(dbFile, { readonly: true });
+  try {
+    return (db.prepare('SELECT COUNT(*) AS n FROM penalties').get() as { n: number }).n;
   } finally {
     db.close();
   }
@@ -189,11 +200,14 @@ describe('mailgate CLI', () => {
     expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: enabled\n');
     await expectRefused(['totp', 'enroll', 'alice'], 1, /already on/);
 
-    expect((await cli('totp', 'disable', 'alice')).code).toBe(0);
+    // Catches: `totp disable` letting the account password back into mail programs without a confirmation.
+    await expectRefused(['totp', 'disable', 'alice'], 2, /^mailgate: .*mail programs may log in with the account password again; add --yes to confirm\n$/);
+    expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: enabled\n');
+    expect((await cli('totp', 'disable', 'alice', '--yes')).code).toBe(0);
     expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: none\n');
     expect(auditTrail().map(([event]) => event)).toEqual(['account-added', 'totp-enrolled', 'totp-enabled', 'totp-disabled']);
     expect(auditTrail().at(-1)).toEqual(['totp-disabled', 'alice', null]);
-    await expectRefused(['totp', 'disable', 'alice'], 1, /not on/);
+    await expectRefused(['totp', 'disable', 'alice', '--yes'], 1, /not on/);
 
     const json = JSON.parse((await cli('totp', 'enroll', 'alice', '--json')).stdout);
     expect(json.secret).toMatch(/^[A-Z2-7]+$/);
@@ -220,7 +234,61 @@ describe('mailgate CLI', () => {
     await expectRefused(['app-password', 'create', 'alice', '--name', 'd'], 1, /already has 3 active app passwords/);
   });
 
-  it('`blocks clear` without an argument lifts every block and forgets every failure', async () => {
+  it('refuses usernames no mail server would accept, in one line with exit 2', async () => {
+    // Catches: `account add 'bad user'` creating an account that can never log in.
+    await cli('account', 'add', 'alice');
+    await expectRefused(['account', 'add', 'bad user'], 2, /^mailgate: the username "bad user" contains white space\n$/);
+    await expectRefused(['account', 'add', ' non\u00a0breaking '], 2, /contains white space/);
+    await expectRefused(['account', 'add', 'alice*gwmaster'], 2, /^mailgate: the username "alice\*gwmaster" contains "\*", the master user separator \(upstream\.login\.separator\)\n$/);
+    await expectRefused(['account', 'add', `${'a'.repeat(250)}@b.org`], 2, /^mailgate: the username is longer than 255 bytes\n$/);
+    await expectRefused(['account', 'add', 'bad\u0001name'], 2, /control character/);
+    // Stray spaces at the ends are trimmed, as they are at login; 255 bytes is still a name.
+    expect((await cli('account', 'add', '  bob@example.org  ')).stdout).toBe('added account bob@example.org\n');
+    expect((await cli('account', 'add', `${'a'.repeat(249)}@b.org`)).code).toBe(0);
+  });
+
+  it('refuses the master user separator the configuration names, not a fixed one', async () => {
+    // Catches: a check for "*" only, when the upstream splits login names at upstream.login.separator.
+    config = writeCliConfig(dir, '[upstream.login]\nseparator = "%"\n');
+    await cli('account', 'add', 'alice');
+    await expectRefused(['account', 'add', 'carol%gwmaster'], 2, /contains "%", the master user separator/);
+    expect((await cli('account', 'add', 'dave*x')).code).toBe(0);
+  });
+
+  it('ends quietly when the reader closes the pipe early: `app-password list USER | head -n 1`', async () => {
+    // Catches: "Error: write EPIPE" with a stack trace (and exit 1) when head stops reading.
+    await cli('account', 'add', 'alice');
+    await cli('app-password', 'create', 'alice', '--name', 'first');
+    // Enough rows that the table (about 250 KB) cannot fit in the pipe: the CLI is
+    // still writing when head exits. Copies of one row, so no argon2 per row.
+    const db = new Database(dbFile);
+    try {
+      db.exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 2000)
+        INSERT INTO app_passwords (account_id, name, selector, hash, scopes, created_at, revoked_at)
+        SELECT account_id, printf('device %04d with a name long enough to make a wide table row', i), selector, hash, scopes, created_at, created_at
+        FROM app_passwords, n`);
+    } finally {
+      db.close();
+    }
+    // A real shell pipe, as an operator types it; the CLI's exit status goes to stderr.
+    const { stdout, stderr } = await new Promise<{ stdout: string; stderr: string }>((resolve, reject) => {
+      const child = spawn('sh', ['-c', '{ "$@"; echo "exit=$?" >&2; } | head -n 1', 'sh', process.execPath, BIN, '--config', config, 'app-password', 'list', 'alice'], {
+        cwd: ROOT,
+        env: { ...process.env, MAILGATE_CONFIG: '' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      child.on('error', reject);
+      child.on('close', () => resolve({ stdout: out, stderr: err }));
+    });
+    expect(stdout).toMatch(/^ID\s+NAME\s+SCOPES\s+STATUS\s+CREATED\s+EXPIRES\s+LAST USED\n$/);
+    expect(stderr).toBe('exit=0\n');
+  });
+
+  it('`blocks clear` lifts one target, and everything only with --all --yes', async () => {
     const rules = { windowMs: 600_000, blockAfter: 1, blockMs: 900_000 };
     await withGatewayStore((store) => {
       store.penalties.recordFailure('ip', '198.51.100.9', rules);
@@ -234,14 +302,29 @@ describe('mailgate CLI', () => {
 
     const one = await cli('blocks', 'clear', '198.51.100.9');
     expect(one.stdout).toBe('cleared 1 record for 198.51.100.9\n');
-    expect(JSON.parse((await cli('blocks', 'list', '--all', '--json')).stdout)).toHaveLength(3);
+    expect(penaltyRows()).toBe(3);
 
-    const everything = await cli('blocks', 'clear');
+    // Catches: a forgotten argument clearing every block (and every guesser's failure count) without a word.
+    const usage = [
+      [['blocks', 'clear'], /^mailgate: give the IP address or user to clear, or --all --yes .*\n$/],
+      [['blocks', 'clear', '--yes'], /^mailgate: give the IP address or user to clear, or --all --yes .*\n$/],
+      [['blocks', 'clear', '--all'], /^mailgate: clearing every block .*add --yes to confirm\n$/],
+      [['blocks', 'clear', 'carol', '--all', '--yes'], /^mailgate: give an IP address or user, or --all, not both\n$/],
+    ] as const;
+    for (const [args, message] of usage) {
+      const result = await cli(...args);
+      expect(result.code, args.join(' ')).toBe(2);
+      expect(result.stderr).toMatch(message);
+      expect(result.stdout).toBe('');
+      expect(penaltyRows()).toBe(3);
+    }
+
+    const everything = await cli('blocks', 'clear', '--all', '--yes');
     expect(everything.code, everything.stderr).toBe(0);
     expect(everything.stdout).toBe('cleared 3 records\n');
     expect((await cli('blocks', 'list')).stdout).toBe('no blocks in force\n');
     expect((await cli('blocks', 'list', '--all')).stdout).toBe('no failed logins on record\n');
-    expect((await cli('blocks', 'clear')).stdout).toBe('cleared 0 records\n');
+    expect((await cli('blocks', 'clear', '--all', '--yes')).stdout).toBe('cleared 0 records\n');
   });
 
   it('refuses with one line when the database is locked', async () => {

@@ -1,34 +1,47 @@
 /**
  * The fail2ban filter shipped in config/ must match the lines a running
- * gateway writes for refused logins, and pick out the client address.
- * fail2ban's expressions are Python regular expressions, so Python checks them.
+ * gateway writes for refused logins, pick out the client address, and read
+ * each line's time as the instant it was written. The real fail2ban-regex
+ * (Debian package fail2ban) applies it, so fail2ban's own date detection and
+ * <HOST> expansion are what is tested.
  *
  * It matches attempts refused by mailgate's own temporary block too: a source
  * that keeps trying while blocked is exactly what the firewall ban is for, and
  * without those lines it would stop counting at the block threshold.
+ *
+ * pino writes UTC ("time":"2026-12-05T12:53:48.123Z"). A date pattern that
+ * stops before the "Z" makes fail2ban read the time in the host's own zone:
+ * on a host east of UTC every failure looks hours old (outside findtime, so
+ * nobody is ever banned), west of UTC hours in the future. So the filter is
+ * also run under other time zones.
  */
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { ROOT } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startGateway, type GatewayHandle } from '../support/gateway.js';
 import { imaps, taggedLine } from '../support/imap-client.js';
-import { runPython } from '../support/python.js';
+import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
 /** Failures from one address before mailgate blocks it (low, so the test reaches the block quickly). */
 const BLOCK_AFTER = 2;
 const REFUSALS = /"msg":"login (?:failed|blocked)"/;
+const FILTER = path.join(ROOT, 'config/fail2ban/filter.d/mailgate.conf');
 
 let dovecot: DovecotHandle;
 let gw: GatewayHandle;
+let dir: string;
 beforeAll(async () => {
+  dir = await makeTempDir('f2b');
   dovecot = await startDovecot();
   gw = await startGateway(dovecot, { config: { limits: { ip_block_after: BLOCK_AFTER } } });
 });
 afterAll(async () => {
   await gw?.stop();
   await dovecot?.stop();
+  if (dir) await removeTempDir(dir);
 });
 
 async function refuseOneLogin(attempt: number): Promise<string> {
@@ -39,62 +52,89 @@ async function refuseOneLogin(attempt: number): Promise<string> {
   return answer;
 }
 
-interface FilterResult {
-  hosts: string[];
-  others: string[];
-  datepattern: string;
+/** One failure as fail2ban sees it: the address and the time (Unix seconds) it read from the line. */
+interface Failure {
+  host: string;
+  time: number;
 }
 
-/** Applies the shipped filter to `lines` (which must all match) and `others` (which must not). */
-async function applyFilter(lines: string[], others: string[]): Promise<FilterResult> {
-  const filter = readFileSync(path.join(ROOT, 'config/fail2ban/filter.d/mailgate.conf'), 'utf8');
-  const result = await runPython(
-    `
-import re
-failregex = re.search(r'^failregex = (.*)$', INPUT['filter'], re.M).group(1)
-# fail2ban's <HOST> stands for an address; a simple stand-in is enough here.
-pattern = re.compile(failregex.replace('<HOST>', r'(?P<host>[0-9a-fA-F.:]+)'))
-datepattern = re.search(r'^datepattern = (.*)$', INPUT['filter'], re.M).group(1).replace('%%', '%')
-hosts = [m.group('host') for m in (pattern.search(l) for l in INPUT['lines']) if m]
-others = [l for l in INPUT['others'] if pattern.search(l)]
-emit({'hosts': hosts, 'others': others, 'datepattern': datepattern})
-`,
-    { filter, lines, others },
-  );
-  expect(result.code, result.stderr).toBe(0);
-  return result.json as FilterResult;
+/**
+ * Runs the real fail2ban-regex with the shipped filter over `lines` as a log
+ * file, in time zone `tz`, and returns the failures it found, in order.
+ */
+async function fail2banRegex(lines: string[], tz: string): Promise<Failure[]> {
+  const log = path.join(dir, `mailgate-${tz.replace(/\W/g, '-')}.log`);
+  writeFileSync(log, lines.map((l) => `${l}\n`).join(''));
+  // -o row prints one row per matched line: ['<host>', <unix time>, {...}],
+  const { code, stdout, stderr } = await run('fail2ban-regex', ['-o', 'row', log, FILTER], { ...process.env, TZ: tz });
+  expect(code, stderr).toBe(0);
+  return stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((row) => {
+      const m = /^\['([^']+)',\s*(\d+(?:\.\d+)?),/.exec(row);
+      if (!m) throw new Error(`unexpected fail2ban-regex output: ${row}`);
+      return { host: m[1]!, time: Number(m[2]) };
+    });
 }
 
-function logLinesSplit(): { refusals: string[]; others: string[] } {
+function run(command: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('error', (err) =>
+      reject((err as NodeJS.ErrnoException).code === 'ENOENT' ? new Error(`${command} not found: install fail2ban (scripts/install-test-deps.sh)`) : err),
+    );
+    child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+  });
+}
+
+/** What fail2ban must report for these refusal lines: the client address, at the second each line was written. */
+function expected(refusals: string[]): Failure[] {
+  return refusals.map((line) => ({ host: '127.0.0.1', time: Math.floor(Date.parse((JSON.parse(line) as { time: string }).time) / 1000) }));
+}
+
+function logLines(): { all: string[]; refusals: string[] } {
   const all = gw.logText().split('\n').filter(Boolean);
-  return { refusals: all.filter((l) => REFUSALS.test(l)), others: all.filter((l) => !REFUSALS.test(l)) };
+  return { all, refusals: all.filter((l) => REFUSALS.test(l)) };
 }
 
-it('matches "login failed" lines and extracts the client address', async () => {
+it('matches "login failed" lines, extracts the client address, and matches nothing else', async () => {
   expect(await refuseOneLogin(0)).toMatch(/^a NO \[AUTHENTICATIONFAILED\]/);
-  const { refusals, others } = logLinesSplit();
-  const lines = refusals.filter((l) => l.includes('"msg":"login failed"'));
-  expect(lines.length).toBeGreaterThan(0);
-  const json = await applyFilter(lines, others);
-  expect(json.hosts).toEqual(lines.map(() => '127.0.0.1'));
-  // Successful logins, session lines and start-up lines never match.
-  expect(json.others).toEqual([]);
-  expect(json.datepattern).toBe('"time":"%Y-%m-%dT%H:%M:%S');
-  expect(lines[0]).toMatch(/"time":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/);
+  const { all, refusals } = logLines();
+  expect(refusals.filter((l) => l.includes('"msg":"login failed"')).length).toBeGreaterThan(0);
+  // The whole log: start-up lines, session lines and successful logins never match.
+  expect(all.length).toBeGreaterThan(refusals.length);
+  expect(await fail2banRegex(all, 'UTC')).toEqual(expected(refusals));
+});
+
+it.each(['Europe/Berlin', 'America/New_York'])('reads the UTC times pino writes as UTC on a host in %s, so failures count as recent', async (tz) => {
+  // Catches: datepattern "time":"%%Y-%%m-%%dT%%H:%%M:%%S, which drops the "Z": fail2ban then
+  // takes the time for local time, an hour (Berlin) or five (New York) off, and the jail never bans.
+  const before = Math.floor(Date.now() / 1000);
+  expect(await refuseOneLogin(100)).toMatch(/^a NO /);
+  const { all, refusals } = logLines();
+  const failures = await fail2banRegex(all, tz);
+  expect(failures).toEqual(expected(refusals));
+  // The failure just caused is seen as just now, inside any findtime.
+  const latest = failures.at(-1)!;
+  expect(latest.time).toBeGreaterThanOrEqual(before - 1);
+  expect(latest.time).toBeLessThanOrEqual(Math.ceil(Date.now() / 1000));
 });
 
 it('matches "login blocked" lines too, so a source that keeps trying while blocked gets banned', async () => {
   // Catches: a filter that stops counting a guesser at mailgate's block threshold.
   for (let attempt = 1; attempt < BLOCK_AFTER; attempt++) await refuseOneLogin(attempt);
+  const blockedBefore = logLines().refusals.filter((l) => l.includes('"msg":"login blocked"')).length;
   expect(await refuseOneLogin(BLOCK_AFTER)).toMatch(/^a NO \[UNAVAILABLE\]/);
   expect(await refuseOneLogin(BLOCK_AFTER + 1)).toMatch(/^a NO \[UNAVAILABLE\]/);
 
-  const { refusals, others } = logLinesSplit();
-  const blocked = refusals.filter((l) => l.includes('"msg":"login blocked"'));
-  expect(blocked).toHaveLength(2);
-  const json = await applyFilter(refusals, others);
-  expect(json.hosts).toEqual(refusals.map(() => '127.0.0.1'));
-  // The "temporary block started" line names no client address field the filter reads, and is not a login.
-  expect(others.some((l) => l.includes('"msg":"temporary block started"'))).toBe(true);
-  expect(json.others).toEqual([]);
+  const { all, refusals } = logLines();
+  expect(refusals.filter((l) => l.includes('"msg":"login blocked"')).length - blockedBefore).toBe(2);
+  // The "temporary block started" line is not a login attempt and names no clientIp for the filter.
+  expect(all.some((l) => l.includes('"msg":"temporary block started"'))).toBe(true);
+  expect(await fail2banRegex(all, 'UTC')).toEqual(expected(refusals));
 });

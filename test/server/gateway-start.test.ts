@@ -1,14 +1,17 @@
 /**
  * A gateway that fails half-way through starting (a port already taken)
  * takes down what it had started, so the process can exit instead of
- * serving from a gateway that reported failure.
+ * serving from a gateway that reported failure; and it takes away the store
+ * files this start created, but never a store that was there before.
  */
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { Gateway } from '../../src/server/gateway.js';
+import { Store, storeOptionsFromConfig } from '../../src/store/store.js';
 import { makeTestPki } from '../support/pki.js';
 import { freePort } from '../support/ports.js';
 import { FAST_ARGON2 } from '../support/store.js';
@@ -21,27 +24,41 @@ afterEach(async () => {
   if (dir) await removeTempDir(dir);
 });
 
-it('closes the listeners it had bound when a later one fails', async () => {
-  dir = await makeTempDir('gwstart');
-  const pki = await makeTestPki(path.join(dir, 'pki'));
-  const [free, taken] = [await freePort(), await freePort()];
+/** A port another server holds until the test ends. */
+async function takenPort(): Promise<number> {
+  const taken = await freePort();
   const blocker = net.createServer().listen(taken, '127.0.0.1');
   cleanups.push(() => blocker.close());
   await new Promise((resolve) => blocker.once('listening', resolve));
-  const config = parseConfig(
+  return taken;
+}
+
+/** A configuration whose second listener cannot bind; the store lives in dir/db. */
+async function configWithTakenPort(free: number) {
+  dir ||= await makeTempDir('gwstart');
+  const pki = await makeTestPki(path.join(dir, 'pki'));
+  return parseConfig(
     {
       store: { path: path.join(dir, 'db', 'mailgate.db'), key_file: path.join(dir, 'db', 'mailgate.key') },
       tls: { cert: pki.serverCert, key: pki.serverKey, self_signed: false },
       listen: [
         { protocol: 'imap', port: free, tls: 'implicit' },
-        { protocol: 'pop3', port: taken, tls: 'implicit' },
+        { protocol: 'pop3', port: await takenPort(), tls: 'implicit' },
       ],
       upstream: { imap: { port: await freePort() }, pop3: { port: await freePort() } },
       timeouts: { upstream_connect_seconds: 1 },
     },
     'test',
   );
-  await expect(Gateway.start({ config, log: silentLogger(), storeOptions: { argon2: FAST_ARGON2 } })).rejects.toThrow(/EADDRINUSE/);
+}
+
+const start = (config: ReturnType<typeof parseConfig>) => Gateway.start({ config, log: silentLogger(), storeOptions: { argon2: FAST_ARGON2 } });
+
+it('closes the listeners it had bound when a later one fails, and says which one failed', async () => {
+  const free = await freePort();
+  const config = await configWithTakenPort(free);
+  const taken = config.listen[1]!.port;
+  await expect(start(config)).rejects.toThrow(new RegExp(`^listen\\[1\\] 127\\.0\\.0\\.1:${taken}: the port is already in use`));
   // The first listener is closed again: nothing answers there.
   const refused = await new Promise<boolean>((resolve) => {
     const s = net.connect(free, '127.0.0.1');
@@ -52,4 +69,30 @@ it('closes the listeners it had bound when a later one fails', async () => {
     s.once('error', () => resolve(true));
   });
   expect(refused).toBe(true);
+});
+
+it('removes the store it created when the start fails, folder included', async () => {
+  // Catches: a failed first start leaving an empty database and a fresh key behind.
+  const config = await configWithTakenPort(await freePort());
+  await expect(start(config)).rejects.toThrow(/already in use/);
+  expect(existsSync(path.join(dir, 'db'))).toBe(false);
+});
+
+it('leaves a store that existed before a failed start exactly as it was', async () => {
+  // Catches: a clean-up that removes the operator's real database, key, or a -wal another process is using.
+  const config = await configWithTakenPort(await freePort());
+  const options = storeOptionsFromConfig(config, { argon2: FAST_ARGON2 });
+  // Another process (the CLI, say) has the store open while the gateway fails to start: its -wal and -shm exist.
+  const other = Store.open(options);
+  cleanups.unshift(() => other.close());
+  other.accounts.add('alice');
+  const before = readdirSync(path.join(dir, 'db')).sort();
+  expect(before).toEqual(['mailgate.db', 'mailgate.db-shm', 'mailgate.db-wal', 'mailgate.key']);
+  const key = readFileSync(options.keyFile);
+
+  await expect(start(config)).rejects.toThrow(/already in use/);
+
+  expect(readdirSync(path.join(dir, 'db')).sort()).toEqual(before);
+  expect(readFileSync(options.keyFile).equals(key)).toBe(true);
+  expect(other.accounts.find('alice')).not.toBeNull();
 });

@@ -1,6 +1,6 @@
 /** Runs the built `mailgate` binary as a child process, as an administrator would. */
 import { spawn } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -13,12 +13,21 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number } = {}): Promise<CliResult> {
+export interface CliUser {
+  uid: number;
+  gid: number;
+}
+
+export function runCli(
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; cwd?: string; timeoutMs?: number; user?: CliUser | null } = {},
+): Promise<CliResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [BIN, ...args], {
       cwd: options.cwd ?? ROOT,
       env: { ...process.env, MAILGATE_CONFIG: '', ...options.env },
       stdio: ['ignore', 'pipe', 'pipe'],
+      ...(options.user ? { uid: options.user.uid, gid: options.user.gid } : {}),
     });
     let stdout = '';
     let stderr = '';
@@ -31,6 +40,21 @@ export function runCli(args: string[], options: { env?: NodeJS.ProcessEnv; cwd?:
       resolve({ code: code ?? -1, stdout, stderr });
     });
   });
+}
+
+/**
+ * Who to run the CLI as when a test needs it refused what root may always do
+ * (read any file, bind any port): `nobody` when the tests run as root, null
+ * (the test user itself) otherwise.
+ */
+export function unprivilegedUser(): CliUser | null {
+  if (process.getuid?.() !== 0) return null;
+  const line = readFileSync('/etc/passwd', 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith('nobody:'));
+  const [, , uid, gid] = line?.split(':') ?? [];
+  if (uid === undefined || gid === undefined) throw new Error('running as root, but there is no user "nobody" to run the CLI as');
+  return { uid: Number(uid), gid: Number(gid) };
 }
 
 /** Writes a config file for the CLI with cheap argon2 settings and store paths inside `dir`. */

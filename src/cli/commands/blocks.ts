@@ -2,6 +2,7 @@
 import net from 'node:net';
 import { Command } from 'commander';
 import { clientKey } from '../../auth/client-key.js';
+import { ErrorCodes, MailgateError } from '../../errors.js';
 import { normaliseUsername } from '../../store/username.js';
 import type { PenaltyState } from '../../store/penalties.js';
 import { globalOptions, withStore } from '../context.js';
@@ -23,6 +24,19 @@ function keyFor(target: string): string {
   if (net.isIP(trimmed)) return clientKey(trimmed);
   if (/^[0-9a-f:]+::\/64$/i.test(trimmed)) return trimmed.toLowerCase();
   return normaliseUsername(trimmed);
+}
+
+/**
+ * What `blocks clear` is to clear: one target's key, or undefined for
+ * everything. Everything takes --all --yes: a forgotten argument must not
+ * hand every guesser a fresh budget.
+ */
+function clearTarget(target: string | undefined, opts: { all?: boolean; yes?: boolean }): string | undefined {
+  if (target !== undefined && opts.all) throw new MailgateError(ErrorCodes.USAGE, 'give an IP address or user, or --all, not both');
+  if (target !== undefined) return keyFor(target);
+  if (!opts.all) throw new MailgateError(ErrorCodes.USAGE, 'give the IP address or user to clear, or --all --yes to clear every block and failure counter');
+  if (!opts.yes) throw new MailgateError(ErrorCodes.USAGE, 'clearing every block and failure counter lifts them for every guesser too; add --yes to confirm');
+  return undefined;
 }
 
 export function blocksCommand(): Command {
@@ -53,10 +67,12 @@ export function blocksCommand(): Command {
 
   blocks
     .command('clear')
-    .description('lift the blocks and forget the failures of one IP or user, or of everyone')
-    .argument('[target]', 'an IP address (IPv6: its /64) or a username; all when omitted')
-    .action((target: string | undefined, _opts, cmd: Command) => {
-      const key = target === undefined ? undefined : keyFor(target);
+    .description('lift the blocks and forget the failures of one IP or user, or of everyone with --all --yes')
+    .argument('[target]', 'an IP address (IPv6: its /64) or a username')
+    .option('--all', 'clear every block and failure counter')
+    .option('--yes', 'confirm --all')
+    .action((target: string | undefined, opts: { all?: boolean; yes?: boolean }, cmd: Command) => {
+      const key = clearTarget(target, opts);
       return withStore(cmd, (store) => {
         const removed = store.penalties.clear(key);
         printLine(`cleared ${removed} record${removed === 1 ? '' : 's'}${key ? ` for ${key}` : ''}`);

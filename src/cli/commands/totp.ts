@@ -1,6 +1,7 @@
 /** `mailgate totp ...`: two-step verification for an account. */
 import { Command } from 'commander';
 import qrcode from 'qrcode-terminal';
+import { ErrorCodes, MailgateError } from '../../errors.js';
 import { globalOptions, withStore } from '../context.js';
 import { printJson, printLine } from '../output.js';
 
@@ -55,16 +56,23 @@ export function totpCommand(): Command {
 
   totp
     .command('disable')
-    .description('turn two-step verification off and forget the secret')
+    .description('turn two-step verification off and forget the secret; mail programs may then use the account password again')
     .argument('<user>')
+    .option('--yes', 'confirm that mail programs may use the account password again')
     .option('--json', 'print JSON')
-    .action((user: string, _opts, cmd: Command) =>
-      withStore(cmd, (store) => {
+    .action((user: string, opts: { yes?: boolean }, cmd: Command) => {
+      if (!opts.yes) {
+        throw new MailgateError(
+          ErrorCodes.USAGE,
+          `turning off two-step verification for ${user.trim()} means mail programs may log in with the account password again; add --yes to confirm`,
+        );
+      }
+      return withStore(cmd, (store) => {
         const account = store.totp.disable(user);
         if (globalOptions(cmd).json) return printJson({ username: account.username, totp: account.totpState });
         printLine(`two-step verification is off for ${account.username}`);
-      }),
-    );
+      });
+    });
 
   totp
     .command('status')
