@@ -5,6 +5,7 @@
 import { existsSync, linkSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
+import { SCHEMA_VERSION } from '../../src/store/migrations.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { runCli, writeCliConfig } from '../support/cli.js';
 import { outsideCopy, outsideRead, outsideScribble } from '../support/outside.js';
@@ -153,7 +154,7 @@ describe('mailgate store check', () => {
   it('says ok, and exits 0, for a sound store', async () => {
     await cliOk('account', 'add', 'alice');
     expect(await cliOk('store', 'check')).toBe(`ok: ${dbFile}\n`);
-    expect(JSON.parse(await cliOk('store', 'check', '--json'))).toEqual({ file: dbFile, ok: true, schemaVersion: 2, integrity: ['ok'], foreignKeys: [] });
+    expect(JSON.parse(await cliOk('store', 'check', '--json'))).toEqual({ file: dbFile, ok: true, schemaVersion: SCHEMA_VERSION, integrity: ['ok'], foreignKeys: [] });
   });
 
   it('lists the problems of a damaged copy and exits 1: a scribbled page, a dangling foreign key, a file that is no database', async () => {
