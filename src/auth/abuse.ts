@@ -31,8 +31,8 @@ import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { canonicalAppPassword } from '../store/app-password-format.js';
-import type { PenaltyRules, PenaltyState } from '../store/penalties.js';
 import type { Store } from '../store/store.js';
+import type { PenaltyRules, PenaltyState } from '../store/types.js';
 import type { Clock } from '../store/types.js';
 import { tryNormaliseUsername } from '../store/username.js';
 
@@ -74,11 +74,8 @@ export class AbuseGuard {
   private readonly seen = new Map<string, number>();
   private readonly inFlight = new Map<string, { running: number; waiting: Array<() => void> }>();
 
-  /** Called when a block starts in this process (the revocation watcher re-checks sessions at once). */
-  onBlock: ((state: PenaltyState) => void) | null = null;
-
   constructor(
-    private readonly store: () => Store,
+    private readonly store: Store,
     private readonly rules: AbuseRules,
     private readonly log: Logger,
     private readonly now: Clock = Date.now,
@@ -93,14 +90,14 @@ export class AbuseGuard {
     await this.acquire(clientKey);
     const release = once(() => this.release(clientKey));
     try {
-      const penalties = this.store().penalties;
-      const ip = penalties.get('ip', clientKey, this.rules.ip.windowMs);
+      const penalties = this.store.penalties;
+      const ip = await penalties.get('ip', clientKey, this.rules.ip.windowMs);
       if (this.isBlocked(ip)) {
         release();
         return { ok: false, blockedBy: 'ip' };
       }
       const account = tryNormaliseUsername(username);
-      if (account !== null && this.isBlocked(penalties.get('account', account, this.rules.account.windowMs))) {
+      if (account !== null && this.isBlocked(await penalties.get('account', account, this.rules.account.windowMs))) {
         if (ip.failures > 0 || canonicalAppPassword(password.toString('utf8')) === null) {
           release();
           return { ok: false, blockedBy: 'account' };
@@ -115,9 +112,9 @@ export class AbuseGuard {
   }
 
   /** Whether the account is blocked now (a second-factor check from outside the mail protocols asks this). */
-  accountBlocked(account: string): boolean {
+  async accountBlocked(account: string): Promise<boolean> {
     const key = tryNormaliseUsername(account);
-    return key !== null && this.isBlocked(this.store().penalties.get('account', key, this.rules.account.windowMs));
+    return key !== null && this.isBlocked(await this.store.penalties.get('account', key, this.rules.account.windowMs));
   }
 
   /**
@@ -127,18 +124,19 @@ export class AbuseGuard {
    * A repeat of a wrong password already counted for the account counts
    * only as a repeat of its client, and is delayed like the failures before it.
    */
-  recordFailure(clientKey: string | null, account: string, password: Buffer): number {
+  async recordFailure(clientKey: string | null, account: string, password: Buffer): Promise<number> {
     // A name that cannot be an account (over-long, control characters) is
     // still counted, under a short stand-in, so it cannot bloat the table.
     const key = tryNormaliseUsername(account) ?? `invalid:${createHash('sha256').update(account).digest('hex').slice(0, 16)}`;
-    const penalties = this.store().penalties;
+    const penalties = this.store.penalties;
     const repeat = this.isRepeat(key, password);
-    const ip = clientKey === null ? null : repeat ? penalties.recordRepeat('ip', clientKey, this.rules.ip) : penalties.recordFailure('ip', clientKey, this.rules.ip);
-    const acct = repeat ? { state: penalties.get('account', key, this.rules.account.windowMs), blockStarted: false } : penalties.recordFailure('account', key, this.rules.account);
+    const ip = clientKey === null ? null : await (repeat ? penalties.recordRepeat('ip', clientKey, this.rules.ip) : penalties.recordFailure('ip', clientKey, this.rules.ip));
+    const acct = repeat
+      ? { state: await penalties.get('account', key, this.rules.account.windowMs), blockStarted: false }
+      : await penalties.recordFailure('account', key, this.rules.account);
     for (const { state, blockStarted } of ip ? [ip, acct] : [acct]) {
-      if (!blockStarted) continue;
-      this.log.warn({ kind: state.kind, key: state.key, failures: state.failures, repeats: state.repeats, until: new Date(state.blockedUntil!).toISOString() }, 'temporary block started');
-      this.onBlock?.(state);
+      // The store tells the revocation watcher itself (Store.onChange).
+      if (blockStarted) this.log.warn({ kind: state.kind, key: state.key, failures: state.failures, repeats: state.repeats, until: new Date(state.blockedUntil!).toISOString() }, 'temporary block started');
     }
     return this.delayFor(Math.max(ip?.state.failures ?? 0, acct.state.failures, 1));
   }

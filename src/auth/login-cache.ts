@@ -24,7 +24,7 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import type { Clock } from '../store/types.js';
-import type { CachedLogin } from '../store/verifier.js';
+import type { CachedLogin } from '../store/types.js';
 
 export type { CachedLogin };
 

@@ -15,14 +15,12 @@
  */
 import type { Config } from '../config/schema.js';
 import { ErrorCodes, errorMessage, isMailgateError } from '../errors.js';
-import { clipName } from '../log/logger.js';
 import { canonicalAppPassword } from '../store/app-password-format.js';
+import type { PasswordHasher } from '../store/hasher.js';
 import type { Store } from '../store/store.js';
-import type { StoreHandle } from '../store/store-handle.js';
-import type { Account, AppPasswordInfo, Scope } from '../store/types.js';
+import type { Account, AppPasswordInfo, Scope, VerifyResult } from '../store/types.js';
 import { tryNormaliseUsername } from '../store/username.js';
 import type { UpstreamCredentials } from '../upstream/credentials.js';
-import type { VerifyResult } from '../store/verifier.js';
 import type { LoginCache } from './login-cache.js';
 import { accountOf, hasMasterSyntax } from './master-syntax.js';
 
@@ -102,15 +100,12 @@ export class AuthPolicy {
   private readonly inFlight = new Map<string, Promise<AuthDecision>>();
 
   constructor(
-    private readonly handle: StoreHandle,
+    private readonly store: Store,
+    private readonly hasher: PasswordHasher,
     private readonly config: Pick<Config, 'policy' | 'upstream'>,
     private readonly masterPassword: Buffer | null,
     private readonly options: PolicyOptions = {},
   ) {}
-
-  private get store(): Store {
-    return this.handle.get();
-  }
 
   /** The account a failure counts against: Dovecot reads "alice*x" as alice. */
   penaltyAccount(username: string): string {
@@ -139,14 +134,14 @@ export class AuthPolicy {
   private async decideOnce(attempt: AuthAttempt): Promise<AuthDecision> {
     try {
       const decision = await this.decideOrThrow(attempt);
-      if (decision.outcome === 'refuse' && !decision.repeat) this.remember(attempt, decision);
+      if (decision.outcome === 'refuse' && !decision.repeat) await this.remember(attempt, decision);
       return decision;
     } catch (err) {
       const username = attempt.username;
       if (isMailgateError(err, ErrorCodes.HASH_BUSY)) return { outcome: 'temporary', reason: 'hash-busy', username };
-      this.handle.failed(err);
       // Whatever else failed (the database locked, unreadable, gone), fail
-      // closed: nobody gets in on a store we cannot read.
+      // closed: nobody gets in on a store we cannot read. (The store has
+      // already noticed; it recovers by itself.)
       return { outcome: 'temporary', reason: 'store-unavailable', username, detail: errorMessage(err) };
     }
   }
@@ -156,16 +151,16 @@ export class AuthPolicy {
    * through), so that repeating it asks the upstream no more than a repeated
    * local refusal costs argon2.
    */
-  rememberUpstreamRefusal(attempt: AuthAttempt, refusal: Refusal): void {
+  async rememberUpstreamRefusal(attempt: AuthAttempt, refusal: Refusal): Promise<void> {
     try {
-      this.remember(attempt, refusal);
+      await this.remember(attempt, refusal);
     } catch {
       // Only a shortcut for repeats; a store that cannot be read now is noticed elsewhere.
     }
   }
 
   private async decideOrThrow(attempt: AuthAttempt): Promise<AuthDecision> {
-    const repeat = this.repeatedRefusal(attempt);
+    const repeat = await this.repeatedRefusal(attempt);
     if (repeat) return repeat;
     const name = tryNormaliseUsername(attempt.username);
     const refusal = this.refuseByShape(attempt, name);
@@ -174,14 +169,14 @@ export class AuthPolicy {
     // The owner of a recently verified app password needs no hashing (never
     // for an attempt refused by its shape: the right password with someone
     // else's authzid is still refused).
-    const verified = cacheKey && !refusal ? this.verifiedFromCache(cacheKey, attempt.protocol) : 'miss';
+    const verified = cacheKey && !refusal ? await this.verifiedFromCache(cacheKey, attempt.protocol) : 'miss';
     if (typeof verified === 'object') return this.master(verified.account, verified.appPassword);
     // Decided before anything about the account is read: while the hasher is
     // full, every attempt gets the same temporary answer, whichever kind of
     // account it names (and whether or not its path would need a hash).
-    if (!this.store.hasher.hasCapacity()) return { outcome: 'temporary', reason: 'hash-busy', username: attempt.username };
+    if (!this.hasher.hasCapacity()) return { outcome: 'temporary', reason: 'hash-busy', username: attempt.username };
     if (refusal) {
-      await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
+      await this.hasher.verifyDummy(attempt.password.toString('utf8'));
       return refusal;
     }
     return this.decideForAccount(attempt, name!, canonical, cacheKey, verified === 'stale');
@@ -204,7 +199,7 @@ export class AuthPolicy {
   }
 
   private async decideForAccount(attempt: AuthAttempt, name: string, canonical: string | null, cacheKey: string | null, stale: boolean): Promise<AuthDecision> {
-    const account = this.store.accounts.find(name);
+    const account = await this.store.accounts.find(name);
     if (canonical === null && attempt.appPasswordsOnly) {
       // AbuseGuard turns these away before they get here; never check one anyway.
       return { outcome: 'temporary', reason: 'blocked', username: name };
@@ -214,7 +209,7 @@ export class AuthPolicy {
       if (this.config.policy.unknown_users === 'passthrough' && !attempt.appPasswordsOnly) return this.passthrough(attempt, null);
       // A repeated guess skips the dummy hash like a repeated guess on a real account would.
       if (!(cacheKey && this.options.cache!.knownFailure(cacheKey) === 'unknown-account')) {
-        await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
+        await this.hasher.verifyDummy(attempt.password.toString('utf8'));
         if (cacheKey) this.options.cache!.rememberFailure(cacheKey, 'unknown-account');
       }
       return { outcome: 'refuse', reason: 'unknown-account', username: name };
@@ -239,23 +234,23 @@ export class AuthPolicy {
    * is re-read (one indexed read) so that a change since (the account added,
    * two-step verification turned off) is never answered from memory.
    */
-  private repeatedRefusal(attempt: AuthAttempt): Refusal | null {
+  private async repeatedRefusal(attempt: AuthAttempt): Promise<Refusal | null> {
     const cache = this.options.cache;
     if (!cache) return null;
     const key = cache.attemptKey(this.shape(attempt));
     const known = cache.knownRefusal(key);
     if (!known) return null;
-    if (known.stamp !== this.stamp(attempt)) {
+    if (known.stamp !== (await this.stamp(attempt))) {
       cache.forgetRefusal(key);
       return null;
     }
     return { outcome: 'refuse', reason: known.reason as RefusalReason, username: known.username, repeat: true };
   }
 
-  private remember(attempt: AuthAttempt, refusal: Refusal): void {
+  private async remember(attempt: AuthAttempt, refusal: Refusal): Promise<void> {
     const cache = this.options.cache;
     if (!cache || !REMEMBERED.has(refusal.reason)) return;
-    cache.rememberRefusal(cache.attemptKey(this.shape(attempt)), { reason: refusal.reason, username: refusal.username, stamp: this.stamp(attempt) });
+    cache.rememberRefusal(cache.attemptKey(this.shape(attempt)), { reason: refusal.reason, username: refusal.username, stamp: await this.stamp(attempt) });
   }
 
   private shape(attempt: AuthAttempt) {
@@ -266,9 +261,9 @@ export class AuthPolicy {
    * What a remembered refusal depended on: the account's identity and two-step
    * state (none for an unknown name), and whether only app passwords were checked.
    */
-  private stamp(attempt: AuthAttempt): string {
+  private async stamp(attempt: AuthAttempt): Promise<string> {
     const name = tryNormaliseUsername(attempt.username);
-    const account = name === null ? null : this.store.accounts.find(name);
+    const account = name === null ? null : await this.store.accounts.find(name);
     const state = account ? `${account.id}:${account.createdAt}:${account.totpState}:${account.totpChangedAt ?? ''}` : '-';
     return attempt.appPasswordsOnly ? `${state}:app-passwords-only` : state;
   }
@@ -277,11 +272,11 @@ export class AuthPolicy {
    * A verified-login cache hit, re-read from the store (a revocation counts
    * at once); 'stale' when the entry no longer holds, 'miss' without one.
    */
-  private verifiedFromCache(cacheKey: string, protocol: Scope): { account: Account; appPassword: AppPasswordInfo } | 'miss' | 'stale' {
+  private async verifiedFromCache(cacheKey: string, protocol: Scope): Promise<{ account: Account; appPassword: AppPasswordInfo } | 'miss' | 'stale'> {
     const cache = this.options.cache;
     const hit = cache?.verifiedLogin(cacheKey);
     if (!cache || !hit) return 'miss';
-    const again = this.store.verifier.recheck(hit, protocol);
+    const again = await this.store.logins.recheck(hit, protocol);
     if (again?.ok) {
       this.report('hit');
       return again;
@@ -306,7 +301,7 @@ export class AuthPolicy {
       }
       if (!stale) this.report('miss');
     }
-    const result = await this.store.verifier.check(name, canonical, protocol);
+    const result = await this.store.logins.check(name, canonical, protocol);
     if (cache && cacheKey) {
       if (result.ok) {
         cache.rememberVerified(cacheKey, {
@@ -326,11 +321,11 @@ export class AuthPolicy {
 
   private async mainPassword(attempt: AuthAttempt, account: Account, needDummyHash: boolean): Promise<AuthDecision> {
     if (account.totpState === 'enabled') {
-      if (needDummyHash) await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
+      if (needDummyHash) await this.hasher.verifyDummy(attempt.password.toString('utf8'));
       return { outcome: 'refuse', reason: 'two-factor-required', username: account.username };
     }
     if (this.config.policy.main_password_without_2fa === 'reject') {
-      if (needDummyHash) await this.store.hasher.verifyDummy(attempt.password.toString('utf8'));
+      if (needDummyHash) await this.hasher.verifyDummy(attempt.password.toString('utf8'));
       return { outcome: 'refuse', reason: 'main-password-disabled', username: account.username };
     }
     return this.passthrough(attempt, account);
@@ -367,28 +362,4 @@ export class AuthPolicy {
       },
     };
   }
-
-  /**
-   * Records a login the upstream accepted: last use and audit, in one commit.
-   * Throws if it cannot be committed, and the login must then not go ahead:
-   * this write is what tells the gateway the store can keep its records. A
-   * user mailgate does not know (passthrough) gets an audit event for the
-   * same reason.
-   */
-  recordSuccess(attempt: AuthAttempt, decision: Extract<AuthDecision, { outcome: 'accept' }>): void {
-    const context = { protocol: attempt.protocol, clientIp: attempt.clientIp, client: attempt.client };
-    const store = this.store;
-    store.db.transaction(() => {
-      if (decision.account) {
-        store.verifier.recordSuccess(decision.account, decision.mode === 'app-password' ? decision.appPassword : null, context);
-      } else {
-        store.audit.record('login-ok', { username: clipName(decision.upstream.user), ip: attempt.clientIp, protocol: attempt.protocol, detail: 'upstream-password' });
-      }
-    })();
-  }
-
-  recordFailure(attempt: AuthAttempt, username: string, reason: string): void {
-    this.store.verifier.recordFailure(username, reason, { protocol: attempt.protocol, clientIp: attempt.clientIp });
-  }
 }
-

@@ -14,11 +14,13 @@
  * nothing waits.
  */
 
+import { FIXED_LIMITS } from '../config/limits.js';
+
 export type RefusalSource = 'local' | 'upstream';
 
-const SAMPLES = 32;
+const SAMPLES = FIXED_LIMITS.refusal_timing_samples;
 /** Never wait longer than this, whatever the upstream did: a stuck upstream must not stall refusals. */
-const MAX_FLOOR_MS = 5000;
+const MAX_FLOOR_MS = FIXED_LIMITS.refusal_timing_max_floor_ms;
 
 export class RefusalTiming {
   private readonly pools = new Map<string, number[]>();

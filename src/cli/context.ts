@@ -4,7 +4,9 @@
  */
 import type { Command } from 'commander';
 import { loadConfig, type LoadedConfig } from '../config/load.js';
-import { Store, storeOptionsFromConfig } from '../store/store.js';
+import { silentLogger } from '../log/logger.js';
+import { openStore } from '../store/open.js';
+import type { Store } from '../store/store.js';
 
 export interface GlobalOptions {
   config?: string;
@@ -22,10 +24,10 @@ export function loadCommandConfig(command: Command): LoadedConfig {
 /** Opens the store for the duration of `work`, closing it whatever happens. */
 export async function withStore<T>(command: Command, work: (store: Store, loaded: LoadedConfig) => T | Promise<T>): Promise<T> {
   const loaded = loadCommandConfig(command);
-  const store = Store.open(storeOptionsFromConfig(loaded.config));
+  const { store } = openStore(loaded.config, { role: 'cli', log: silentLogger() });
   try {
     return await work(store, loaded);
   } finally {
-    store.close();
+    await store.close();
   }
 }

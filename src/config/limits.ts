@@ -27,7 +27,7 @@ export const LIMIT_DEFAULTS = {
   /** [timeouts] On SIGTERM: a login or a short command finishes within seconds; IDLE sessions would
    * wait forever, and mail programs reconnect anyway. 10 s is well inside systemd's 90 s stop timeout. */
   shutdown_grace_seconds: 10,
-  /** [timeouts] How often open sessions are re-checked for revocation: one cheap PRAGMA data_version
+  /** [timeouts] How often open sessions are re-checked for revocation: one cheap look at the store's change marker (SQLite's data_version)
    * per tick when nothing changed, so 2 s keeps the "closed within 5 s" promise with room to spare. */
   revocation_check_seconds: 2,
   /** [store] How long a gateway write waits for the database lock. SQLite calls block the event loop,
@@ -137,6 +137,21 @@ export const FIXED_LIMITS = {
    * Thunderbird retries a stale password three ways (AUTHENTICATE PLAIN, AUTHENTICATE LOGIN, LOGIN), and each
    * of those is worth its own line; a storm's hundredth repeat is not. */
   repeated_failure_log_burst: 3,
+  /** How often expired failure counters and old audit events are removed: every 10 minutes keeps the tables
+   * small under a steady trickle of guesses, at the cost of one indexed DELETE each. */
+  housekeeping_interval_seconds: 600,
+  /** How often the gateway's worker copies the WAL into the database (SQLite): often enough that the WAL stays
+   * small under a storm of failed logins, each a few row writes. */
+  checkpoint_interval_seconds: 1,
+  /** While the database is unusable, or its writes fail, how often a login may try it again (a reopen or a
+   * write probe): once a second recovers fast without hammering a broken file. */
+  store_retry_seconds: 1,
+  /** Refusal durations remembered per protocol and source, to draw the answer time of the other kind from:
+   * 32 follows a change in the upstream's speed within a minute of refusals, and costs nothing. */
+  refusal_timing_samples: 32,
+  /** The longest a refusal is held back to look like an upstream one: Dovecot's own delay is 2 s, and a stuck
+   * upstream (timeouts of 20 s) must not stall every refusal with it. */
+  refusal_timing_max_floor_ms: 5000,
   /** PROXY protocol v1 header: the spec (section 2.1) caps it at 107 bytes, CRLF included. */
   proxy_v1_max_bytes: 107,
   /** PROXY protocol v2 header: the 16-byte fixed part plus 536 bytes of addresses and TLVs. The largest

@@ -1,52 +1,71 @@
 /**
- * The running gateway: opens the store, loads TLS, binds every configured
- * listener and gives each accepted socket to an ImapSession or Pop3Session.
- * It also owns start-up checks and the graceful shutdown.
+ * The running gateway, and the composition root: every service is built
+ * here, in order, from the configuration (nothing is declared elsewhere and
+ * patched afterwards); then the listeners are bound and each accepted socket
+ * becomes an ImapSession or Pop3Session. It also owns start-up checks and
+ * the graceful shutdown.
  */
 import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { AbuseGuard, abuseRules } from '../auth/abuse.js';
 import { clientKey } from '../auth/client-key.js';
 import { LoginCache } from '../auth/login-cache.js';
+import { LoginService } from '../auth/login-service.js';
 import { AuthPolicy } from '../auth/policy.js';
 import { RefusalTiming } from '../auth/refusal-timing.js';
+import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import { ConfigError, configPath } from '../config/load.js';
 import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { RepeatedLines } from '../log/repeated-lines.js';
-import { FIXED_LIMITS } from '../config/limits.js';
 import { ImapSession } from '../session/imap-session.js';
 import { Pop3Session } from '../session/pop3-session.js';
 import { isTrusted, readProxyHeader, trustedProxies, type ProxiedOrigin } from '../session/proxy-header.js';
-import { SessionRegistry } from '../session/registry.js';
+import { SessionRegistry, type TrackedSession } from '../session/registry.js';
 import { RevocationWatcher } from '../session/revocation-watcher.js';
-import type { GatewayServices, Session } from '../session/session.js';
+import type { Session, SessionContext } from '../session/session.js';
 import { loadServerTls, type ServerTls } from '../session/tls.js';
+import type { PasswordHasher } from '../store/hasher.js';
+import { createHasher, openStore } from '../store/open.js';
+import type { Store } from '../store/store.js';
+import type { Clock } from '../store/types.js';
+import { upstreamTarget } from '../upstream/connect.js';
+import { Upstreams, type UpstreamProtocol } from '../upstream/upstreams.js';
 import { Housekeeping } from './housekeeping.js';
 import { Metrics } from './metrics.js';
-import { storeOptionsFromConfig, type Store, type StoreOptions } from '../store/store.js';
-import { StoreHandle } from '../store/store-handle.js';
-import { Checkpointer } from '../store/checkpointer.js';
-import { storeFootprint } from '../store/footprint.js';
-import { upstreamTarget } from '../upstream/connect.js';
-import { probeImapCapabilities, probePop3Capabilities } from '../upstream/probe.js';
-
-/** How often the background checkpointer copies the WAL into the database. */
-const CHECKPOINT_INTERVAL_MS = 1000;
 
 export interface GatewayOptions {
   config: Config;
   log: Logger;
   env?: NodeJS.ProcessEnv;
-  /** Overrides for the store options (tests inject a clock or cheap argon2 settings). */
-  storeOptions?: Partial<StoreOptions>;
+  /** Tests: cheaper argon2 than the configuration's, and a clock they control. */
+  argon2?: { memoryKib: number; iterations: number; parallelism: number };
+  now?: Clock;
 }
 
 export interface BoundListener {
   config: ListenConfig;
   host: string;
   port: number;
+}
+
+/** Everything the running gateway is made of (the tests look at some of it). */
+export interface GatewayServices extends SessionContext {
+  store: Store;
+  hasher: PasswordHasher;
+  policy: AuthPolicy;
+  guard: AbuseGuard;
+  metrics: Metrics;
+  upstreams: Upstreams;
+  repeatedLines: RepeatedLines;
+}
+
+/** What Gateway.start checks before the store is opened. */
+interface StartChecks {
+  masterPassword: Buffer | null;
+  serverTls: ServerTls;
+  upstreams: Upstreams;
 }
 
 export class Gateway {
@@ -58,10 +77,7 @@ export class Gateway {
   metricsAddress: { host: string; port: number } | null = null;
   private readonly trustedProxies: net.BlockList;
 
-  private constructor(
-    readonly services: GatewayServices,
-    private readonly checkpointer: Checkpointer,
-  ) {
+  private constructor(readonly services: GatewayServices) {
     this.trustedProxies = trustedProxies(services.config.proxy.trusted);
     this.housekeeping = new Housekeeping(services.store, services.config, services.log);
     this.revocations = new RevocationWatcher(
@@ -71,14 +87,11 @@ export class Gateway {
       services.config.timeouts.revocation_check_seconds * 1000,
       services.config.policy,
     );
-    // A block started here does not move SQLite's data_version for this
-    // connection: tell the watcher, so a blocked name's sessions close at once.
-    services.guard.onBlock = () => this.revocations.changed();
   }
 
-  /** The store as it is now (it may be reopened after the database recovers). */
+  /** The store (the tests use it to make changes "in the gateway's own process"). */
   get store(): Store {
-    return this.services.store.get();
+    return this.services.store;
   }
 
   /**
@@ -89,99 +102,94 @@ export class Gateway {
    */
   static async start(options: GatewayOptions): Promise<Gateway> {
     const { config, log } = options;
-    const masterPassword = readMasterPassword(config, options.env ?? process.env);
-    const serverTls = await loadServerTls(config, log);
-    const upstreams = { imap: upstreamTarget(config.upstream.imap, 'imap'), pop3: upstreamTarget(config.upstream.pop3, 'pop3') };
-    // better-sqlite3 is synchronous: a write waiting for a lock blocks the event
-    // loop, so the gateway waits far less than the CLI would.
-    const storeOptions = storeOptionsFromConfig(config, {
-      busyTimeoutMs: config.store.gateway_busy_timeout_ms,
-      autoCheckpoint: false,
-      ...options.storeOptions,
-    });
-    const footprint = storeFootprint(storeOptions);
-    try {
-      return await Gateway.startWithStore(options, { masterPassword, serverTls, upstreams, storeOptions });
-    } catch (err) {
-      const removed = footprint.removeCreated();
-      if (removed.length > 0) log.info({ removed }, 'removed the new store this failed start had created');
-      throw err;
-    }
-  }
-
-  private static async startWithStore(options: GatewayOptions, checked: StartChecks): Promise<Gateway> {
-    const { config, log } = options;
-    const { masterPassword, storeOptions } = checked;
-    const store = new StoreHandle(storeOptions, log);
+    const checks: StartChecks = {
+      masterPassword: readMasterPassword(config, options.env ?? process.env),
+      serverTls: await loadServerTls(config, log),
+      upstreams: new Upstreams({ imap: upstreamTarget(config.upstream.imap, 'imap'), pop3: upstreamTarget(config.upstream.pop3, 'pop3') }, config),
+    };
+    const hasher = createHasher(config, options.argon2);
+    const opened = openStore(config, { log, role: 'gateway', hasher, ...(options.now ? { now: options.now } : {}), ...(options.argon2 ? { argon2: options.argon2 } : {}) });
     let gateway: Gateway | null = null;
-    const checkpointer = new Checkpointer(storeOptions.path, CHECKPOINT_INTERVAL_MS, log, () => store.enableAutoCheckpoint());
     try {
-      if (!masterPassword) {
-        log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
-      }
-      const registry = new SessionRegistry();
-      const metrics = new Metrics({
-        sessions: () => registry.counts(),
-        argon2: () => {
-          try {
-            return store.get().hasher.stats;
-          } catch {
-            return { verifications: 0, running: 0, queued: 0 };
-          }
-        },
-      });
-      const services: GatewayServices = {
-        config,
-        log,
-        store,
-        policy: new AuthPolicy(store, config, masterPassword, {
-          cache: new LoginCache(
-            {
-              ttlMs: config.auth.login_cache_ttl_seconds * 1000,
-              maxEntries: config.auth.login_cache_max_entries,
-              negativeTtlMs: config.auth.failed_login_cache_ttl_seconds * 1000,
-              negativeMaxEntries: config.auth.failed_login_cache_max_entries,
-            },
-            options.storeOptions?.now,
-          ),
-          onCacheLookup: (result) => metrics.loginCache.inc({ result }),
-        }),
-        guard: new AbuseGuard(() => store.get(), abuseRules(config.limits), log, options.storeOptions?.now),
-        serverTls: checked.serverTls,
-        registry,
-        metrics,
-        refusalTiming: new RefusalTiming(
-          // Only a configuration that lets passwords through to the upstream has two kinds of refusal to even out.
-          config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough'
-            ? config.policy.expected_upstream_refusal_ms
-            : 0,
-          [...new Set(config.listen.map((l) => l.protocol))],
-        ),
-        upstreams: checked.upstreams,
-        upstreamCapabilities: { imap: null, pop3: null },
-        repeatedLines: new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst),
-      };
-      services.admission = (session) => admit(services, session);
-      warnIfFewFileDescriptors(config, log);
-      gateway = new Gateway(services, checkpointer);
-      await gateway.probeUpstreams();
-      for (const [index, listener] of config.listen.entries()) await gateway.listen(listener, index);
-      gateway.revocations.start();
-      gateway.housekeeping.start();
-      checkpointer.start();
-      if (config.metrics.listen) {
-        const address = config.metrics.listen;
-        gateway.metricsAddress = await metrics.listen(address, log).catch((err: unknown) => {
-          throw listenError(err, 'metrics.listen', address);
-        });
-      }
+      gateway = new Gateway(Gateway.compose(options, checks, opened.store, hasher));
+      await gateway.open();
       return gateway;
     } catch (err) {
       // Half started (a port taken, say): take down what did start, so the
       // process can exit instead of serving from a gateway that failed.
       if (gateway) await gateway.stop(0);
-      else store.close();
+      else await opened.store.close();
+      const removed = opened.removeCreated();
+      if (removed.length > 0) log.info({ removed }, 'removed the new store this failed start had created');
       throw err;
+    }
+  }
+
+  /** Builds the services, each from the ones before it. */
+  private static compose(options: GatewayOptions, checks: StartChecks, store: Store, hasher: PasswordHasher): GatewayServices {
+    const { config, log } = options;
+    if (!checks.masterPassword) {
+      log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
+    }
+    const registry = new SessionRegistry();
+    const metrics = new Metrics({ sessions: () => registry.counts(), argon2: () => hasher.stats });
+    const cache = new LoginCache(
+      {
+        ttlMs: config.auth.login_cache_ttl_seconds * 1000,
+        maxEntries: config.auth.login_cache_max_entries,
+        negativeTtlMs: config.auth.failed_login_cache_ttl_seconds * 1000,
+        negativeMaxEntries: config.auth.failed_login_cache_max_entries,
+      },
+      options.now,
+    );
+    const policy = new AuthPolicy(store, hasher, config, checks.masterPassword, { cache, onCacheLookup: (result) => metrics.loginCache.inc({ result }) });
+    const guard = new AbuseGuard(store, abuseRules(config.limits), log, options.now);
+    const repeatedLines = new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst);
+    const refusalTiming = new RefusalTiming(
+      // Only a configuration that lets passwords through to the upstream has two kinds of refusal to even out.
+      config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough' ? config.policy.expected_upstream_refusal_ms : 0,
+      [...new Set(config.listen.map((l) => l.protocol))],
+    );
+    const logins = new LoginService({
+      store,
+      policy,
+      guard,
+      refusalTiming,
+      upstream: checks.upstreams,
+      events: { login: (channel, result) => metrics.logins.inc({ protocol: channel, result }) },
+      log,
+      repeatedLines,
+    });
+    return {
+      config,
+      log,
+      store,
+      hasher,
+      policy,
+      guard,
+      metrics,
+      repeatedLines,
+      logins,
+      registry,
+      serverTls: checks.serverTls,
+      upstreams: checks.upstreams,
+      admission: (session) => admit(config, registry, metrics, session),
+    };
+  }
+
+  /** Learns the upstreams, binds every listener, starts the background work. */
+  private async open(): Promise<void> {
+    const { config, log, upstreams, metrics } = this.services;
+    warnIfFewFileDescriptors(config, log);
+    await upstreams.probe(new Set<UpstreamProtocol>(config.listen.map((l) => l.protocol)), log);
+    for (const [index, listener] of config.listen.entries()) await this.listen(listener, index);
+    this.revocations.start();
+    this.housekeeping.start();
+    if (config.metrics.listen) {
+      const address = config.metrics.listen;
+      this.metricsAddress = await metrics.listen(address, log).catch((err: unknown) => {
+        throw listenError(err, 'metrics.listen', address);
+      });
     }
   }
 
@@ -265,24 +273,6 @@ export class Gateway {
     session.start();
   }
 
-  private async probeUpstreams(): Promise<void> {
-    const { upstreams, upstreamCapabilities, config, log } = this.services;
-    const timeout = Math.min(3000, config.timeouts.upstream_connect_seconds * 1000);
-    const protocols = new Set(config.listen.map((l) => l.protocol));
-    await Promise.all([
-      protocols.has('imap')
-        ? probeImapCapabilities(upstreams.imap, timeout)
-            .then((caps) => (upstreamCapabilities.imap ??= caps))
-            .catch((err: Error) => log.warn({ err: err.message }, 'IMAP upstream not reachable at start-up'))
-        : null,
-      protocols.has('pop3')
-        ? probePop3Capabilities(upstreams.pop3, timeout)
-            .then((caps) => (upstreamCapabilities.pop3 ??= caps))
-            .catch((err: Error) => log.warn({ err: err.message }, 'POP3 upstream not reachable at start-up'))
-        : null,
-    ]);
-  }
-
   /**
    * Stops accepting, lets open sessions finish for up to `graceMs`, then ends
    * the rest and closes the store (so every write is committed).
@@ -311,19 +301,12 @@ export class Gateway {
     }
     this.services.repeatedLines.flush();
     await this.services.metrics.close();
-    await this.checkpointer.stop();
-    this.services.store.close();
+    // Closing the store runs its last checkpoint: every write is on disk.
+    await this.services.store.close();
     log.info('stopped');
   }
 }
 
-/** What Gateway.start checks before the store is opened. */
-interface StartChecks {
-  masterPassword: Buffer | null;
-  serverTls: ServerTls;
-  upstreams: GatewayServices['upstreams'];
-  storeOptions: StoreOptions;
-}
 
 /**
  * A socket that cannot listen, in one line: which configuration key, which
@@ -386,8 +369,7 @@ function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | nu
 }
 
 /** Connection limits, checked once a session can be answered. */
-function admit(services: GatewayServices, session: Session): string | null {
-  const { registry, config, metrics } = services;
+function admit(config: Config, registry: SessionRegistry, metrics: Metrics, session: TrackedSession): 'refused-global-limit' | 'refused-per-ip-limit' | null {
   const refusal =
     registry.size > config.limits.max_connections
       ? 'refused-global-limit'

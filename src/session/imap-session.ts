@@ -1,42 +1,65 @@
 /**
  * The IMAP side of a session before login (RFC 9051/3501): greeting,
- * CAPABILITY, NOOP, LOGOUT, STARTTLS, ID, LOGIN and AUTHENTICATE. Everything
- * else is refused with the client's tag. After login the shared Session
- * relays bytes and this class is out of the picture.
+ * CAPABILITY, NOOP, LOGOUT, STARTTLS, ID, LOGIN and AUTHENTICATE, declared
+ * in a command table. Everything else is refused with the client's tag.
+ * After login the shared Session relays bytes and this class is out of the
+ * picture.
  */
-import { ACCOUNT_BLOCKED, APP_PASSWORD_REVOKED, appPasswordRequiredFarewell, IDLE_TIMEOUT, loginFailedAlert, MAILBOX_IN_USE, SHUTTING_DOWN, TEMPORARY_FAILURE, TOO_MANY_ERRORS, twoFactorEnabledFarewell } from '../auth/messages.js';
+import type { Socket } from 'node:net';
+import type { LoggedIn, LoginOutcome } from '../auth/login-service.js';
+import {
+  ACCOUNT_BLOCKED,
+  APP_PASSWORD_REVOKED,
+  appPasswordRequiredFarewell,
+  IDLE_TIMEOUT,
+  loginFailedAlert,
+  MAILBOX_IN_USE,
+  SHUTTING_DOWN,
+  TEMPORARY_FAILURE,
+  TOO_MANY_ERRORS,
+  twoFactorEnabledFarewell,
+} from '../auth/messages.js';
+import { FIXED_LIMITS, imapMaxCommandBytes } from '../config/limits.js';
+import type { ListenConfig } from '../config/schema.js';
 import { preloginCapabilities } from '../protocols/imap/capabilities.js';
 import { continuation, tagged, untagged, untaggedData } from '../protocols/imap/compiler.js';
 import { clientIdSummary, parseIdArgs } from '../protocols/imap/id.js';
 import { ImapParser, type ImapArg, type ImapParseEvent } from '../protocols/imap/parser.js';
-import { SUPPORTED_SASL_MECHANISMS, type SaslCredentials, type SaslErrorReason } from '../protocols/sasl.js';
-import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
-import { loginImapUpstream } from '../upstream/imap-login.js';
+import { SUPPORTED_SASL_MECHANISMS, type SaslErrorReason } from '../protocols/sasl.js';
+import { decodeUtf8 } from '../protocols/utf8.js';
 import type { ProxiedOrigin } from './proxy-header.js';
-import { Session, type Credentials, type FarewellReason, type GatewayServices } from './session.js';
-import { FIXED_LIMITS, imapMaxCommandBytes } from '../config/limits.js';
-import type { ListenConfig } from '../config/schema.js';
-import type { Socket } from 'node:net';
+import { Session, type CommandRefusal, type CommandSpec, type FarewellReason, type SessionContext } from './session.js';
 
 type Command = Extract<ImapParseEvent, { type: 'command' }>;
 
 /** Commands of the authenticated and selected states: right command, wrong time. */
-const AFTER_LOGIN_COMMANDS = new Set([
+const AFTER_LOGIN_COMMANDS = [
   'SELECT', 'EXAMINE', 'CREATE', 'DELETE', 'RENAME', 'SUBSCRIBE', 'UNSUBSCRIBE', 'LIST', 'LSUB', 'STATUS',
   'APPEND', 'CHECK', 'CLOSE', 'UNSELECT', 'EXPUNGE', 'SEARCH', 'FETCH', 'STORE', 'COPY', 'MOVE', 'UID',
   'IDLE', 'ENABLE', 'NAMESPACE', 'GETQUOTA', 'GETQUOTAROOT', 'SETQUOTA', 'GETACL', 'SETACL', 'MYRIGHTS',
   'LISTRIGHTS', 'GETMETADATA', 'SETMETADATA', 'COMPRESS', 'NOTIFY', 'SORT', 'THREAD', 'ESEARCH', 'REPLACE',
-]);
+];
 
-const UTF8 = new TextDecoder('utf-8', { fatal: true });
-
-export class ImapSession extends Session<ImapParseEvent, ImapParser> {
+export class ImapSession extends Session<ImapParseEvent, ImapParser, Command> {
   readonly protocol = 'imap' as const;
-  /** The tag of the AUTHENTICATE command whose exchange is running. */
-  private saslTag = '';
+  protected readonly plaintextLoginIsBad = false;
+  /** The tag of the LOGIN or AUTHENTICATE whose answer is pending. */
+  private loginTag = '';
 
-  constructor(socket: Socket, listener: ListenConfig, services: GatewayServices, origin?: ProxiedOrigin | null) {
-    const limits = services.config.limits;
+  /** The pre-login commands: one table for all IMAP sessions. */
+  private static readonly COMMANDS: ReadonlyMap<string, CommandSpec<ImapSession, Command>> = new Map<string, CommandSpec<ImapSession, Command>>([
+    ['CAPABILITY', { state: 'prelogin', handler: (s, c) => s.capability(c) }],
+    ['NOOP', { state: 'prelogin', handler: (s, c) => s.write(tagged(c.tag, 'OK', 'NOOP completed')) }],
+    ['LOGOUT', { state: 'prelogin', handler: (s, c) => s.closeWith(untagged('BYE', 'Logging out') + tagged(c.tag, 'OK', 'LOGOUT completed'), 'logout') }],
+    ['ID', { state: 'prelogin', handler: (s, c) => s.idCommand(c) }],
+    ['STARTTLS', { state: 'prelogin', handler: (s, c) => s.starttls(c) }],
+    ['LOGIN', { state: 'prelogin', needsTls: true, handler: (s, c) => s.loginCommand(c) }],
+    ['AUTHENTICATE', { state: 'prelogin', needsTls: true, handler: (s, c) => s.authenticate(c) }],
+    ...AFTER_LOGIN_COMMANDS.map((name): [string, CommandSpec<ImapSession, Command>] => [name, { state: 'after-login' }]),
+  ]);
+
+  constructor(socket: Socket, listener: ListenConfig, context: SessionContext, origin?: ProxiedOrigin | null) {
+    const limits = context.config.limits;
     const parser = new ImapParser({
       maxLineBytes: limits.imap_max_line_bytes,
       maxLiteralBytes: limits.imap_max_literal_bytes,
@@ -44,11 +67,11 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
       maxNesting: limits.imap_max_nesting,
       maxArgs: FIXED_LIMITS.imap_max_args,
     });
-    super(socket, listener, services, parser, origin);
+    super(socket, listener, context, parser, origin);
   }
 
   protected releasePrelogin(): void {
-    this.saslTag = '';
+    this.loginTag = '';
   }
 
   protected greet(): void {
@@ -60,13 +83,14 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
   }
 
   protected farewell(reason: FarewellReason): string {
+    const helpUrl = this.context.config.policy.help_url;
     switch (reason) {
       case 'revoked':
         return untagged('BYE', APP_PASSWORD_REVOKED, 'UNAVAILABLE');
       case 'two-factor-enabled':
-        return untagged('BYE', twoFactorEnabledFarewell(this.services.config.policy.help_url), 'UNAVAILABLE');
+        return untagged('BYE', twoFactorEnabledFarewell(helpUrl), 'UNAVAILABLE');
       case 'app-password-required':
-        return untagged('BYE', appPasswordRequiredFarewell(this.services.config.policy.help_url), 'UNAVAILABLE');
+        return untagged('BYE', appPasswordRequiredFarewell(helpUrl), 'UNAVAILABLE');
       case 'blocked':
         return untagged('BYE', ACCOUNT_BLOCKED, 'UNAVAILABLE');
       case 'shutdown':
@@ -75,31 +99,18 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
         return untagged('BYE', IDLE_TIMEOUT);
       case 'errors':
         return untagged('BYE', TOO_MANY_ERRORS);
+      case 'login-failures':
+        return untagged('BYE', 'Too many failed logins.');
       case 'internal':
         return untagged('BYE', TEMPORARY_FAILURE, 'UNAVAILABLE');
     }
   }
 
-  protected loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult> {
-    const { config, upstreams, upstreamCapabilities } = this.services;
-    return loginImapUpstream({
-      target: upstreams.imap,
-      connectTimeoutMs: config.timeouts.upstream_connect_seconds * 1000,
-      responseTimeoutMs: config.timeouts.upstream_response_seconds * 1000,
-      forward: config.upstream.imap.forward_client_ip ? origin : null,
-      credentials,
-      clientLeft,
-      onGreetingCapabilities: (caps) => {
-        upstreamCapabilities.imap = caps;
-      },
-    });
-  }
-
   private capabilities(): string[] {
     return preloginCapabilities({
-      starttlsOffered: this.listener.tls === 'starttls' && !this.secure,
+      starttlsOffered: this.starttlsOffered,
       loginAllowed: this.loginAllowed,
-      upstream: this.services.upstreamCapabilities.imap,
+      upstream: this.context.upstreams.capabilities.imap,
       mechanisms: SUPPORTED_SASL_MECHANISMS,
     });
   }
@@ -109,9 +120,9 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
       case 'literal-continuation':
         // Never invite credentials in clear text: refuse a login before TLS
         // instead of asking for its literal.
-        if ((event.name === 'LOGIN' || event.name === 'AUTHENTICATE') && !this.loginAllowed) {
+        if (ImapSession.COMMANDS.get(event.name)?.needsTls && !this.loginAllowed) {
           this.parser.refuseLiteral();
-          this.refusePlaintext(event.tag);
+          this.refuseCommand({ type: 'command', tag: event.tag, name: event.name, args: [] }, { why: 'needs-tls' });
           return;
         }
         this.write(continuation('Ready for literal data'));
@@ -124,7 +135,7 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
         return;
       case 'command':
         this.touch();
-        this.dispatch(event);
+        this.dispatch(event.name, event, ImapSession.COMMANDS);
     }
   }
 
@@ -140,152 +151,90 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser> {
     this.countBadCommand();
   }
 
-  private dispatch(command: Command): void {
-    const { tag, name, args } = command;
-    switch (name) {
-      case 'CAPABILITY':
-        this.write(untaggedData(`CAPABILITY ${this.capabilities().join(' ')}`) + tagged(tag, 'OK', 'CAPABILITY completed'));
-        return;
-      case 'NOOP':
-        this.write(tagged(tag, 'OK', 'NOOP completed'));
-        return;
-      case 'LOGOUT':
-        this.closeWith(untagged('BYE', 'Logging out') + tagged(tag, 'OK', 'LOGOUT completed'), 'logout');
-        return;
-      case 'ID':
-        return this.idCommand(tag, args);
-      case 'STARTTLS':
-        return this.starttls(tag, args);
-      case 'LOGIN':
-        return this.loginCommand(tag, args);
-      case 'AUTHENTICATE':
-        return this.authenticate(tag, args);
-      default:
-        if (AFTER_LOGIN_COMMANDS.has(name)) this.write(tagged(tag, 'NO', 'Log in first.'));
-        else this.write(tagged(tag, 'BAD', 'Unknown command.'));
-        this.countBadCommand();
+  protected answerRefusedCommand(command: Command, refusal: CommandRefusal): void {
+    const { tag } = command;
+    switch (refusal.why) {
+      case 'unknown':
+        return this.write(tagged(tag, 'BAD', 'Unknown command.'));
+      case 'log-in-first':
+        return this.write(tagged(tag, 'NO', 'Log in first.'));
+      case 'needs-tls':
+        return this.write(tagged(tag, 'NO', 'Use STARTTLS first: credentials are not accepted over an unencrypted connection.', 'PRIVACYREQUIRED'));
+      case 'bad':
+        return this.write(tagged(tag, 'BAD', refusal.message));
     }
   }
 
-  private idCommand(tag: string, args: ImapArg[]): void {
-    const parsed = parseIdArgs(args);
-    if (!parsed.ok) {
-      this.write(tagged(tag, 'BAD', parsed.message));
-      this.countBadCommand();
-      return;
-    }
+  private capability(command: Command): void {
+    this.write(untaggedData(`CAPABILITY ${this.capabilities().join(' ')}`) + tagged(command.tag, 'OK', 'CAPABILITY completed'));
+  }
+
+  private idCommand(command: Command): { bad: string } | void {
+    const parsed = parseIdArgs(command.args);
+    if (!parsed.ok) return { bad: parsed.message };
     // Remembered for the log and the app password's last use. Whatever the
     // client says here (x-originating-ip included) is never forwarded upstream.
     this.clientId = clientIdSummary(parsed.fields);
-    this.write(untaggedData('ID ("name" "mailgate")') + tagged(tag, 'OK', 'ID completed'));
+    this.write(untaggedData('ID ("name" "mailgate")') + tagged(command.tag, 'OK', 'ID completed'));
   }
 
-  private starttls(tag: string, args: ImapArg[]): void {
-    if (args.length > 0) {
-      this.write(tagged(tag, 'BAD', 'STARTTLS takes no arguments.'));
-      this.countBadCommand();
-      return;
-    }
-    if (this.listener.tls !== 'starttls' || this.secure) {
-      this.write(tagged(tag, 'BAD', this.secure ? 'The connection is already encrypted.' : 'STARTTLS is not offered here.'));
-      this.countBadCommand();
-      return;
-    }
-    this.write(tagged(tag, 'OK', 'Begin TLS negotiation now'));
+  private starttls(command: Command): { bad: string } | void {
+    if (command.args.length > 0) return { bad: 'STARTTLS takes no arguments.' };
+    if (!this.starttlsOffered) return { bad: this.secure ? 'The connection is already encrypted.' : 'STARTTLS is not offered here.' };
+    this.write(tagged(command.tag, 'OK', 'Begin TLS negotiation now'));
     this.startTls();
   }
 
-  private refusePlaintext(tag: string): boolean {
-    if (this.loginAllowed) return false;
-    this.write(tagged(tag, 'NO', 'Use STARTTLS first: credentials are not accepted over an unencrypted connection.', 'PRIVACYREQUIRED'));
-    return true;
-  }
-
-  private loginCommand(tag: string, args: ImapArg[]): void {
-    if (this.refusePlaintext(tag)) return;
-    const [user, pass] = args;
-    if (args.length !== 2 || !isStringish(user) || !isStringish(pass)) {
-      this.write(tagged(tag, 'BAD', 'LOGIN needs a username and a password.'));
-      this.countBadCommand();
-      return;
-    }
+  private loginCommand(command: Command): { bad: string } | void {
+    const [user, pass] = command.args;
+    if (command.args.length !== 2 || !isStringish(user) || !isStringish(pass)) return { bad: 'LOGIN needs a username and a password.' };
     const username = decodeUtf8(argBytes(user));
-    if (username === null) {
-      this.write(tagged(tag, 'BAD', 'The username is not valid UTF-8.'));
-      this.countBadCommand();
-      return;
+    if (username === null) return { bad: 'The username is not valid UTF-8.' };
+    this.loginTag = command.tag;
+    this.runLogin({ username, password: argBytes(pass), method: 'login' });
+  }
+
+  private authenticate(command: Command): { bad: string } | void {
+    const [mechanism, initial] = command.args;
+    if (command.args.length < 1 || command.args.length > 2 || mechanism?.kind !== 'atom' || (initial !== undefined && !isStringish(initial))) {
+      return { bad: 'AUTHENTICATE needs a mechanism and at most one initial response.' };
     }
-    this.runLogin(tag, { username, password: argBytes(pass), method: 'login' });
+    this.loginTag = command.tag;
+    this.startSasl(mechanism.value, initial === undefined ? undefined : argBytes(initial).toString('latin1'), (name) => `authenticate-${name.toLowerCase()}`);
   }
 
-  private authenticate(tag: string, args: ImapArg[]): void {
-    if (this.refusePlaintext(tag)) return;
-    const [mechanism, initial] = args;
-    if (args.length < 1 || args.length > 2 || mechanism?.kind !== 'atom' || (initial !== undefined && !isStringish(initial))) {
-      this.write(tagged(tag, 'BAD', 'AUTHENTICATE needs a mechanism and at most one initial response.'));
-      this.countBadCommand();
-      return;
-    }
-    this.saslTag = tag;
-    this.startSasl(mechanism.value, initial === undefined ? undefined : argBytes(initial).toString('latin1'));
-  }
-
-  protected saslDone(credentials: SaslCredentials, mechanism: string): void {
-    this.runLogin(this.saslTag, { username: credentials.username, authzid: credentials.authzid, password: credentials.password, method: `authenticate-${mechanism.toLowerCase()}` });
-  }
-
-  protected saslFailed(reason: SaslErrorReason): void {
-    const tag = this.saslTag;
+  protected answerSaslError(reason: SaslErrorReason): void {
+    const tag = this.loginTag;
     switch (reason) {
       case 'cancelled':
-        this.write(tagged(tag, 'BAD', 'Authentication cancelled.'));
-        return;
+        return this.write(tagged(tag, 'BAD', 'Authentication cancelled.'));
       case 'unsupported-mechanism':
-        this.write(tagged(tag, 'NO', `Unsupported mechanism; use ${SUPPORTED_SASL_MECHANISMS.join(' or ')}.`));
-        break;
+        return this.write(tagged(tag, 'NO', `Unsupported mechanism; use ${SUPPORTED_SASL_MECHANISMS.join(' or ')}.`));
       case 'bad-base64':
-        this.write(tagged(tag, 'BAD', 'Invalid base64 in the authentication data.'));
-        break;
+        return this.write(tagged(tag, 'BAD', 'Invalid base64 in the authentication data.'));
       case 'malformed':
       case 'too-long':
-        this.write(tagged(tag, 'BAD', 'Malformed authentication data.'));
-        break;
+        return this.write(tagged(tag, 'BAD', 'Malformed authentication data.'));
     }
-    this.countBadCommand();
   }
 
-  private runLogin(tag: string, credentials: Credentials): void {
-    this.login(credentials)
-      .then((outcome) => {
-        if (outcome.ok) {
-          const caps = outcome.upstream.capabilities;
-          this.write(tagged(tag, 'OK', 'Logged in', `CAPABILITY ${caps.join(' ')}`));
-          this.startRelay(outcome.upstream);
-          return;
-        }
-        if (outcome.kind === 'temporary' || outcome.kind === 'in-use') {
-          const text = outcome.kind === 'in-use' ? MAILBOX_IN_USE : TEMPORARY_FAILURE;
-          this.write(tagged(tag, 'NO', text, outcome.kind === 'in-use' ? 'INUSE' : 'UNAVAILABLE'));
-        } else {
-          this.refuseCredentials(tag);
-        }
-        if (this.closeIfTooManyFailures()) return;
-        this.resumePrelogin();
-      })
-      .catch((err: unknown) => this.internalError(err));
+  protected answerLoggedIn(upstream: LoggedIn): void {
+    this.write(tagged(this.loginTag, 'OK', 'Logged in', `CAPABILITY ${upstream.capabilities.join(' ')}`));
   }
 
   /** The one answer to every credential failure: it never tells why. */
-  private refuseCredentials(tag: string): void {
-    // The ALERT line is what Thunderbird shows the user; the tagged text it does not.
-    this.write(untagged('NO', loginFailedAlert(this.services.config.policy.help_url), 'ALERT'));
-    this.write(tagged(tag, 'NO', 'Authentication failed.', 'AUTHENTICATIONFAILED'));
-  }
-
-  private closeIfTooManyFailures(): boolean {
-    if (this.failedLogins < this.services.config.limits.max_login_failures_per_connection) return false;
-    this.closeWith(untagged('BYE', 'Too many failed logins.'), 'too-many-login-failures');
-    return true;
+  protected answerLogin(outcome: Exclude<LoginOutcome, { kind: 'logged-in' | 'abandoned' }>): void {
+    const tag = this.loginTag;
+    switch (outcome.kind) {
+      case 'refused':
+        // The ALERT line is what Thunderbird shows the user; the tagged text it does not.
+        this.write(untagged('NO', loginFailedAlert(this.context.config.policy.help_url), 'ALERT'));
+        return this.write(tagged(tag, 'NO', 'Authentication failed.', 'AUTHENTICATIONFAILED'));
+      case 'temporary':
+        return this.write(tagged(tag, 'NO', TEMPORARY_FAILURE, 'UNAVAILABLE'));
+      case 'in-use':
+        return this.write(tagged(tag, 'NO', MAILBOX_IN_USE, 'INUSE'));
+    }
   }
 }
 
@@ -295,12 +244,4 @@ function isStringish(arg: ImapArg | undefined): arg is Extract<ImapArg, { kind: 
 
 function argBytes(arg: Extract<ImapArg, { kind: 'atom' | 'string' }>): Buffer {
   return arg.kind === 'atom' ? Buffer.from(arg.value, 'latin1') : arg.value;
-}
-
-function decodeUtf8(bytes: Buffer): string | null {
-  try {
-    return UTF8.decode(bytes);
-  } catch {
-    return null;
-  }
 }

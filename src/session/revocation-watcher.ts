@@ -11,43 +11,36 @@
  *    (two-step verification on, or `main_password_without_2fa = "reject"`),
  *    or once the name is blocked.
  *
- * The check is cheap when nothing changed: SQLite's `data_version` moves only
- * when another connection commits, so the sessions are re-read only then, when
- * this process says it changed something (`changed()`), or when the earliest
- * known expiry has passed.
+ * The check is cheap when nothing changed: the sessions are re-read only
+ * when the store says this process changed something (Store.onChange, at
+ * once), when its foreign-change token moved (another process committed;
+ * looked at every `revocation_check_seconds`), or when the earliest known
+ * expiry has passed.
  */
 import type { Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import type { StoreHandle } from '../store/store-handle.js';
-import type { Store } from '../store/store.js';
-import type { Account, AppPasswordInfo } from '../store/types.js';
+import type { CredentialsNow, Store } from '../store/store.js';
 import { tryNormaliseUsername } from '../store/username.js';
 import type { SessionAuth, SessionRegistry, TerminationReason, TrackedSession } from './registry.js';
 import { errorMessage } from '../errors.js';
 
 type LoggedIn = TrackedSession & { auth: SessionAuth };
 
-/** What the sessions' credentials look like in the store now. */
-interface Current {
-  accounts: Map<number, Account>;
-  appPasswords: Map<number, AppPasswordInfo>;
-  /** Accounts by name, for sessions passed through for names mailgate did not know. */
-  byName: Map<string, Account>;
-  blockedNames: Set<string>;
-}
 
 export class RevocationWatcher {
   private timer: NodeJS.Timeout | null = null;
-  private lastVersion: number | null = null;
-  private lastStoreIdentity: unknown = null;
+  private lastToken: string | null = null;
   private nextExpiry = Infinity;
+  private unsubscribe: (() => void) | null = null;
+  /** A pass is running (the store answers asynchronously): the next one waits for it. */
+  private running: Promise<void> | null = null;
   private lastCheckAt = 0;
   /** This process changed something the sessions depend on: check at the next opportunity. */
   private dirty = false;
   private soon: NodeJS.Immediate | null = null;
 
   constructor(
-    private readonly store: StoreHandle,
+    private readonly store: Store,
     private readonly registry: SessionRegistry,
     private readonly log: Logger,
     private readonly intervalMs: number,
@@ -56,8 +49,11 @@ export class RevocationWatcher {
   ) {}
 
   start(): void {
-    this.timer = setInterval(() => this.tick(), this.intervalMs);
+    this.timer = setInterval(() => void this.tick(), this.intervalMs);
     this.timer.unref();
+    // Changes this process commits (a revocation on the web page, a block
+    // started by its own penalties) are checked at once.
+    this.unsubscribe = this.store.onChange(() => this.changed());
   }
 
   stop(): void {
@@ -65,52 +61,50 @@ export class RevocationWatcher {
     this.timer = null;
     if (this.soon) clearImmediate(this.soon);
     this.soon = null;
+    this.unsubscribe?.();
+    this.unsubscribe = null;
   }
 
-  /**
-   * This process committed a change that may end sessions (a block started,
-   * say). SQLite's data_version does not move for a connection's own commits,
-   * so without this the change would go unnoticed until something else moved.
-   */
+  /** Something this process committed may end sessions: look at the next opportunity. */
   changed(): void {
     this.dirty = true;
     if (this.soon || !this.timer) return;
     this.soon = setImmediate(() => {
       this.soon = null;
-      this.tick();
+      void this.tick();
     });
   }
 
-  /** One pass; public so tests can drive it. */
-  tick(): void {
-    let store: Store;
-    try {
-      store = this.store.get();
-    } catch {
-      return; // the database is down; logins fail closed meanwhile, sessions stay as they are
-    }
+  /** One pass; public so tests can drive it. Passes never overlap. */
+  async tick(): Promise<void> {
+    while (this.running) await this.running;
+    this.running = this.pass().finally(() => (this.running = null));
+    return this.running;
+  }
+
+  private async pass(): Promise<void> {
     const sessions = [...this.registry.authenticated()];
     try {
-      const version = store.dataVersion();
+      const token = await this.store.foreignChangeToken();
       const now = this.now();
       // A session that logged in around the last check may have raced a
       // revocation committed just before it: check it once more.
       const fresh = sessions.some((s) => s.auth.loginAt >= this.lastCheckAt - 2 * this.intervalMs);
-      const unchanged = !this.dirty && store === this.lastStoreIdentity && version === this.lastVersion && now < this.nextExpiry && !fresh;
-      this.lastStoreIdentity = store;
-      this.lastVersion = version;
+      const unchanged = !this.dirty && token === this.lastToken && now < this.nextExpiry && !fresh;
+      this.lastToken = token;
       if (unchanged || sessions.length === 0) return;
       this.dirty = false;
       this.lastCheckAt = now;
-      this.check(store, sessions);
+      await this.check(sessions);
     } catch (err) {
-      this.store.failed(err);
+      // The database is down: logins fail closed meanwhile, and sessions stay
+      // as they are until it is back (the store notices by itself).
       this.log.warn({ err: errorMessage(err) }, 'revocation check failed');
     }
   }
 
-  private check(store: Store, sessions: LoggedIn[]): void {
-    const current = this.read(store, sessions);
+  private async check(sessions: LoggedIn[]): Promise<void> {
+    const current = await this.read(sessions);
     const now = this.now();
     let nextExpiry = Infinity;
     for (const session of sessions) {
@@ -126,18 +120,16 @@ export class RevocationWatcher {
     this.nextExpiry = nextExpiry;
   }
 
-  private read(store: Store, sessions: LoggedIn[]): Current {
+  private read(sessions: LoggedIn[]): Promise<CredentialsNow> {
     const known = sessions.filter((s) => s.auth.accountId !== null);
-    const names = sessions.filter((s) => s.auth.accountId === null).map((s) => nameOf(s.auth));
-    return {
-      accounts: store.accounts.findByIds(known.map((s) => s.auth.accountId!)),
-      appPasswords: store.appPasswords.findByIds(known.map((s) => s.auth.appPasswordId).filter((id): id is number => id !== null)),
-      byName: names.length > 0 ? store.accounts.findByNames(names) : new Map(),
-      blockedNames: names.length > 0 ? store.penalties.blockedAccounts(names) : new Set(),
-    };
+    return this.store.credentialsNow({
+      accountIds: known.map((s) => s.auth.accountId!),
+      appPasswordIds: known.map((s) => s.auth.appPasswordId).filter((id): id is number => id !== null),
+      names: sessions.filter((s) => s.auth.accountId === null).map((s) => nameOf(s.auth)),
+    });
   }
 
-  private reasonToClose(auth: SessionAuth, current: Current, now: number): CloseReason | null {
+  private reasonToClose(auth: SessionAuth, current: CredentialsNow, now: number): CloseReason | null {
     const account = current.accounts.get(auth.accountId!);
     // Removed, even if a new account has taken its id since.
     if (!account || account.createdAt !== auth.accountCreatedAt) return 'account-removed';
@@ -152,10 +144,10 @@ export class RevocationWatcher {
   }
 
   /** A session passed through for a name mailgate did not know at login. */
-  private passthroughReason(auth: SessionAuth, current: Current): CloseReason | null {
+  private passthroughReason(auth: SessionAuth, current: CredentialsNow): CloseReason | null {
     const name = nameOf(auth);
     if (current.blockedNames.has(name)) return 'account-blocked';
-    const account = current.byName.get(name);
+    const account = current.accountsByName.get(name);
     if (!account) return null;
     if (account.totpState === 'enabled') return 'two-factor-enabled';
     return this.policy.main_password_without_2fa === 'reject' ? 'main-password-disabled' : null;

@@ -2,50 +2,38 @@
  * One client connection, from accept to close: the part both protocols share.
  *
  * It owns the socket, the TLS handshake (implicit or STARTTLS), the pre-login
- * timers, the misbehaviour counter, the login pipeline (policy, then upstream)
- * and the hand-over to the relay, and it writes the session's log line.
- * ImapSession and Pop3Session add the protocol: they feed the parser, answer
- * commands, and say how to log in upstream.
+ * timers, the command table's guards and the misbehaviour counter, the SASL
+ * exchange, the login's tail (asking the login service, counting failures on
+ * the connection) and the hand-over to the relay, and it writes the session's
+ * log line. ImapSession and Pop3Session add the protocol: they feed the
+ * parser, declare their commands, and choose the words of every answer.
+ * Who may log in is not decided here: the LoginService decides, socket-free.
  */
 import { randomBytes } from 'node:crypto';
 import type { Socket } from 'node:net';
-import type { TLSSocket } from 'node:tls';
-import type { AbuseGuard, Admission } from '../auth/abuse.js';
-import type { RefusalTiming } from '../auth/refusal-timing.js';
-import type { AuthAttempt, AuthDecision, AuthPolicy } from '../auth/policy.js';
 import { canonicalAddress, clientKey } from '../auth/client-key.js';
+import type { LoggedIn, LoginOutcome, LoginService } from '../auth/login-service.js';
 import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config, ListenConfig } from '../config/schema.js';
-import { clipName, type Logger } from '../log/logger.js';
-import type { RepeatedLines } from '../log/repeated-lines.js';
-import type { StoreHandle } from '../store/store-handle.js';
-import type { Metrics } from '../server/metrics.js';
-import type { UpstreamTarget } from '../upstream/connect.js';
-import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from '../upstream/credentials.js';
+import type { Logger } from '../log/logger.js';
 import { SaslExchange, type SaslCredentials, type SaslErrorReason, type SaslStep } from '../protocols/sasl.js';
+import type { Upstreams } from '../upstream/upstreams.js';
+import type { SessionOutcome, SessionState } from './outcome.js';
 import { Relay, type RelayResult } from './relay.js';
 import type { SessionAuth, SessionRegistry, TerminationReason, TrackedSession } from './registry.js';
 import { wrapServerTls, type ServerTls } from './tls.js';
-import { errorMessage } from '../errors.js';
 
-/** What every session needs from the gateway around it. */
-export interface GatewayServices {
+/** What every session needs from the gateway around it (built in server/gateway.ts). */
+export interface SessionContext {
   config: Config;
   log: Logger;
-  store: StoreHandle;
-  policy: AuthPolicy;
-  guard: AbuseGuard;
-  refusalTiming: RefusalTiming;
-  metrics: Metrics;
+  logins: LoginService;
   serverTls: ServerTls;
   registry: SessionRegistry;
-  upstreams: { imap: UpstreamTarget; pop3: UpstreamTarget };
-  /** Last known capabilities of each upstream, for the pre-login answers. */
-  upstreamCapabilities: { imap: string[] | null; pop3: string[] | null };
+  /** The upstreams' last known capabilities, for the pre-login answers. */
+  upstreams: Pick<Upstreams, 'capabilities'>;
   /** Connection limits: null to admit the session, or the reason to refuse it. */
-  admission?: (session: Session) => string | null;
-  /** Lines a storm would repeat (repeated refusals, blocked and temporary attempts), summarised per address. */
-  repeatedLines: RepeatedLines;
+  admission: (session: TrackedSession) => 'refused-global-limit' | 'refused-per-ip-limit' | null;
 }
 
 /** The parts of a protocol parser the shared session drives. */
@@ -58,16 +46,9 @@ export interface SessionParser<E = unknown> {
   readonly bufferedBytes: number;
 }
 
-export type FarewellReason = TerminationReason | 'idle' | 'errors' | 'internal';
+export type FarewellReason = TerminationReason | 'idle' | 'errors' | 'internal' | 'login-failures';
 
-export type SessionState = 'handshake' | 'prelogin' | 'authenticating' | 'relaying' | 'closed';
-
-export type LoginOutcome =
-  | { ok: true; decision: Extract<AuthDecision, { outcome: 'accept' }>; upstream: Extract<UpstreamLoginResult, { ok: true }> }
-  | { ok: false; kind: 'refused' }
-  | { ok: false; kind: 'temporary' }
-  /** The upstream said the mailbox is busy (RFC 2449 IN-USE or LOGIN-DELAY); not the client's fault. */
-  | { ok: false; kind: 'in-use'; code: 'IN-USE' | 'LOGIN-DELAY' };
+export type { SessionState };
 
 export interface Credentials {
   username: string;
@@ -78,10 +59,33 @@ export interface Credentials {
   method: string;
 }
 
+/**
+ * One pre-login command, as WildDuck's imap-core and Dovecot's
+ * imap_login_commands[] declare them: the dispatcher checks where it may be
+ * used and whether it needs TLS, once, before any handler runs.
+ */
+export interface CommandSpec<S, C> {
+  /**
+   * 'prelogin': handled here. 'after-login': a real command of the logged-in
+   * states, answered "log in first" (right command, wrong time).
+   */
+  state: 'prelogin' | 'after-login';
+  /** Carries credentials: refused on a connection that is not encrypted yet. */
+  needsTls?: boolean;
+  /** Static, one table per protocol: the session is passed in, so idle sessions hold no bound copies. */
+  handler?: (session: S, command: C) => CommandResult;
+}
+
+/** A handler's verdict: done (it answered), or malformed, answered by the dispatcher and counted. */
+export type CommandResult = void | { bad: string };
+
+/** Why the dispatcher refused a command: each protocol words it its own way. */
+export type CommandRefusal = { why: 'unknown' } | { why: 'log-in-first' } | { why: 'needs-tls' } | { why: 'bad'; message: string };
+
 /** Pause reading from a client that pipelines more than this before login. */
 const MAX_PIPELINED_BYTES = FIXED_LIMITS.prelogin_pipeline_bytes;
 
-export abstract class Session<E = unknown, P extends SessionParser<E> = SessionParser<E>> implements TrackedSession {
+export abstract class Session<E = unknown, P extends SessionParser<E> = SessionParser<E>, C = unknown> implements TrackedSession {
   readonly id = randomBytes(6).toString('base64url');
   readonly clientKey: string;
   auth: SessionAuth | null = null;
@@ -94,13 +98,16 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   protected clientId: Readonly<{ name?: string; version?: string }> = NO_CLIENT_ID;
   private readonly startedAt = Date.now();
   private timer: NodeJS.Timeout | null = null;
+  private preloginDeadline: NodeJS.Timeout | null = null;
+  private greeted = false;
+  private finished = false;
   private relay: Relay | null = null;
   /** Under TLS: the TCP socket beneath, until the relay takes over its listeners. */
   private tcpSocket: Socket | null = null;
   /** Set while a login runs; aborted when the client leaves, so the upstream dialogue stops too. */
   private loginAbort: AbortController | null = null;
   private sasl: { mechanism: string; exchange: SaslExchange } | null = null;
-  private outcome = 'closed-before-login';
+  private outcome: SessionOutcome = 'closed-before-login';
   private loginFields: Record<string, unknown> = {};
   private tlsVersion: string | null = null;
   private readonly clientAddress: string;
@@ -116,7 +123,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   constructor(
     socket: Socket,
     protected readonly listener: ListenConfig,
-    protected readonly services: GatewayServices,
+    protected readonly context: SessionContext,
     parser: P,
     /** The real client, when a trusted proxy named it in a PROXY header. */
     origin?: { address: string; port: number } | null,
@@ -138,7 +145,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
    * a handful of lines in hours of idling.
    */
   protected get log(): Logger {
-    return this.services.log.child({ session: this.id });
+    return this.context.log.child({ session: this.id });
   }
 
   protected get parser(): P {
@@ -152,14 +159,18 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   protected abstract handleEvent(event: E): void;
   /** The protocol's last words when mailgate ends a session. */
   protected abstract farewell(reason: FarewellReason): string;
+  /** The one-line refusal for a connection over the limits. */
+  protected abstract refusal(): string;
   /** Drops protocol state that only matters before login. */
   protected abstract releasePrelogin(): void;
-  /** A SASL exchange (AUTHENTICATE / AUTH) produced credentials. */
-  protected abstract saslDone(credentials: SaslCredentials, mechanism: string): void;
-  /** A SASL exchange ended without credentials: answer the protocol's way. */
-  protected abstract saslFailed(reason: SaslErrorReason): void;
-  /** Logs in upstream with these credentials; gives up when `clientLeft` fires. */
-  protected abstract loginUpstream(credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult>;
+  /** Answers a command the dispatcher refused, in the protocol's words. */
+  protected abstract answerRefusedCommand(command: C, refusal: CommandRefusal): void;
+  /** Answers how a login ended (not a success: that is `answerLoggedIn`). */
+  protected abstract answerLogin(outcome: Exclude<LoginOutcome, { kind: 'logged-in' | 'abandoned' }>): void;
+  /** Confirms a login, in the protocol's words, before the relay starts. */
+  protected abstract answerLoggedIn(upstream: LoggedIn): void;
+  /** Answers a SASL exchange that ended without credentials. */
+  protected abstract answerSaslError(reason: SaslErrorReason): void;
 
   /**
    * The session's own socket listeners, one pair for the TCP socket and the
@@ -169,7 +180,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   private readonly socketClosed = () => this.onClose();
 
   start(): void {
-    this.services.registry.add(this);
+    this.context.registry.add(this);
     this.listen(this.socket);
     if (this.listener.tls === 'implicit') {
       this.beginTls();
@@ -193,7 +204,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   }
 
   /** Writes a last line and closes. */
-  protected closeWith(data: string, outcome: string): void {
+  protected closeWith(data: string, outcome: SessionOutcome): void {
     this.outcome = outcome;
     this.clearTimer();
     this.clearPreloginDeadline();
@@ -203,14 +214,45 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     setTimeout(() => this.socket.destroy(), 2000).unref();
   }
 
-  /** Counts a command the client should not have sent; too many close the session. */
-  protected countBadCommand(): boolean {
-    this.badCommands += 1;
-    if (this.badCommands >= this.services.config.limits.max_bad_commands) {
-      this.closeWith(this.farewell('errors'), 'too-many-errors');
-      return false;
+  /**
+   * Runs a command through its table entry: unknown, out of place, or
+   * carrying credentials in clear, it is refused and counted here, once,
+   * whatever the protocol; otherwise its handler answers.
+   */
+  protected dispatch<S extends Session<E, P, C>>(this: S, name: string, command: C, table: ReadonlyMap<string, CommandSpec<S, C>>): void {
+    const spec = table.get(name);
+    const refusal: CommandRefusal | null = !spec
+      ? { why: 'unknown' }
+      : spec.state === 'after-login'
+        ? { why: 'log-in-first' }
+        : spec.needsTls && !this.loginAllowed
+          ? { why: 'needs-tls' }
+          : null;
+    if (refusal) {
+      this.refuseCommand(command, refusal);
+      return;
     }
-    return true;
+    const result = spec!.handler?.(this, command);
+    if (result) this.refuseCommand(command, { why: 'bad', message: result.bad });
+  }
+
+  /**
+   * Whether credentials sent before STARTTLS count as a bad command. IMAP
+   * announces LOGINDISABLED and answers PRIVACYREQUIRED, which tells a client
+   * what to do next, so it does not; POP3 has no such signal, and does.
+   */
+  protected abstract readonly plaintextLoginIsBad: boolean;
+
+  /** Answers a refused command and counts it; too many close the session. */
+  protected refuseCommand(command: C, refusal: CommandRefusal): void {
+    this.answerRefusedCommand(command, refusal);
+    if (refusal.why !== 'needs-tls' || this.plaintextLoginIsBad) this.countBadCommand();
+  }
+
+  /** Counts a command the client should not have sent; too many close the session. */
+  protected countBadCommand(): void {
+    this.badCommands += 1;
+    if (this.badCommands >= this.context.config.limits.max_bad_commands) this.closeWith(this.farewell('errors'), 'too-many-errors');
   }
 
   /** STARTTLS/STLS, after the protocol wrote its go-ahead. */
@@ -227,16 +269,21 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.beginTls();
   }
 
+  /** Whether STARTTLS/STLS may start here: a STARTTLS listener, not encrypted yet. */
+  protected get starttlsOffered(): boolean {
+    return this.listener.tls === 'starttls' && !this.secure;
+  }
+
   private beginTls(): void {
     this.state = 'handshake';
     const plain = this.socket;
     this.tcpSocket = plain;
-    const secure = wrapServerTls(plain, { tls: this.services.serverTls, protocol: this.protocol });
+    const secure = wrapServerTls(plain, { tls: this.context.serverTls, protocol: this.protocol });
     // Closing the TLS socket must close the TCP socket under it at once.
     // ('close' comes once: on() spares idle sessions once()'s wrapper.)
     secure.on('close', () => plain.destroy());
     this.socket = secure;
-    this.armTimer(this.services.config.timeouts.tls_handshake_seconds, () => {
+    this.armTimer(this.context.config.timeouts.tls_handshake_seconds, () => {
       this.outcome = 'tls-handshake-timeout';
       this.destroy();
     });
@@ -280,7 +327,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.touch();
     if (!this.greeted) {
       this.greeted = true;
-      const refusal = this.services.admission?.(this);
+      const refusal = this.context.admission(this);
       if (refusal) {
         // Over a connection limit: say so in the protocol, now that the client
         // can read us (after the handshake on implicit TLS), and close.
@@ -291,23 +338,16 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       // only so long to log in.
       this.preloginDeadline = setTimeout(
         () => this.closeWith(this.farewell('idle'), 'prelogin-deadline'),
-        this.services.config.timeouts.prelogin_total_seconds * 1000,
+        this.context.config.timeouts.prelogin_total_seconds * 1000,
       );
       this.greet();
     }
     this.processInput();
   }
 
-  private preloginDeadline: NodeJS.Timeout | null = null;
-
-  private greeted = false;
-
-  /** The one-line refusal for a connection over the limits. */
-  protected abstract refusal(): string;
-
   /** Restarts the pre-login idle timer; called for every complete command. */
   protected touch(): void {
-    this.armTimer(this.services.config.timeouts.prelogin_idle_seconds, () => this.closeWith(this.farewell('idle'), 'idle-timeout'));
+    this.armTimer(this.context.config.timeouts.prelogin_idle_seconds, () => this.closeWith(this.farewell('idle'), 'idle-timeout'));
   }
 
   /** Pre-login: takes events from the parser and answers them while the state allows. */
@@ -324,9 +364,9 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
    * Drives a SASL exchange; both protocols frame its challenges the same way
    * ("+ " and base64, RFC 4422 profiles in RFC 9051 and RFC 5034).
    */
-  protected startSasl(mechanism: string, initialResponse: string | undefined): void {
+  protected startSasl(mechanism: string, initialResponse: string | undefined, method: (mechanism: string) => string): void {
     const exchange = new SaslExchange(mechanism);
-    this.sasl = { mechanism: mechanism.toUpperCase(), exchange };
+    this.sasl = { mechanism: method(mechanism.toUpperCase()), exchange };
     this.onSaslStep(exchange.start(initialResponse));
   }
 
@@ -342,15 +382,20 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   }
 
   private onSaslStep(step: SaslStep): void {
-    const mechanism = this.sasl!.mechanism;
+    const method = this.sasl!.mechanism;
     if (step.type === 'challenge') {
       this.write(`+ ${step.data}\r\n`);
       this.parser.expectSaslResponse();
       return;
     }
     this.sasl = null;
-    if (step.type === 'done') this.saslDone(step.credentials, mechanism);
-    else this.saslFailed(step.reason);
+    if (step.type === 'done') {
+      this.runLogin(saslCredentials(step.credentials, method));
+      return;
+    }
+    this.answerSaslError(step.reason);
+    // "*" is how a client takes back an exchange it started: not a misbehaviour.
+    if (step.reason !== 'cancelled') this.countBadCommand();
   }
 
   /** Resumes reading after the parser was drained below the pipelining cap. */
@@ -359,208 +404,84 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   }
 
   /**
-   * The login pipeline shared by every mechanism of both protocols: the
-   * policy decides, the upstream confirms, the store records.
-   *
-   * While it runs the session stays in the registry (and so counts against
-   * the connection limits) even if the client hangs up, and the client's
-   * credential-check slot is held until the verdict is in, the upstream's
-   * included: a client cannot have more guesses in flight by closing
-   * connections early, or by choosing passwords the upstream checks.
+   * The login's tail, the same for every mechanism of both protocols: the
+   * login service decides; this answers in the protocol's words, counts
+   * failures on the connection (too many close it), and relays on success.
    */
-  protected async login(credentials: Credentials): Promise<LoginOutcome> {
+  protected runLogin(credentials: Credentials): void {
+    this.login(credentials)
+      .then((outcome) => {
+        if (outcome.kind === 'abandoned') return;
+        if (outcome.kind === 'logged-in') {
+          this.loggedIn(outcome, credentials.method);
+          return;
+        }
+        if (outcome.kind === 'refused' || (outcome.kind === 'temporary' && outcome.countsAsFailure)) this.failedLogins += 1;
+        this.answerLogin(outcome);
+        if (this.failedLogins >= this.context.config.limits.max_login_failures_per_connection) {
+          this.closeWith(this.farewell('login-failures'), 'too-many-login-failures');
+          return;
+        }
+        this.resumePrelogin();
+      })
+      .catch((err: unknown) => this.internalError(err));
+  }
+
+  /**
+   * While a login runs the session stays in the registry (and so counts
+   * against the connection limits) even if the client hangs up: a client
+   * cannot have more guesses in flight by closing connections early.
+   */
+  private async login(credentials: Credentials): Promise<LoginOutcome> {
     this.state = 'authenticating';
     this.clearTimer();
     this.loginAbort = new AbortController();
     try {
-      return await this.checkCredentials(credentials, this.loginAbort.signal);
+      return await this.context.logins.login({
+        channel: this.protocol,
+        username: credentials.username,
+        authzid: credentials.authzid ?? '',
+        password: credentials.password,
+        method: credentials.method,
+        client: { address: this.clientAddress, port: this.clientPort },
+        local: { address: this.localAddress, port: this.localPort },
+        clientId: this.clientId,
+        sessionId: this.id,
+        signal: this.loginAbort.signal,
+      });
     } finally {
       this.loginAbort = null;
-      if (this.finished) this.services.registry.remove(this);
+      if (this.finished) this.context.registry.remove(this);
     }
   }
 
-  private async checkCredentials(credentials: Credentials, clientLeft: AbortSignal): Promise<LoginOutcome> {
-    const startedAt = Date.now();
-    const attempt: AuthAttempt = {
-      username: credentials.username,
-      authzid: credentials.authzid ?? '',
-      password: credentials.password,
-      protocol: this.protocol,
-      clientIp: this.clientAddress,
-      client: this.clientId.name ? `${this.clientId.name}${this.clientId.version ? `/${this.clientId.version}` : ''}` : null,
+  private loggedIn(outcome: Extract<LoginOutcome, { kind: 'logged-in' }>, method: string): void {
+    if (this.state === 'closed' || this.socket.destroyed) {
+      outcome.upstream.socket.destroy();
+      return;
+    }
+    const user = outcome.account?.username ?? outcome.user;
+    this.loginFields = {
+      user,
+      mode: outcome.mode,
+      method,
+      ...(outcome.appPassword ? { appPasswordId: outcome.appPassword.id, appPasswordName: outcome.appPassword.name } : {}),
     };
-    const { guard, policy, store } = this.services;
-    // Blocks and failures count against the account the attempt names, as the upstream would read it.
-    const account = policy.penaltyAccount(credentials.username);
-    const unavailable = (err: unknown) =>
-      this.loginFailed(attempt, credentials, account, { outcome: 'temporary', reason: 'store-unavailable', username: credentials.username, detail: errorMessage(err) }, startedAt);
-    try {
-      // While the store cannot be written, no password is checked: a guesser's
-      // failures could not be counted, nor a success recorded.
-      store.writable();
-    } catch (err) {
-      return unavailable(err);
-    }
-    let admission: Admission;
-    try {
-      admission = await guard.admit(this.clientKey, account, credentials.password);
-    } catch (err) {
-      store.failed(err);
-      return unavailable(err);
-    }
-    if (!admission.ok) return this.blocked(credentials, admission.blockedBy);
-
-    let decision: AuthDecision;
-    let upstream: UpstreamLoginResult | null = null;
-    try {
-      decision = await policy.decide(admission.appPasswordsOnly ? { ...attempt, appPasswordsOnly: true } : attempt);
-      if (decision.outcome === 'accept' && !clientLeft.aborted) {
-        upstream = await this.loginUpstream(decision.upstream, this.origin(), clientLeft);
-      }
-    } finally {
-      admission.release();
-    }
-    if (decision.outcome !== 'accept') return this.loginFailed(attempt, credentials, account, decision, startedAt);
-    const user = decision.upstream.user;
-    if (!upstream || clientLeft.aborted || this.finished) {
-      // The client hung up meanwhile: nobody to relay for, nothing to record.
-      if (upstream?.ok) upstream.socket.destroy();
-      return { ok: false, kind: 'temporary' };
-    }
-    if (upstream.ok) {
-      // Recorded before the client hears OK: a login the store cannot record does not get in.
-      if (!this.record(() => policy.recordSuccess(attempt, decision))) {
-        upstream.socket.destroy();
-        return this.unrecorded(attempt, credentials, account, user, startedAt);
-      }
-      this.services.metrics.logins.inc({ protocol: this.protocol, result: 'ok' });
-      this.loginFields = {
-        user: decision.account?.username ?? user,
-        mode: decision.mode,
-        method: credentials.method,
-        ...(decision.mode === 'app-password' ? { appPasswordId: decision.appPassword.id, appPasswordName: decision.appPassword.name } : {}),
-      };
-      this.auth = {
-        accountId: decision.account?.id ?? null,
-        accountCreatedAt: decision.account?.createdAt ?? null,
-        username: decision.account?.username ?? user,
-        appPasswordId: decision.mode === 'app-password' ? decision.appPassword.id : null,
-        appPasswordCreatedAt: decision.mode === 'app-password' ? decision.appPassword.createdAt : null,
-        mode: decision.mode,
-        loginAt: Date.now(),
-      };
-      return { ok: true, decision, upstream };
-    }
-    if (upstream.kind === 'rejected' && (upstream.code === 'IN-USE' || upstream.code === 'LOGIN-DELAY')) {
-      // The credentials were right; the mailbox is busy. Not a failure to punish.
-      this.log.info({ clientIp: this.clientAddress, user: clipName(user), protocol: this.protocol, upstream: upstream.reason }, 'mailbox in use upstream');
-      return { ok: false, kind: 'in-use', code: upstream.code === 'LOGIN-DELAY' ? 'LOGIN-DELAY' : 'IN-USE' };
-    }
-    if (upstream.kind === 'rejected') {
-      const refusal = { outcome: 'refuse', reason: 'upstream-rejected', username: user } as const;
-      policy.rememberUpstreamRefusal(attempt, refusal);
-      return this.loginFailed(attempt, credentials, account, refusal, startedAt, upstream.reason);
-    }
-    if (upstream.kind === 'no-such-account') {
-      // The master login worked but the mail server has no such mailbox: the
-      // user's problem to hear about as a failed login, the operator's to fix.
-      this.log.warn({ clientIp: this.clientAddress, user: clipName(user), protocol: this.protocol, upstream: upstream.reason }, 'the mail server does not know this account');
-      return this.loginFailed(attempt, credentials, account, { outcome: 'refuse', reason: 'unknown-upstream-account', username: user }, startedAt, upstream.reason);
-    }
-    this.log.warn({ clientIp: this.clientAddress, user: clipName(user), reason: upstream.reason }, 'upstream login failed');
-    return this.loginFailed(attempt, credentials, account, { outcome: 'temporary', reason: 'upstream-unavailable', username: user }, startedAt);
-  }
-
-  /**
-   * A blocked client or account: refused without the password being looked
-   * at, answered like any temporary failure (see temporaryFailure).
-   */
-  private async blocked(credentials: Credentials, blockedBy: 'ip' | 'account'): Promise<LoginOutcome> {
-    this.services.metrics.logins.inc({ protocol: this.protocol, result: 'blocked' });
-    this.services.repeatedLines.write('warn', 'login blocked', `${blockedBy}\0${credentials.username}`, { clientIp: this.clientAddress, session: this.id, user: clipName(credentials.username), protocol: this.protocol, blockedBy });
-    return this.temporaryFailure(true);
-  }
-
-  /**
-   * Every temporary answer (blocked, hashing busy, store or upstream down, a
-   * login that could not be recorded) waits the first-failure delay, so none
-   * stands out from the others by its timing: the answer tells nothing about
-   * the account or the password. Those a client can bring about at will
-   * (blocked, hashing busy: refused without a check) also count as failed
-   * logins on this connection, so they cannot be repeated fast on one; an
-   * outage of the store or the upstream does not cut off the clients that
-   * wait it out.
-   */
-  private async temporaryFailure(countsOnConnection: boolean): Promise<LoginOutcome> {
-    if (countsOnConnection) this.failedLogins += 1;
-    await delay(this.services.guard.delayFor(1));
-    return { ok: false, kind: 'temporary' };
-  }
-
-  /**
-   * The upstream accepted the login but the store could not record it. It
-   * is answered like a refusal the store could not count (see loginFailed),
-   * so neither the answer nor its timing tells the password was right.
-   */
-  private unrecorded(attempt: AuthAttempt, credentials: Credentials, account: string, user: string, startedAt: number): Promise<LoginOutcome> {
-    return this.loginFailed(attempt, credentials, account, { outcome: 'temporary', reason: 'store-unavailable', username: user, detail: 'the login could not be recorded' }, startedAt);
-  }
-
-  private async loginFailed(
-    attempt: AuthAttempt,
-    credentials: Credentials,
-    account: string,
-    decision: Exclude<AuthDecision, { outcome: 'accept' }>,
-    startedAt: number,
-    upstreamText?: string,
-  ): Promise<LoginOutcome> {
-    const fields = {
-      clientIp: this.clientAddress,
-      clientPort: this.clientPort,
-      // Named here too: summarised lines are written by the gateway's logger, not this session's.
-      session: this.id,
-      protocol: this.protocol,
-      user: clipName(decision.username),
-      method: credentials.method,
-      reason: decision.reason,
-      ...(upstreamText ? { upstream: upstreamText } : {}),
-      ...(decision.outcome === 'temporary' && decision.detail ? { detail: decision.detail } : {}),
+    this.auth = {
+      accountId: outcome.account?.id ?? null,
+      accountCreatedAt: outcome.account?.createdAt ?? null,
+      username: user,
+      appPasswordId: outcome.appPassword?.id ?? null,
+      appPasswordCreatedAt: outcome.appPassword?.createdAt ?? null,
+      mode: outcome.mode,
+      loginAt: Date.now(),
     };
-    if (decision.outcome !== 'refuse') {
-      this.services.metrics.logins.inc({ protocol: this.protocol, result: 'temporary' });
-      this.services.repeatedLines.write('warn', 'login temporarily failed', decision.reason, fields);
-      return this.temporaryFailure(decision.reason === 'hash-busy' || decision.reason === 'blocked');
-    }
-    this.failedLogins += 1;
-    this.services.metrics.logins.inc({ protocol: this.protocol, result: 'failed' });
-    // A stable message and field names: fail2ban's filter keys on them. A
-    // repeat of a refusal goes to the summarised lines, and is not audited again.
-    if (decision.repeat) this.services.repeatedLines.write('info', 'login failed', `${decision.reason}\0${decision.username}`, { ...fields, repeat: true });
-    else this.services.log.info(fields, 'login failed');
-    // Answer no sooner than a refusal decided elsewhere would be (timing must
-    // not tell which accounts mailgate knows), then add the penalty delay.
-    const source = decision.reason === 'upstream-rejected' || decision.reason === 'unknown-upstream-account' ? 'upstream' : 'local';
-    let delayMs = this.services.refusalTiming.settle(this.protocol, source, Date.now() - startedAt);
-    // If the penalty store cannot be written, still delay as for a first failure.
-    let penaltyMs = this.services.guard.delayFor(1);
-    // The audit write failing (locked, read-only) means the counters would fail
-    // too: not tried, each attempt could hold the event loop for the busy timeout.
-    const counted =
-      (decision.repeat === true || this.record(() => this.services.policy.recordFailure(attempt, clipName(decision.username), decision.reason))) &&
-      this.record(() => {
-        penaltyMs = this.services.guard.recordFailure(this.clientKey, account, credentials.password);
-      });
-    delayMs += penaltyMs;
-    // The answer waits: cheap for a person, expensive for a guesser.
-    await delay(delayMs);
-    // A failure that could not be counted is answered as temporary, like the
-    // logins refused meanwhile without a check (see checkCredentials).
-    return counted ? { ok: false, kind: 'refused' } : { ok: false, kind: 'temporary' };
+    this.answerLoggedIn(outcome.upstream);
+    this.startRelay(outcome.upstream);
   }
 
   /** After a failed login, go back to reading commands. */
-  protected resumePrelogin(): void {
+  private resumePrelogin(): void {
     if (this.state !== 'authenticating') return;
     this.state = 'prelogin';
     this.touch();
@@ -569,14 +490,10 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
   }
 
   /** After the protocol wrote its success line: relay from now on. */
-  protected startRelay(upstream: Extract<UpstreamLoginResult, { ok: true }>): void {
-    if (this.state === 'closed' || this.socket.destroyed) {
-      upstream.socket.destroy();
-      return;
-    }
+  private startRelay(upstream: LoggedIn): void {
     this.state = 'relaying';
     this.outcome = 'relayed';
-    this.services.registry.markAuthenticated(this);
+    this.context.registry.markAuthenticated(this);
     this.clearTimer();
     this.clearPreloginDeadline();
     this.socket.removeAllListeners('data');
@@ -588,7 +505,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.relay = new Relay(this.socket, upstream.socket, {
       toUpstream: pipelined,
       toClient: upstream.leftover,
-      idleTimeoutMs: this.services.config.timeouts.session_idle_seconds * 1000,
+      idleTimeoutMs: this.context.config.timeouts.session_idle_seconds * 1000,
       onClose: (result) => this.onRelayClosed(result),
     });
     this.log.info({ clientIp: this.clientAddress, ...this.loginFields }, 'login ok');
@@ -622,8 +539,6 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.finish(this.socket.bytesRead, this.socket.bytesWritten);
   }
 
-  private finished = false;
-
   private finish(bytesIn: number, bytesOut: number): void {
     if (this.finished) return;
     this.finished = true;
@@ -632,7 +547,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.clearPreloginDeadline();
     // A login still running keeps its place until it settles (see login()).
     if (this.loginAbort) this.loginAbort.abort();
-    else this.services.registry.remove(this);
+    else this.context.registry.remove(this);
     this.log.info(
       {
         clientIp: this.clientAddress,
@@ -664,16 +579,6 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     this.socket.destroy();
   }
 
-  private origin(): ClientOrigin {
-    return {
-      clientIp: this.clientAddress,
-      clientPort: this.clientPort,
-      localIp: this.localAddress,
-      localPort: this.localPort,
-      sessionId: this.id,
-    };
-  }
-
   private armTimer(seconds: number, fire: () => void): void {
     this.clearTimer();
     this.timer = setTimeout(fire, seconds * 1000);
@@ -688,31 +593,10 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     if (this.preloginDeadline) clearTimeout(this.preloginDeadline);
     this.preloginDeadline = null;
   }
-
-  /**
-   * A login's bookkeeping: false if it could not be committed, and the store
-   * then refuses logins until its writes work again. Never throws: a store
-   * error must not take the session down.
-   */
-  private record(work: () => void): boolean {
-    try {
-      work();
-      return true;
-    } catch (err) {
-      this.log.warn({ err: errorMessage(err) }, 'could not record the login in the store');
-      this.services.store.writeFailed(err);
-      return false;
-    }
-  }
 }
 
-
-
-function delay(ms: number): Promise<void> {
-  return ms > 0 ? new Promise((resolve) => setTimeout(resolve, ms)) : Promise.resolve();
+function saslCredentials(credentials: SaslCredentials, method: string): Credentials {
+  return { username: credentials.username, authzid: credentials.authzid, password: credentials.password, method };
 }
 
 const NO_CLIENT_ID: Readonly<{ name?: string; version?: string }> = Object.freeze({});
-
-
-export type { TLSSocket };

@@ -8,6 +8,8 @@
  * (about 56 bits) stay secret behind argon2id, far beyond online guessing.
  */
 import { randomInt } from 'node:crypto';
+import { ErrorCodes, MailgateError } from '../errors.js';
+import { SCOPES, type Scope } from './types.js';
 
 export const APP_PASSWORD_LENGTH = 16;
 export const SELECTOR_LENGTH = 4;
@@ -44,4 +46,27 @@ export function selectorOf(secret: string): string {
 export function canonicalAppPassword(typed: string): string | null {
   const candidate = typed.replace(/[ \t]/g, '').toLowerCase();
   return /^[a-z]{16}$/.test(candidate) ? candidate : null;
+}
+
+/** Longest name of an app password ("Thunderbird on laptop"). */
+export const MAX_NAME_LENGTH = 64;
+
+export function parseScopes(text: string): Scope[] {
+  const scopes = new Set<Scope>();
+  for (const part of text.split(',').map((s) => s.trim().toLowerCase())) {
+    if (!(SCOPES as readonly string[]).includes(part)) {
+      throw new MailgateError(ErrorCodes.UNKNOWN_SCOPE, `unknown scope "${part}" (use ${SCOPES.join(', ')})`);
+    }
+    scopes.add(part as Scope);
+  }
+  if (scopes.size === 0) throw new MailgateError(ErrorCodes.UNKNOWN_SCOPE, 'at least one scope is needed');
+  return SCOPES.filter((s) => scopes.has(s));
+}
+
+export function validateName(raw: string): string {
+  const name = raw.trim();
+  if (name.length === 0) throw new MailgateError(ErrorCodes.INVALID_NAME, 'the app password needs a name');
+  if (name.length > MAX_NAME_LENGTH) throw new MailgateError(ErrorCodes.INVALID_NAME, `the name is longer than ${MAX_NAME_LENGTH} characters`);
+  if (/[\u0000-\u001f\u007f-\u009f]/u.test(name)) throw new MailgateError(ErrorCodes.INVALID_NAME, 'the name contains a control character');
+  return name;
 }

@@ -1,120 +1,158 @@
 /**
- * The store as the rest of mailgate sees it: one object that opens the
- * database and key, and wires the repositories together.
+ * The store as the rest of mailgate sees it: accounts, app passwords,
+ * two-step verification, failure counters, the audit trail, and what the
+ * login path and the revocation watcher need, behind one interface whose
+ * methods return Promises.
+ *
+ * Nothing outside src/store/ knows which engine is behind it (SQLite today,
+ * src/store/sqlite/). An implementation also owns its failures: while its
+ * database is unusable every call rejects (logins fail closed), it notices by
+ * itself when it is usable again, and callers never report errors back.
  */
-import { existsSync, statSync } from 'node:fs';
-import type { Config } from '../config/schema.js';
-import { ErrorCodes, MailgateError } from '../errors.js';
-import { configPath } from '../config/load.js';
-import { AccountRepository } from './accounts.js';
-import { AppPasswordRepository } from './app-passwords.js';
-import { AuditLog } from './audit.js';
-import { openDatabase, type Db } from './database.js';
-import { PasswordHasher } from './hasher.js';
-import { PenaltyRepository } from './penalties.js';
-import { loadKey, loadOrCreateKey } from './secret-box.js';
-import { TotpService } from './totp.js';
-import type { Clock } from './types.js';
-import { CredentialVerifier } from './verifier.js';
+import type {
+  Account,
+  AppPasswordInfo,
+  AuditEntry,
+  AuditEvent,
+  AuditRow,
+  CachedLogin,
+  CreatedAppPassword,
+  CreateOptions,
+  Enrolment,
+  LoginContext,
+  PenaltyKind,
+  PenaltyRules,
+  PenaltyState,
+  Scope,
+  TotpState,
+  VerifyResult,
+} from './types.js';
 
-export interface StoreOptions {
-  path: string;
-  keyFile: string;
-  busyTimeoutMs?: number;
-  argon2: { memoryKib: number; iterations: number; parallelism: number };
-  hashConcurrency?: number;
-  hashQueue?: number;
-  maxAppPasswords: number;
-  totpIssuer?: string;
-  now?: Clock;
-  /** Share one hasher (and its concurrency limit) across reopened stores. */
-  hasher?: PasswordHasher;
-  mustExist?: boolean;
-  autoCheckpoint?: boolean;
-  /** upstream.login.separator, which new account names may not contain; default `*` (Dovecot's usual). */
-  masterSeparator?: string;
+export interface AccountStore {
+  /** Adds an account; a name no mail server would accept is refused (INVALID_USERNAME). */
+  add(username: string): Promise<Account>;
+  /** The account, or null; a name that cannot be valid is simply not found. */
+  find(username: string): Promise<Account | null>;
+  /** The account; UNKNOWN_ACCOUNT when there is none. */
+  get(username: string): Promise<Account>;
+  list(): Promise<Account[]>;
+  /** Removes the account and all its app passwords. */
+  remove(username: string): Promise<void>;
 }
 
-/** The default of upstream.login.separator, for stores opened without a configuration. */
-const DEFAULT_MASTER_SEPARATOR = '*';
+export interface AppPasswordStore {
+  /** Generates, hashes and stores a new app password; the plaintext is in the result only. */
+  create(username: string, options: CreateOptions): Promise<CreatedAppPassword>;
+  list(username: string): Promise<AppPasswordInfo[]>;
+  revoke(username: string, id: number): Promise<AppPasswordInfo>;
+  /** Revokes every app password not revoked yet; how many. */
+  revokeAll(username: string): Promise<number>;
+}
 
-export class Store {
-  readonly accounts: AccountRepository;
-  readonly appPasswords: AppPasswordRepository;
-  readonly totp: TotpService;
-  readonly audit: AuditLog;
-  readonly hasher: PasswordHasher;
-  readonly verifier: CredentialVerifier;
-  readonly penalties: PenaltyRepository;
+export interface TotpStore {
+  status(username: string): Promise<TotpState>;
+  /** A new secret, pending until confirmed. */
+  enroll(username: string): Promise<Enrolment>;
+  /** Turns two-step verification on if `code` is valid for the pending secret (and spends it). */
+  confirm(username: string, code: string): Promise<Account>;
+  disable(username: string): Promise<Account>;
+  /** Checks and spends a code of an account with two-step verification on. */
+  verify(username: string, code: string): Promise<boolean>;
+}
 
-  private constructor(
-    readonly db: Db,
-    readonly path: string,
-    key: Buffer,
-    options: StoreOptions,
-  ) {
-    const now = options.now ?? Date.now;
-    this.hasher =
-      options.hasher ??
-      new PasswordHasher({
-        ...options.argon2,
-        ...(options.hashConcurrency === undefined ? {} : { concurrency: options.hashConcurrency }),
-        ...(options.hashQueue === undefined ? {} : { maxQueue: options.hashQueue }),
-      });
-    this.audit = new AuditLog(db, now);
-    this.accounts = new AccountRepository(db, this.audit, now, options.masterSeparator ?? DEFAULT_MASTER_SEPARATOR);
-    this.totp = new TotpService(db, this.accounts, this.audit, key, now, options.totpIssuer ?? 'mailgate');
-    this.appPasswords = new AppPasswordRepository(db, this.accounts, this.audit, this.hasher, this.totp, now, options.maxAppPasswords);
-    this.verifier = new CredentialVerifier(this.accounts, this.appPasswords, this.audit, this.hasher, now);
-    this.penalties = new PenaltyRepository(db, now);
-  }
+export interface PenaltyStore {
+  /** The counter as it stands now: an expired window counts as no failures. */
+  get(kind: PenaltyKind, key: string, windowMs: number): Promise<PenaltyState>;
+  recordFailure(kind: PenaltyKind, key: string, rules: PenaltyRules): Promise<{ state: PenaltyState; blockStarted: boolean }>;
+  recordRepeat(kind: PenaltyKind, key: string, rules: PenaltyRules): Promise<{ state: PenaltyState; blockStarted: boolean }>;
+  activeBlocks(): Promise<PenaltyState[]>;
+  all(): Promise<PenaltyState[]>;
+  /** Lifts blocks and forgets failures of one key (an IP or a username), or of all; rows removed. */
+  clear(key?: string): Promise<number>;
+}
 
-  static open(options: StoreOptions): Store {
-    // The key is read first: a store that cannot decrypt its secrets is useless,
-    // and failing before the database is created leaves nothing half-made.
-    // A new key for an existing database would leave every TOTP secret in it
-    // undecryptable: only a new store gets a new key.
-    const databaseExists = existsSync(options.path) && statSync(options.path).size > 0;
-    if (databaseExists && !existsSync(options.keyFile)) {
-      throw new MailgateError(ErrorCodes.KEY_FILE, `key file ${options.keyFile} is missing but the database ${options.path} exists; restore the key file`);
-    }
-    const key = options.mustExist ? loadKey(options.keyFile) : loadOrCreateKey(options.keyFile);
-    const db = openDatabase(options.path, {
-      ...(options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs }),
-      mustExist: options.mustExist ?? false,
-      ...(options.autoCheckpoint === undefined ? {} : { autoCheckpoint: options.autoCheckpoint }),
-    });
-    return new Store(db, options.path, key, options);
-  }
+export interface AuditStore {
+  record(event: AuditEvent, entry?: AuditEntry): Promise<void>;
+  list(options?: { username?: string; limit?: number }): Promise<AuditRow[]>;
+}
+
+/** A login the upstream accepted, to be recorded before the client hears OK. */
+export interface LoginRecord {
+  /** The account, or null for a name mailgate does not know (passthrough). */
+  account: Account | null;
+  appPassword: AppPasswordInfo | null;
+  /** The name as logged in upstream (for the audit row of an unknown name). */
+  username: string;
+  context: LoginContext;
+}
+
+/** What the login path reads and writes. */
+export interface LoginStore {
+  /** Checks an app password (one argon2 run on every path), recording nothing. */
+  check(username: string, password: string, protocol: Scope): Promise<VerifyResult>;
+  /** Re-reads an app password verified before; null when the rows are not the ones verified. */
+  recheck(login: CachedLogin, protocol: Scope): Promise<VerifyResult | null>;
+  /** Last use and the login-ok audit event, in one commit; rejects when it cannot be committed. */
+  recordSuccess(record: LoginRecord): Promise<void>;
+  recordFailure(username: string, reason: string, context: LoginContext): Promise<void>;
+}
+
+/** Which sessions' credentials to look up, and how they stand now. */
+export interface CredentialsQuery {
+  accountIds: readonly number[];
+  appPasswordIds: readonly number[];
+  /** Normalised names of sessions passed through for names mailgate did not know. */
+  names: readonly string[];
+}
+
+export interface CredentialsNow {
+  accounts: Map<number, Account>;
+  appPasswords: Map<number, AppPasswordInfo>;
+  accountsByName: Map<string, Account>;
+  blockedNames: Set<string>;
+}
+
+/** A change this process committed that may end open sessions. */
+export interface StoreChange {
+  kind: 'account' | 'app-password' | 'totp' | 'block' | 'penalties-cleared';
+  username?: string;
+}
+
+export interface Store {
+  readonly accounts: AccountStore;
+  readonly appPasswords: AppPasswordStore;
+  readonly totp: TotpStore;
+  readonly penalties: PenaltyStore;
+  readonly audit: AuditStore;
+  readonly logins: LoginStore;
+
+  /** How the credentials of open sessions stand now (for the revocation watcher). */
+  credentialsNow(query: CredentialsQuery): Promise<CredentialsNow>;
 
   /**
-   * SQLite's data_version: it moves when another connection (another process,
-   * the CLI) commits, never for this connection's own commits.
+   * Resolves when writes work; rejects while they are failing (the database
+   * locked, read-only, gone), so that no password is checked while failures
+   * could not be counted nor successes recorded.
    */
-  dataVersion(): number {
-    return this.db.pragma('data_version', { simple: true }) as number;
-  }
+  writable(): Promise<void>;
 
-  close(): void {
-    if (this.db.open) this.db.close();
-  }
-}
+  /**
+   * Calls `listener` after each change this process commits that may end
+   * open sessions (a revocation, a block...), at once. Returns the
+   * unsubscribe function.
+   */
+  onChange(listener: (change: StoreChange) => void): () => void;
 
-export function storeOptionsFromConfig(config: Config, overrides: Partial<StoreOptions> = {}): StoreOptions {
-  return {
-    path: configPath(config.store.path),
-    keyFile: configPath(config.store.key_file),
-    busyTimeoutMs: config.store.busy_timeout_ms,
-    argon2: {
-      memoryKib: config.auth.argon2_memory_kib,
-      iterations: config.auth.argon2_iterations,
-      parallelism: config.auth.argon2_parallelism,
-    },
-    maxAppPasswords: config.auth.max_app_passwords,
-    hashConcurrency: config.auth.hash_concurrency,
-    hashQueue: config.auth.hash_queue,
-    totpIssuer: config.totp.issuer,
-    masterSeparator: config.upstream.login.separator,
-    ...overrides,
-  };
+  /**
+   * An opaque token that moves when another process commits. The watcher
+   * compares it between checks; this process's own commits come through
+   * onChange instead.
+   */
+  foreignChangeToken(): Promise<string>;
+
+  /** Drops failure counters past their window and block, and audit events past `auditMaxAgeMs` (0: keep). */
+  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number }): Promise<{ penalties: number; audit: number }>;
+
+  /** Closes the store; calls after it reject. */
+  close(): Promise<void>;
 }

@@ -35,3 +35,126 @@ export function appPasswordStatus(info: Pick<AppPasswordInfo, 'expiresAt' | 'rev
   if (info.expiresAt !== null && info.expiresAt <= now) return 'expired';
   return 'active';
 }
+
+/** A row as the verifier needs it: the public info plus the hash to check. */
+export interface AppPasswordCandidate {
+  info: AppPasswordInfo;
+  hash: string;
+}
+
+export interface CreateOptions {
+  name: string;
+  scopes?: readonly Scope[];
+  expiresAt?: number | null;
+  /**
+   * Self-service issuance: a current code from the account's authenticator
+   * app, checked and consumed in the same transaction as the insert. A
+   * create refused for another reason (duplicate name, limit) keeps the code
+   * unspent; a wrong code creates nothing.
+   */
+  totpCode?: string;
+}
+
+export interface CreatedAppPassword {
+  info: AppPasswordInfo;
+  /** Shown once, in groups of four: "abcd efgh ijkl mnop". */
+  password: string;
+}
+
+export const AUDIT_EVENTS = [
+  'account-added',
+  'account-removed',
+  'created',
+  'revoked',
+  'revoked-all',
+  'totp-enrolled',
+  'totp-enabled',
+  'totp-disabled',
+  'totp-failed',
+  'login-ok',
+  'login-failed',
+] as const;
+export type AuditEvent = (typeof AUDIT_EVENTS)[number];
+
+export interface AuditEntry {
+  username?: string | null;
+  appPasswordId?: number | null;
+  ip?: string | null;
+  protocol?: string | null;
+  /** A short machine-readable reason or note, e.g. "wrong-password". */
+  detail?: string | null;
+}
+
+export interface AuditRow extends Required<AuditEntry> {
+  id: number;
+  at: number;
+  event: AuditEvent;
+}
+
+export type PenaltyKind = 'ip' | 'account';
+
+export interface PenaltyState {
+  kind: PenaltyKind;
+  key: string;
+  /** Distinct failures counted in the current window. */
+  failures: number;
+  /** Repeats of an already counted failure in the current window. */
+  repeats: number;
+  windowStart: number;
+  lastFailure: number;
+  blockedUntil: number | null;
+}
+
+export interface PenaltyRules {
+  windowMs: number;
+  /** Failures in the window that start a block. */
+  blockAfter: number;
+  /** Repeats in the window that start a block; none: repeats never block. */
+  repeatBlockAfter?: number;
+  blockMs: number;
+}
+
+export interface Enrolment {
+  /** Base32, for typing into an app by hand. */
+  secret: string;
+  /** otpauth:// URI, for a QR code. */
+  uri: string;
+}
+
+/** What the verified-login cache remembers of a successful app-password check. */
+export interface CachedLogin {
+  accountId: number;
+  /** Ids can be reused after a row is deleted; the creation times tell the rows apart. */
+  accountCreatedAt: number;
+  appPasswordId: number;
+  appPasswordCreatedAt: number;
+  /** The account's TOTP state change time when cached: any change since invalidates the entry. */
+  totpChangedAt: number | null;
+}
+
+export type VerifyFailureReason = 'unknown-account' | 'wrong-password' | 'revoked' | 'expired' | 'out-of-scope';
+
+export type VerifyResult =
+  | { ok: true; account: Account; appPassword: AppPasswordInfo }
+  | { ok: false; reason: VerifyFailureReason; account: Account | null };
+
+export interface LoginContext {
+  protocol: Scope;
+  clientIp: string | null;
+  /** "name/version" from the client's ID command, when it sent one. */
+  client?: string | null;
+}
+
+export interface BackupResult {
+  file: string;
+  bytes: number;
+  pages: number;
+}
+
+export interface CheckResult {
+  ok: boolean;
+  schemaVersion: number | null;
+  /** What PRAGMA integrity_check found: ['ok'], or the problems. */
+  integrity: string[];
+  foreignKeys: Array<{ table: string; rowid: number | null; parent: string; fkid: number }>;
+}

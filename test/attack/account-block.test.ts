@@ -43,7 +43,7 @@ afterAll(async () => {
 });
 
 const windowMs = () => gw.config.limits.account_failure_window_seconds * 1000;
-const verifications = () => gw.store.hasher.stats.verifications;
+const verifications = () => gw.hasher.stats.verifications;
 
 /** Wrong main passwords from the attacker (checked by Dovecot) until the account is blocked. */
 async function blockAccount(user: string): Promise<void> {

@@ -46,7 +46,7 @@ afterAll(async () => {
 });
 
 const windowMs = () => gw.config.limits.account_failure_window_seconds * 1000;
-const verifications = () => gw.store.hasher.stats.verifications;
+const verifications = () => gw.hasher.stats.verifications;
 
 /** One LOGIN on an open connection: its tagged answer and how long it took. */
 async function attempt(c: ImapClient, tag: string, user: string, password: string): Promise<{ line: string; ms: number }> {

@@ -137,7 +137,7 @@ describe('argon2 capacity', () => {
     // verification (for unknown accounts) failing under load and being remembered, which
     // would answer every later unknown account "unavailable" without hashing, an oracle
     // that tells unknown accounts from real ones.
-    const hasher = () => gw.store.hasher.stats;
+    const hasher = () => gw.hasher.stats;
     const selector = appPassword.replace(/ /g, '').slice(0, 4);
     const connect = (ips: string[]) => Promise.all(ips.flatMap((ip) => [imaps(gw, { from: ip }), imaps(gw, { from: ip })]));
     // Six clients on three IPs (two each: the per-IP concurrency cap) try wrong app passwords
@@ -182,7 +182,7 @@ describe('argon2 capacity', () => {
   it('one IP\'s simultaneous attempts wait their turn (max_concurrent_logins_per_ip) instead of taking every hashing slot', async () => {
     // Catches: a missing per-client cap: six guesses from one address at once would fill the
     // hasher (1 running + 2 queued) and push everyone else into "unavailable".
-    const hasher = () => gw.store.hasher.stats;
+    const hasher = () => gw.hasher.stats;
     const selector = appPassword.replace(/ /g, '').slice(0, 4);
     const clients = await Promise.all(Array.from({ length: 6 }, () => imaps(gw, { from: '127.0.2.9' })));
     let peak = 0;

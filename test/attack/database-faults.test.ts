@@ -65,13 +65,13 @@ async function expectFailClosed(): Promise<void> {
 
 /** Guesses (carol has two-step verification: each would cost an argon2 run) are refused unchecked. */
 async function expectGuessesUnchecked(guesses: string[]): Promise<void> {
-  const before = gw.store.hasher.stats.verifications;
+  const before = gw.hasher.stats.verifications;
   for (const guess of guesses) {
     const { c, answer } = await imapsLogin(gw, 'carol', guess);
     expect(taggedLine(answer, 'L1')).toBe(UNAVAILABLE);
     c.destroy();
   }
-  expect(gw.store.hasher.stats.verifications).toBe(before);
+  expect(gw.hasher.stats.verifications).toBe(before);
 }
 
 /** Logins work again (the handle retries at most once a second). */
@@ -207,7 +207,7 @@ describe('a database that goes bad under the gateway', () => {
     // read-only too, as a file that is still read-only would be, before letting it recover.
     await expectRecovered();
     const loginsOk = logLines(gw, 'login ok').length;
-    gw.store.db.pragma('query_only = ON');
+    gw.gatewayConnection().db.pragma('query_only = ON');
     // The first login finds out: a user mailgate does not know, with the correct upstream
     // password (passthrough): its audit record cannot be written, so it is not let in.
     const first = await imapsLogin(gw, 'bob', 'bob-upstream-pw');
@@ -215,7 +215,7 @@ describe('a database that goes bad under the gateway', () => {
     first.c.destroy();
     expect(logLines(gw, 'database writes are failing; logins are refused until they work again').at(-1)?.err).toMatch(/readonly/);
     // The connection that failed is gone; the fresh one is read-only as well.
-    gw.store.db.pragma('query_only = ON');
+    gw.gatewayConnection().db.pragma('query_only = ON');
     await expectFailClosed();
     await sleep(1_100);
     await expectFailClosed();
@@ -225,7 +225,7 @@ describe('a database that goes bad under the gateway', () => {
 
     // A wrong password that is the first to find out gets the same answer: refused as a wrong
     // password (while a right one is refused as unavailable), the answer would tell them apart.
-    gw.store.db.pragma('query_only = ON');
+    gw.gatewayConnection().db.pragma('query_only = ON');
     const guess = await imapsLogin(gw, 'carol', 'mnbv cxzl kjhg fdsa');
     expect(taggedLine(guess.answer, 'L1')).toBe(UNAVAILABLE);
     guess.c.destroy();

@@ -9,7 +9,7 @@
  */
 import { generateSync } from 'otplib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Store } from '../../src/store/store.js';
+import { SqliteRepositories } from '../../src/store/sqlite/repositories.js';
 import { runCli } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startGateway, type GatewayHandle } from '../support/gateway.js';
@@ -118,7 +118,7 @@ describe('TOTP replay', () => {
     const code = codeAt(secret, now);
     expect(gw.store.totp.verify('dave', code)).toBe(true);
     expect(gw.store.totp.verify('dave', code)).toBe(false);
-    const other = Store.open({
+    const other = SqliteRepositories.open({
       path: gw.config.store.path,
       keyFile: gw.config.store.key_file,
       argon2: { memoryKib: 1024, iterations: 1, parallelism: 1 },

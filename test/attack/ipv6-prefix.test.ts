@@ -74,10 +74,10 @@ async function connectAs(client: string | Buffer): Promise<{ c: ImapClient; firs
 async function loginFrom(client: string | Buffer, user: string, password: string): Promise<{ line: string; hashes: number }> {
   const { c, first } = await connectAs(client);
   expect(first).toMatch(/^\* OK /);
-  const before = gw.store.hasher.stats.verifications;
+  const before = gw.hasher.stats.verifications;
   const line = taggedLine(await c.command('L', `LOGIN ${imapQuote(user)} ${imapQuote(password)}`), 'L');
   c.destroy();
-  return { line, hashes: gw.store.hasher.stats.verifications - before };
+  return { line, hashes: gw.hasher.stats.verifications - before };
 }
 
 const windowMs = () => gw.config.limits.ip_failure_window_seconds * 1000;

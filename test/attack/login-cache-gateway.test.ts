@@ -42,7 +42,7 @@ afterAll(async () => {
   await dc?.stop();
 });
 
-const verifications = (gw: GatewayHandle) => gw.store.hasher.stats.verifications;
+const verifications = (gw: GatewayHandle) => gw.hasher.stats.verifications;
 
 /** argon2 verifications `action` cost on `gw` (nothing else runs on it meanwhile). */
 async function hashesOf<T>(gw: GatewayHandle, action: () => Promise<T>): Promise<{ result: T; hashes: number }> {

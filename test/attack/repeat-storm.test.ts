@@ -94,7 +94,7 @@ it('a repeated wrong password costs no argon2, blocks each address, answers ever
   // Catches: repeats hashed every time (the queue fills, new app passwords get NO [UNAVAILABLE]);
   // "hash busy" answered differently by account type (an enumeration oracle); repeats free forever
   // for an address; a log line per attempt.
-  const hashesBefore = gw.store.hasher.stats.verifications;
+  const hashesBefore = gw.hasher.stats.verifications;
   const answers: Answer[] = [];
   const until = Date.now() + STORM_MS;
   const storming = ADDRESSES.flatMap((from) => Array.from({ length: CONNECTIONS_PER_ADDRESS }, () => storm(from, until, answers)));
@@ -111,7 +111,7 @@ it('a repeated wrong password costs no argon2, blocks each address, answers ever
   // argon2 ran for the first refusal of each name (the unknown one and the 2FA one; the plain
   // account's password is checked by Dovecot) and for the owner's login: nothing for the repeats.
   expect(answers.length).toBeGreaterThan(100);
-  expect(gw.store.hasher.stats.verifications - hashesBefore).toBeLessThanOrEqual(3);
+  expect(gw.hasher.stats.verifications - hashesBefore).toBeLessThanOrEqual(3);
   expect(attemptsLogged(gw, 'login temporarily failed', { reason: 'hash-busy' })).toBe(0);
 
   // The same answers for every kind of account: refused, then (once the address is blocked) unavailable.

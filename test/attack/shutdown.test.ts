@@ -10,7 +10,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Store } from '../../src/store/store.js';
+import { SqliteRepositories } from '../../src/store/sqlite/repositories.js';
 import { BIN, ROOT } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { ImapClient } from '../support/imap-client.js';
@@ -41,7 +41,7 @@ describe('mailgate serve and SIGTERM', () => {
     // Catches: a shutdown that waits for clients forever (or drops them at once), a listener that
     // keeps accepting, a non-zero exit, and login records lost in an unflushed database.
     const storeOptions = { path: path.join(dir, 'mailgate.db'), keyFile: path.join(dir, 'mailgate.key'), argon2: FAST_ARGON2, maxAppPasswords: 5 };
-    const setup = Store.open(storeOptions);
+    const setup = SqliteRepositories.open(storeOptions);
     setup.accounts.add('alice');
     const app = await setup.appPasswords.create('alice', { name: 'laptop' });
     setup.close();
@@ -136,7 +136,7 @@ shutdown_grace_seconds = ${GRACE_SECONDS}
     expect(logLines().map((l) => l.msg)).toEqual(expect.arrayContaining(['shutting down', 'stopped accepting connections', 'closing the remaining sessions', 'stopped']));
     expect(logLines().filter((l) => l.level === 60 || /uncaught|unhandled/.test(String(l.msg)))).toEqual([]);
 
-    const after = Store.open(storeOptions);
+    const after = SqliteRepositories.open(storeOptions);
     try {
       const [info] = after.appPasswords.list('alice');
       expect(info!.lastUsed).toMatchObject({ ip: '127.0.0.1', protocol: 'imap' });

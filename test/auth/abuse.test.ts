@@ -17,20 +17,21 @@ let guard: AbuseGuard;
 beforeEach(async () => {
   clock.set(Date.UTC(2026, 10, 25, 12, 0, 0));
   t = await makeTestStore({ now: clock.now });
-  guard = new AbuseGuard(() => t.store, rules, silentLogger(), clock.now);
+  guard = new AbuseGuard(t.api, rules, silentLogger(), clock.now);
 });
 afterEach(() => t.cleanup());
 
 const pw = (s: string) => Buffer.from(s);
 
 describe('AbuseGuard', () => {
-  it('grows the delay 2 s, 4 s, 8 s, then caps it at 15 s', () => {
-    const delays = [1, 2, 3, 4, 5].map((i) => guard.recordFailure('198.51.100.1', 'alice', pw(`wrong-${i}`)));
+  it('grows the delay 2 s, 4 s, 8 s, then caps it at 15 s', async () => {
+    const delays: number[] = [];
+    for (const i of [1, 2, 3, 4, 5]) delays.push(await guard.recordFailure('198.51.100.1', 'alice', pw(`wrong-${i}`)));
     expect(delays).toEqual([2000, 4000, 8000, 15_000, 15_000]);
   });
 
   it('blocks a client past the threshold, without looking at credentials', async () => {
-    for (let i = 0; i < 5; i++) guard.recordFailure('198.51.100.1', `user${i}`, pw(`pw${i}`));
+    for (let i = 0; i < 5; i++) await guard.recordFailure('198.51.100.1', `user${i}`, pw(`pw${i}`));
     expect(await guard.admit('198.51.100.1', 'anyone', pw('x'))).toEqual({ ok: false, blockedBy: 'ip' });
     const other = await guard.admit('198.51.100.2', 'anyone', pw('x'));
     expect(other.ok).toBe(true);
@@ -41,15 +42,15 @@ describe('AbuseGuard', () => {
     expect(later.ok).toBe(true);
   });
 
-  it('does not escalate for the same wrong password repeated (a stale saved password)', () => {
-    for (let i = 0; i < 20; i++) guard.recordFailure('198.51.100.1', 'alice', pw('old-password'));
+  it('does not escalate for the same wrong password repeated (a stale saved password)', async () => {
+    for (let i = 0; i < 20; i++) await guard.recordFailure('198.51.100.1', 'alice', pw('old-password'));
     expect(t.store.penalties.get('account', 'alice', rules.account.windowMs).failures).toBe(1);
     expect(t.store.penalties.get('ip', '198.51.100.1', rules.ip.windowMs).failures).toBe(1);
     expect(t.store.penalties.get('ip', '198.51.100.1', rules.ip.windowMs).blockedUntil).toBeNull();
   });
 
   it('blocks an account for every client, but lets a clean client try an app password, and only that', async () => {
-    for (let i = 0; i < 8; i++) guard.recordFailure(`203.0.113.${i}`, 'alice', pw(`guess-${i}`));
+    for (let i = 0; i < 8; i++) await guard.recordFailure(`203.0.113.${i}`, 'alice', pw(`guess-${i}`));
     expect(t.store.penalties.get('account', 'alice', rules.account.windowMs).blockedUntil).not.toBeNull();
     const appPassword = pw('abcd efgh ijkl mnop');
     // An attacker address with failures is turned away, even with something shaped like an app password...
@@ -71,7 +72,7 @@ describe('AbuseGuard', () => {
   });
 
   it('counts an IPv6 /64 as one client', async () => {
-    for (let i = 0; i < 5; i++) guard.recordFailure('2001:db8:1:2::/64', `u${i}`, pw(`p${i}`));
+    for (let i = 0; i < 5; i++) await guard.recordFailure('2001:db8:1:2::/64', `u${i}`, pw(`p${i}`));
     expect((await guard.admit('2001:db8:1:2::/64', 'x', pw('x'))).ok).toBe(false);
   });
 
@@ -95,15 +96,15 @@ describe('AbuseGuard', () => {
     if (c.ok) c.release();
   });
 
-  it('forgets failures after the window', () => {
-    guard.recordFailure('198.51.100.1', 'alice', pw('a'));
-    guard.recordFailure('198.51.100.1', 'alice', pw('b'));
+  it('forgets failures after the window', async () => {
+    await guard.recordFailure('198.51.100.1', 'alice', pw('a'));
+    await guard.recordFailure('198.51.100.1', 'alice', pw('b'));
     clock.advance(600_000);
-    expect(guard.recordFailure('198.51.100.1', 'alice', pw('c'))).toBe(2000);
+    expect(await guard.recordFailure('198.51.100.1', 'alice', pw('c'))).toBe(2000);
   });
 
-  it('keeps counters in the database, where the CLI can list and clear them', () => {
-    for (let i = 0; i < 5; i++) guard.recordFailure('198.51.100.1', 'bob', pw(`p${i}`));
+  it('keeps counters in the database, where the CLI can list and clear them', async () => {
+    for (let i = 0; i < 5; i++) await guard.recordFailure('198.51.100.1', 'bob', pw(`p${i}`));
     const other = t.reopen({ now: clock.now });
     expect(other.penalties.activeBlocks().map((b) => `${b.kind}:${b.key}`)).toEqual(['ip:198.51.100.1']);
     expect(other.penalties.clear('198.51.100.1')).toBe(1);
@@ -117,30 +118,30 @@ describe('AbuseGuard: repeats per client address', () => {
   it('counts each repeat for the client, and blocks it at the repeat threshold, not the account', async () => {
     // Catches: repeats free forever for one address (a storm repeating one guess is never stopped),
     // and repeats that block the account (a stale phone would lock its owner out).
-    const g = new AbuseGuard(() => t.store, repeatRules, silentLogger(), clock.now);
-    for (let i = 0; i < 4; i++) g.recordFailure('198.51.100.7', 'alice', pw('old-password'));
+    const g = new AbuseGuard(t.api, repeatRules, silentLogger(), clock.now);
+    for (let i = 0; i < 4; i++) await g.recordFailure('198.51.100.7', 'alice', pw('old-password'));
     const ip = t.store.penalties.get('ip', '198.51.100.7', rules.ip.windowMs);
     expect(ip).toMatchObject({ failures: 1, repeats: 3, blockedUntil: null });
-    g.recordFailure('198.51.100.7', 'alice', pw('old-password'));
+    await g.recordFailure('198.51.100.7', 'alice', pw('old-password'));
     expect(t.store.penalties.get('ip', '198.51.100.7', rules.ip.windowMs).blockedUntil).toBe(clock.now() + rules.ip.blockMs);
     expect(t.store.penalties.get('account', 'alice', rules.account.windowMs)).toMatchObject({ failures: 1, repeats: 0, blockedUntil: null });
     expect(await g.admit('198.51.100.7', 'bob', pw('x'))).toEqual({ ok: false, blockedBy: 'ip' });
   });
 
-  it('counts a failure from outside the network (the CLI) against the account only, and tells whether it is blocked', () => {
-    const g = new AbuseGuard(() => t.store, rules, silentLogger(), clock.now);
-    for (let i = 0; i < rules.account.blockAfter; i++) g.recordFailure(null, 'carol', pw(`code-${i}`));
-    expect(g.accountBlocked('carol')).toBe(true);
-    expect(g.accountBlocked('Carol ')).toBe(true);
-    expect(g.accountBlocked('dave')).toBe(false);
+  it('counts a failure from outside the network (the CLI) against the account only, and tells whether it is blocked', async () => {
+    const g = new AbuseGuard(t.api, rules, silentLogger(), clock.now);
+    for (let i = 0; i < rules.account.blockAfter; i++) await g.recordFailure(null, 'carol', pw(`code-${i}`));
+    expect(await g.accountBlocked('carol')).toBe(true);
+    expect(await g.accountBlocked('Carol ')).toBe(true);
+    expect(await g.accountBlocked('dave')).toBe(false);
     expect(t.store.penalties.all().filter((p) => p.kind === 'ip')).toEqual([]);
   });
 
-  it('tells the watcher when a block starts', () => {
-    const g = new AbuseGuard(() => t.store, rules, silentLogger(), clock.now);
+  it('a block it starts is announced by the store, so the revocation watcher looks at once', async () => {
+    const g = new AbuseGuard(t.api, rules, silentLogger(), clock.now);
     const started: string[] = [];
-    g.onBlock = (state) => started.push(`${state.kind}:${state.key}`);
-    for (let i = 0; i < rules.ip.blockAfter; i++) g.recordFailure('198.51.100.8', `user${i}`, pw(`pw${i}`));
-    expect(started).toEqual(['ip:198.51.100.8']);
+    t.api.onChange((change) => started.push(change.kind));
+    for (let i = 0; i < rules.ip.blockAfter; i++) await g.recordFailure('198.51.100.8', `user${i}`, pw(`pw${i}`));
+    expect(started).toEqual(['block']);
   });
 });

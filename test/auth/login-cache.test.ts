@@ -9,8 +9,6 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { LoginCache } from '../../src/auth/login-cache.js';
 import { AuthPolicy } from '../../src/auth/policy.js';
 import { parseConfig } from '../../src/config/load.js';
-import { silentLogger } from '../../src/log/logger.js';
-import { StoreHandle } from '../../src/store/store-handle.js';
 import { runCli } from '../support/cli.js';
 import { loginAttempt } from '../support/auth.js';
 import { enableTotp, makeTestStore, manualClock, type TestStore } from '../support/store.js';
@@ -23,8 +21,7 @@ const lookups: string[] = [];
 
 function makePolicy(options: Partial<ConstructorParameters<typeof LoginCache>[0]> = {}) {
   cache = new LoginCache({ ttlMs: 900_000, maxEntries: 100, negativeTtlMs: 300_000, negativeMaxEntries: 100, ...options }, clock.now);
-  const handle = new StoreHandle(t.options, silentLogger(), t.store);
-  policy = new AuthPolicy(handle, parseConfig({}, 'test'), Buffer.from('master'), { cache, onCacheLookup: (r) => lookups.push(r) });
+  policy = new AuthPolicy(t.api, t.store.hasher, parseConfig({}, 'test'), Buffer.from('master'), { cache, onCacheLookup: (r) => lookups.push(r) });
 }
 
 /** argon2 verifications a login costs. */

@@ -9,7 +9,7 @@ import Database from 'better-sqlite3';
 import { generateSync } from 'otplib';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
-import { Store, storeOptionsFromConfig } from '../../src/store/store.js';
+import { SqliteRepositories, storeOptionsFromConfig } from '../../src/store/sqlite/repositories.js';
 import { BIN, ROOT, runCli, writeCliConfig } from '../support/cli.js';
 import { outsideWrite } from '../support/outside.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
@@ -63,8 +63,8 @@ function penaltyRows(): number {
 }
 
 /** Runs `fn` against the CLI's database through the store API, in this process, as the gateway would. */
-async function withGatewayStore<T>(fn: (store: Store) => T | Promise<T>): Promise<T> {
-  const store = Store.open(storeOptionsFromConfig(loadConfig(config, {}).config));
+async function withGatewayStore<T>(fn: (store: SqliteRepositories) => T | Promise<T>): Promise<T> {
+  const store = SqliteRepositories.open(storeOptionsFromConfig(loadConfig(config, {}).config));
   try {
     return await fn(store);
   } finally {
@@ -348,7 +348,7 @@ describe('mailgate CLI', () => {
     outsideWrite(dbFile, Buffer.alloc(4096, 0x42));
     const result = await cli('account', 'list');
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/^mailgate: database .* is unavailable: file is not a database\n$/);
+    expect(result.stderr).toMatch(/^mailgate: .* exists but is not an SQLite database \(damaged\); restore it, or remove it to start with a new store\n$/);
   });
 
   it('names the file and key of a bad configuration, in one line, with a non-zero exit', async () => {

@@ -5,7 +5,7 @@
 import { existsSync, linkSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { SCHEMA_VERSION } from '../../src/store/migrations.js';
+import { SCHEMA_VERSION } from '../../src/store/sqlite/migrations.js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { runCli, writeCliConfig } from '../support/cli.js';
 import { outsideCopy, outsideRead, outsideScribble } from '../support/outside.js';

@@ -11,7 +11,7 @@ import { afterEach, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { Gateway } from '../../src/server/gateway.js';
-import { Store, storeOptionsFromConfig } from '../../src/store/store.js';
+import { SqliteRepositories, storeOptionsFromConfig } from '../../src/store/sqlite/repositories.js';
 import { makeTestPki } from '../support/pki.js';
 import { freePort } from '../support/ports.js';
 import { FAST_ARGON2 } from '../support/store.js';
@@ -52,7 +52,7 @@ async function configWithTakenPort(free: number) {
   );
 }
 
-const start = (config: ReturnType<typeof parseConfig>) => Gateway.start({ config, log: silentLogger(), storeOptions: { argon2: FAST_ARGON2 } });
+const start = (config: ReturnType<typeof parseConfig>) => Gateway.start({ config, log: silentLogger(), argon2: FAST_ARGON2 });
 
 it('closes the listeners it had bound when a later one fails, and says which one failed', async () => {
   const free = await freePort();
@@ -83,7 +83,7 @@ it('leaves a store that existed before a failed start exactly as it was', async 
   const config = await configWithTakenPort(await freePort());
   const options = storeOptionsFromConfig(config, { argon2: FAST_ARGON2 });
   // Another process (the CLI, say) has the store open while the gateway fails to start: its -wal and -shm exist.
-  const other = Store.open(options);
+  const other = SqliteRepositories.open(options);
   cleanups.unshift(() => other.close());
   other.accounts.add('alice');
   const before = readdirSync(path.join(dir, 'db')).sort();

@@ -7,11 +7,10 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log/logger.js';
 import { SessionRegistry, type SessionAuth, type TerminationReason, type TrackedSession } from '../../src/session/registry.js';
 import { RevocationWatcher } from '../../src/session/revocation-watcher.js';
-import { StoreHandle } from '../../src/store/store-handle.js';
 import { enableTotp, makeTestStore, type TestStore } from '../support/store.js';
+import { waitUntil } from '../support/timing.js';
 
 let t: TestStore;
-let handle: StoreHandle;
 let registry: SessionRegistry;
 
 class FakeSession implements TrackedSession {
@@ -37,90 +36,95 @@ function passthrough(id: string, username: string): FakeSession {
 }
 
 function watcher(policy: 'passthrough' | 'reject' = 'passthrough'): RevocationWatcher {
-  return new RevocationWatcher(handle, registry, silentLogger(), 1000, { main_password_without_2fa: policy });
+  return new RevocationWatcher(t.api, registry, silentLogger(), 1000, { main_password_without_2fa: policy });
 }
 
 beforeEach(async () => {
   t = await makeTestStore();
-  handle = new StoreHandle(t.options, silentLogger(), t.store);
   registry = new SessionRegistry();
 });
 afterEach(async () => {
-  handle.close();
   await t.cleanup();
 });
 
 describe('sessions passed through for names mailgate did not know', () => {
-  it('are ended once the name is added with two-step verification on', () => {
+  it('are ended once the name is added with two-step verification on', async () => {
     // Catches: a watcher that skips sessions without an account id, so a user who turns 2FA on keeps
     // every session opened with the main password.
     const w = watcher();
     const carol = passthrough('s1', 'Carol');
     const dave = passthrough('s2', 'dave');
-    w.tick();
+    await w.tick();
     expect(carol.ended).toBeNull();
     t.store.accounts.add('carol');
     w.changed();
-    w.tick();
+    await w.tick();
     expect(carol.ended).toBeNull(); // added without 2FA, main passwords allowed: nothing changes
     enableTotp(t.store, 'carol');
     w.changed();
-    w.tick();
+    await w.tick();
     expect(carol.ended).toBe('two-factor-enabled');
     expect(dave.ended).toBeNull();
   });
 
-  it('are ended once the name is added while main passwords need 2FA-less accounts to use app passwords', () => {
+  it('are ended once the name is added while main passwords need 2FA-less accounts to use app passwords', async () => {
     const w = watcher('reject');
     const erin = passthrough('s3', 'erin');
     t.store.accounts.add('erin');
     w.changed();
-    w.tick();
+    await w.tick();
     expect(erin.ended).toBe('app-password-required');
   });
 
-  it('are ended once the name is blocked', () => {
+  it('are ended once the name is blocked', async () => {
     // Catches: a block (the name's failures passed the threshold) that leaves the name's
     // passthrough sessions open, so the attacker who got in stays in.
     const w = watcher();
     const frank = passthrough('s4', 'Frank');
     const other = passthrough('s5', 'gina');
-    w.tick();
+    await w.tick();
     t.store.penalties.recordFailure('account', 'frank', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
     w.changed();
-    w.tick();
+    await w.tick();
     expect(frank.ended).toBe('blocked');
     expect(other.ended).toBeNull();
   });
 });
 
 describe('when it looks', () => {
-  it("does not notice this connection's own commits without being told: changed() is what makes it look", () => {
+  it("sees this process's own commits through the store's announcements, at once", async () => {
     // Catches: relying on data_version alone, which does not move for the connection's own commits
     // (a block started by this process, a revocation made by the web page in this process).
     const w = watcher();
-    const henry = passthrough('s6', 'henry');
-    w.tick(); // first look: nothing to do, remembers data_version
-    // A long-gone login: it is not "fresh" any more, so only a change makes the watcher look.
-    henry.auth.loginAt = 0;
-    w.tick();
-    t.store.penalties.recordFailure('account', 'henry', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
-    w.tick();
-    expect(henry.ended).toBeNull();
-    w.changed();
-    w.tick();
-    expect(henry.ended).toBe('blocked');
+    w.start();
+    try {
+      const henry = passthrough('s6', 'henry');
+      await w.tick(); // first look: nothing to do, remembers the change token
+      // A long-gone login: it is not "fresh" any more, so only a change makes the watcher look.
+      henry.auth.loginAt = 0;
+      await w.tick();
+      // Committed on the same connection, without the store's announcement: invisible to the token.
+      t.store.penalties.recordFailure('account', 'henry', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
+      await w.tick();
+      expect(henry.ended).toBeNull();
+      // Any change made through the store is announced, and the watcher looks at once (no tick).
+      await t.api.penalties.recordFailure('account', 'other', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
+      await waitUntil(() => henry.ended, "the watcher to end the blocked name's session", 1_000);
+      expect(henry.ended).toBe('blocked');
+    } finally {
+      w.stop();
+    }
   });
 
-  it('notices commits of another connection (another process) by itself', () => {
+  it('notices commits of another connection (another process) by itself', async () => {
     const w = watcher();
     const ivan = passthrough('s7', 'ivan');
     ivan.auth.loginAt = 0;
-    w.tick();
+    await w.tick();
     const other = t.reopen();
     other.accounts.add('ivan');
     enableTotp(other, 'ivan');
-    w.tick();
+    await w.tick();
     expect(ivan.ended).toBe('two-factor-enabled');
   });
 });

@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCodes, isMailgateError } from '../../src/errors.js';
-import { parseScopes } from '../../src/store/app-passwords.js';
+import { parseScopes } from '../../src/store/app-password-format.js';
 import { makeTestStore, manualClock, type TestStore } from '../support/store.js';
 
 let t: TestStore;

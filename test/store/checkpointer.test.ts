@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log/logger.js';
-import { Checkpointer } from '../../src/store/checkpointer.js';
+import { Checkpointer } from '../../src/store/sqlite/checkpointer.js';
 import { outsideRead } from '../support/outside.js';
 import { makeTestStore, type TestStore } from '../support/store.js';
 

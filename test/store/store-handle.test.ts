@@ -2,7 +2,7 @@ import { renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createLogger, silentLogger } from '../../src/log/logger.js';
-import { StoreHandle } from '../../src/store/store-handle.js';
+import { StoreHandle } from '../../src/store/sqlite/store-handle.js';
 import { outsideCopy, outsideScribble, outsideTruncate, outsideWrite, posixLocksOf, SQLITE_SHARED_LOCK } from '../support/outside.js';
 import { makeTestStore, type TestStore } from '../support/store.js';
 

@@ -1,18 +1,26 @@
 /**
  * A real mailgate in front of a real Dovecot, for integration tests.
  *
- * The gateway runs in the test process (so tests can read its log stream and
- * its store directly) with four loopback listeners on free ports: IMAP and
- * POP3, each with implicit TLS and with STARTTLS. Its TLS certificate is the
- * test PKI's, so clients verify it against `handle.caCert`.
+ * The gateway runs in the test process (so tests can read its log stream)
+ * with four loopback listeners on free ports: IMAP and POP3, each with
+ * implicit TLS and with STARTTLS. Its TLS certificate is the test PKI's, so
+ * clients verify it against `handle.caCert`.
+ *
+ * `handle.store` is a second, synchronous connection to the gateway's
+ * database, as an administrator's tool in another process would have (the
+ * gateway sees its commits as foreign ones); `handle.gateway.store` is the
+ * gateway's own Store, for changes made "in the gateway's process".
  */
+import { statSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import path from 'node:path';
 import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
 import { createLogger } from '../../src/log/logger.js';
 import { Gateway } from '../../src/server/gateway.js';
-import type { Store } from '../../src/store/store.js';
+import type { PasswordHasher } from '../../src/store/hasher.js';
+import { SqliteRepositories, storeOptionsFromConfig } from '../../src/store/sqlite/repositories.js';
+import type { SqliteStore } from '../../src/store/sqlite/sqlite-store.js';
 import type { Clock } from '../../src/store/types.js';
 import type { DovecotHandle } from './dovecot.js';
 import { FAST_ARGON2 } from './store.js';
@@ -23,8 +31,12 @@ export type LogLine = Record<string, unknown>;
 
 export interface GatewayHandle {
   gateway: Gateway;
-  /** The gateway's store (a getter: the gateway may reopen it after a database fault). */
-  readonly store: Store;
+  /** A second connection to the gateway's database (reopened if the file was replaced). */
+  readonly store: SqliteRepositories;
+  /** The gateway's argon2 hasher (its counters tell how many verifications ran). */
+  readonly hasher: PasswordHasher;
+  /** The gateway's own SQLite connection, for tests that inject faults into it. */
+  gatewayConnection(): SqliteRepositories;
   config: Config;
   dir: string;
   caCert: string;
@@ -111,7 +123,8 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
     gateway = await Gateway.start({
       config,
       log,
-      storeOptions: { argon2: options.argon2 ?? FAST_ARGON2, ...(options.now ? { now: options.now } : {}) },
+      argon2: options.argon2 ?? FAST_ARGON2,
+      ...(options.now ? { now: options.now } : {}),
       env: options.env ?? { MAILGATE_MASTER_PASSWORD: dovecot.master.password },
     });
   } catch (err) {
@@ -120,11 +133,15 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
   }
   const port = (protocol: 'imap' | 'pop3', tls: 'implicit' | 'starttls') =>
     gateway.listeners.find((l) => l.config.protocol === protocol && l.config.tls === tls)?.port ?? 0;
+  // The gateway's own hasher: app passwords made here get the gateway's argon2 cost.
+  const admin = adminConnection(config, gateway.services.hasher, options.now);
   return {
     gateway,
     get store() {
-      return gateway.store;
+      return admin.get();
     },
+    hasher: gateway.services.hasher,
+    gatewayConnection: () => (gateway.store as SqliteStore).currentConnection(),
     config,
     dir,
     caCert: dovecot.pki.caCert,
@@ -137,8 +154,40 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
         .map((line) => JSON.parse(line) as LogLine),
     logText: () => chunks.join(''),
     async stop() {
+      admin.close();
       await gateway.stop(0);
       await removeTempDir(dir);
+    },
+  };
+}
+
+/**
+ * The administrator's connection to the gateway's database, opened when
+ * first needed and again when the file was replaced (a test restores a copy):
+ * found by stat, never by opening the file outside SQLite.
+ */
+function adminConnection(config: Config, hasher: PasswordHasher, now?: Clock): { get(): SqliteRepositories; close(): void } {
+  let open: { repositories: SqliteRepositories; identity: string } | null = null;
+  const identity = () => {
+    try {
+      const st = statSync(config.store.path);
+      return `${st.dev}:${st.ino}`;
+    } catch {
+      return 'missing';
+    }
+  };
+  return {
+    get() {
+      const now_ = identity();
+      if (open && open.identity === now_) return open.repositories;
+      open?.repositories.close();
+      const repositories = SqliteRepositories.open({ ...storeOptionsFromConfig(config), hasher, mustExist: true, ...(now ? { now } : {}) });
+      open = { repositories, identity: now_ };
+      return repositories;
+    },
+    close() {
+      open?.repositories.close();
+      open = null;
     },
   };
 }

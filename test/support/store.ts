@@ -1,18 +1,23 @@
-/** A Store in a temporary folder, with cheap argon2 settings so tests stay fast. */
+/** A SqliteRepositories in a temporary folder, with cheap argon2 settings so tests stay fast. */
 import path from 'node:path';
 import { generateSync } from 'otplib';
-import { Store, type StoreOptions } from '../../src/store/store.js';
+import { SqliteRepositories, type StoreOptions } from '../../src/store/sqlite/repositories.js';
+import { silentLogger } from '../../src/log/logger.js';
+import { SqliteStore } from '../../src/store/sqlite/sqlite-store.js';
+import type { Store } from '../../src/store/store.js';
 import { makeTempDir, removeTempDir } from './tmp.js';
 
 /** The lowest argon2id cost node-argon2 accepts; production defaults are in config/mailgate.toml. */
 export const FAST_ARGON2 = { memoryKib: 1024, iterations: 1, parallelism: 1 } as const;
 
 export interface TestStore {
-  store: Store;
+  store: SqliteRepositories;
   dir: string;
   options: StoreOptions;
+  /** The Store interface (what the rest of mailgate sees) over the same connection as `store`. */
+  readonly api: Store;
   /** Opens a second, independent connection to the same files (another process in miniature). */
-  reopen(overrides?: Partial<StoreOptions>): Store;
+  reopen(overrides?: Partial<StoreOptions>): SqliteRepositories;
   cleanup(): Promise<void>;
 }
 
@@ -25,14 +30,19 @@ export async function makeTestStore(overrides: Partial<StoreOptions> = {}): Prom
     maxAppPasswords: 25,
     ...overrides,
   };
-  const store = Store.open(options);
-  const opened: Store[] = [store];
+  const store = SqliteRepositories.open(options);
+  const opened: SqliteRepositories[] = [store];
+  let api: Store | null = null;
   return {
     store,
+    get api() {
+      api ??= SqliteStore.over(store, options, silentLogger());
+      return api;
+    },
     dir,
     options,
     reopen(more = {}) {
-      const s = Store.open({ ...options, ...more });
+      const s = SqliteRepositories.open({ ...options, ...more });
       opened.push(s);
       return s;
     },
@@ -61,7 +71,7 @@ export function manualClock(start = Date.UTC(2026, 10, 25, 12, 0, 0)) {
  * Turns two-step verification on for an existing account (enrolment confirmed
  * with the code of `epochMs`, by default now); returns the TOTP secret.
  */
-export function enableTotp(store: Pick<Store, 'totp'>, user: string, epochMs = Date.now()): string {
+export function enableTotp(store: Pick<SqliteRepositories, 'totp'>, user: string, epochMs = Date.now()): string {
   const { secret } = store.totp.enroll(user);
   store.totp.confirm(user, generateSync({ secret, epoch: Math.floor(epochMs / 1000) }));
   return secret;

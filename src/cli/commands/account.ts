@@ -6,9 +6,9 @@ import { appPasswordStatus, type Account } from '../../store/types.js';
 import { globalOptions, withStore } from '../context.js';
 import { isoTime, printJson, printLine, printTable, shortTime } from '../output.js';
 
-function summary(store: Store, account: Account) {
+async function summary(store: Store, account: Account) {
   const now = Date.now();
-  const passwords = store.appPasswords.list(account.username);
+  const passwords = await store.appPasswords.list(account.username);
   const used = passwords.map((p) => p.lastUsed?.at ?? 0).filter((t) => t > 0);
   return {
     username: account.username,
@@ -31,9 +31,9 @@ export function accountCommand(): Command {
     .argument('<user>')
     .option('--json', 'print JSON')
     .action((user: string, _opts, cmd: Command) =>
-      withStore(cmd, (store) => {
-        const created = store.accounts.add(user);
-        if (globalOptions(cmd).json) printJson(summary(store, created));
+      withStore(cmd, async (store) => {
+        const created = await store.accounts.add(user);
+        if (globalOptions(cmd).json) printJson(await summary(store, created));
         else printLine(`added account ${created.username}`);
       }),
     );
@@ -43,8 +43,8 @@ export function accountCommand(): Command {
     .description('list accounts')
     .option('--json', 'print JSON')
     .action((_opts, cmd: Command) =>
-      withStore(cmd, (store) => {
-        const rows = store.accounts.list().map((a) => summary(store, a));
+      withStore(cmd, async (store) => {
+        const rows = await Promise.all((await store.accounts.list()).map((a) => summary(store, a)));
         if (globalOptions(cmd).json) return printJson(rows);
         if (rows.length === 0) return printLine('no accounts');
         printTable(
@@ -66,8 +66,8 @@ export function accountCommand(): Command {
     .argument('<user>')
     .option('--json', 'print JSON')
     .action((user: string, _opts, cmd: Command) =>
-      withStore(cmd, (store) => {
-        const info = summary(store, store.accounts.get(user));
+      withStore(cmd, async (store) => {
+        const info = await summary(store, await store.accounts.get(user));
         if (globalOptions(cmd).json) return printJson(info);
         printLine(`user:           ${info.username}`);
         printLine(`created:        ${shortTime(Date.parse(info.createdAt!))}`);
@@ -86,9 +86,9 @@ export function accountCommand(): Command {
       if (!opts.yes) {
         throw new MailgateError(ErrorCodes.USAGE, `removing ${user.trim()} deletes its app passwords too; add --yes to confirm`);
       }
-      return withStore(cmd, (store) => {
-        const existing = store.accounts.get(user);
-        store.accounts.remove(existing.username);
+      return withStore(cmd, async (store) => {
+        const existing = await store.accounts.get(user);
+        await store.accounts.remove(existing.username);
         printLine(`removed account ${existing.username} and its app passwords`);
       });
     });

@@ -4,9 +4,9 @@ import { AbuseGuard, abuseRules } from '../../auth/abuse.js';
 import type { Config } from '../../config/schema.js';
 import { ErrorCodes, isMailgateError, MailgateError } from '../../errors.js';
 import { silentLogger } from '../../log/logger.js';
-import { parseScopes, type CreatedAppPassword } from '../../store/app-passwords.js';
+import { parseScopes } from '../../store/app-password-format.js';
 import type { Store } from '../../store/store.js';
-import { appPasswordStatus, type Account, type AppPasswordInfo } from '../../store/types.js';
+import { appPasswordStatus, type Account, type AppPasswordInfo, type CreatedAppPassword } from '../../store/types.js';
 import { parseDuration } from '../duration.js';
 import { globalOptions, withStore } from '../context.js';
 import { isoTime, printJson, printLine, printTable, shortTime } from '../output.js';
@@ -38,16 +38,16 @@ function toJson(info: AppPasswordInfo, now: number) {
  * is audited.
  */
 async function createWithTotpCode(store: Store, config: Config, account: Account, code: string, create: () => Promise<CreatedAppPassword>): Promise<CreatedAppPassword> {
-  const guard = new AbuseGuard(() => store, abuseRules(config.limits), silentLogger());
-  if (guard.accountBlocked(account.username)) {
+  const guard = new AbuseGuard(store, abuseRules(config.limits), silentLogger());
+  if (await guard.accountBlocked(account.username)) {
     throw new MailgateError(ErrorCodes.ACCOUNT_BLOCKED, `${account.username} is temporarily blocked after repeated failures; try again later (or "mailgate blocks clear ${account.username}")`);
   }
   try {
     return await create();
   } catch (err) {
     if (isMailgateError(err, ErrorCodes.TOTP_CODE)) {
-      guard.recordFailure(null, account.username, Buffer.from(code, 'utf8'));
-      store.audit.record('totp-failed', { username: account.username, detail: 'app-password-create' });
+      await guard.recordFailure(null, account.username, Buffer.from(code, 'utf8'));
+      await store.audit.record('totp-failed', { username: account.username, detail: 'app-password-create' });
     }
     throw err;
   }
@@ -75,7 +75,7 @@ export function appPasswordCommand(): Command {
       const scopes = parseScopes(opts.scope);
       const expiresAt = opts.expires === undefined ? null : Date.now() + parseDuration(opts.expires);
       return withStore(cmd, async (store, { config }) => {
-        const account = store.accounts.get(user);
+        const account = await store.accounts.get(user);
         const code = opts.totpCode;
         const create = () => store.appPasswords.create(account.username, { name: opts.name, scopes, expiresAt, ...(code === undefined ? {} : { totpCode: code }) });
         const created = code === undefined ? await create() : await createWithTotpCode(store, config, account, code, create);
@@ -104,9 +104,9 @@ export function appPasswordCommand(): Command {
     .argument('<user>')
     .option('--json', 'print JSON')
     .action((user: string, _opts, cmd: Command) =>
-      withStore(cmd, (store) => {
+      withStore(cmd, async (store) => {
         const now = Date.now();
-        const rows = store.appPasswords.list(user).map((info) => toJson(info, now));
+        const rows = (await store.appPasswords.list(user)).map((info) => toJson(info, now));
         if (globalOptions(cmd).json) return printJson(rows);
         if (rows.length === 0) return printLine('no app passwords');
         printTable(
@@ -134,13 +134,13 @@ export function appPasswordCommand(): Command {
       if (opts.all && id !== undefined) throw new MailgateError(ErrorCodes.USAGE, 'give an id or --all, not both');
       if (!opts.all && id === undefined) throw new MailgateError(ErrorCodes.USAGE, 'give the id of the app password to revoke, or --all');
       const parsedId = id === undefined ? null : parseId(id);
-      return withStore(cmd, (store) => {
-        const account = store.accounts.get(user);
+      return withStore(cmd, async (store) => {
+        const account = await store.accounts.get(user);
         if (parsedId === null) {
-          const count = store.appPasswords.revokeAll(account.username);
+          const count = await store.appPasswords.revokeAll(account.username);
           printLine(`revoked ${count} app password${count === 1 ? '' : 's'} of ${account.username}`);
         } else {
-          const info = store.appPasswords.revoke(account.username, parsedId);
+          const info = await store.appPasswords.revoke(account.username, parsedId);
           printLine(`revoked app password ${info.id} ("${info.name}") of ${account.username}`);
         }
       });

@@ -4,7 +4,7 @@ import { Command } from 'commander';
 import { clientKey } from '../../auth/client-key.js';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import { normaliseUsername } from '../../store/username.js';
-import type { PenaltyState } from '../../store/penalties.js';
+import type { PenaltyState } from '../../store/types.js';
 import { globalOptions, withStore } from '../context.js';
 import { isoTime, printJson, printLine, printTable, shortTime } from '../output.js';
 
@@ -48,8 +48,8 @@ export function blocksCommand(): Command {
     .option('--all', 'also list clients and accounts with failures but no block')
     .option('--json', 'print JSON')
     .action((opts: { all?: boolean }, cmd: Command) =>
-      withStore(cmd, (store) => {
-        const rows = (opts.all ? store.penalties.all() : store.penalties.activeBlocks()).map(toJson);
+      withStore(cmd, async (store) => {
+        const rows = (await (opts.all ? store.penalties.all() : store.penalties.activeBlocks())).map(toJson);
         if (globalOptions(cmd).json) return printJson(rows);
         if (rows.length === 0) return printLine(opts.all ? 'no failed logins on record' : 'no blocks in force');
         printTable(
@@ -73,8 +73,8 @@ export function blocksCommand(): Command {
     .option('--yes', 'confirm --all')
     .action((target: string | undefined, opts: { all?: boolean; yes?: boolean }, cmd: Command) => {
       const key = clearTarget(target, opts);
-      return withStore(cmd, (store) => {
-        const removed = store.penalties.clear(key);
+      return withStore(cmd, async (store) => {
+        const removed = await store.penalties.clear(key);
         printLine(`cleared ${removed} record${removed === 1 ? '' : 's'}${key ? ` for ${key}` : ''}`);
       });
     });

@@ -1,13 +1,14 @@
 /**
  * `mailgate store ...`: back up and check the database, safely while the
- * gateway runs. Both open the existing store read-only through SQLite and
- * never create one.
+ * gateway runs. Both open the existing store read-only through its engine
+ * and never create one.
  */
 import { existsSync } from 'node:fs';
 import { Command } from 'commander';
 import { configPath } from '../../config/load.js';
 import { ErrorCodes, MailgateError } from '../../errors.js';
-import { backupDatabase, checkDatabase, type CheckResult } from '../../store/maintenance.js';
+import { backupStore, checkStore } from '../../store/open.js';
+import type { CheckResult } from '../../store/types.js';
 import { globalOptions, loadCommandConfig } from '../context.js';
 import { printJson, printLine } from '../output.js';
 
@@ -32,9 +33,8 @@ export function storeCommand(): Command {
     .option('--json', 'print JSON')
     .action(async (file: string, opts: { force?: boolean }, cmd: Command) => {
       const { config } = loadCommandConfig(cmd);
-      const source = configPath(config.store.path);
       const keyFile = configPath(config.store.key_file);
-      const written = await backupDatabase(source, file, { force: opts.force ?? false, busyTimeoutMs: config.store.busy_timeout_ms });
+      const { source, ...written } = await backupStore(config, file, { force: opts.force ?? false });
       if (globalOptions(cmd).json) return printJson({ ...written, source, keyFile });
       printLine(`wrote ${written.file}: ${written.bytes} bytes (${written.pages} pages), a consistent copy of ${source}`);
       if (existsSync(keyFile)) printLine(`the key file ${keyFile} is not in it: keep a copy of that too, or the TOTP secrets in the copy cannot be read`);
@@ -42,12 +42,11 @@ export function storeCommand(): Command {
 
   store
     .command('check')
-    .description('run PRAGMA integrity_check and foreign_key_check; exit 0 only when both are ok')
+    .description("run the store's own integrity checks (SQLite: integrity_check, foreign_key_check); exit 0 only when they pass")
     .option('--json', 'print JSON')
     .action((_opts, cmd: Command) => {
       const { config } = loadCommandConfig(cmd);
-      const file = configPath(config.store.path);
-      const result = checkDatabase(file, config.store.busy_timeout_ms);
+      const { file, ...result } = checkStore(config);
       const found = problems(result);
       const ok = result.ok && found.length === 0;
       if (globalOptions(cmd).json) printJson({ file, ok, schemaVersion: result.schemaVersion, integrity: result.integrity, foreignKeys: result.foreignKeys });

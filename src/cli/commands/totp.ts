@@ -23,9 +23,9 @@ export function totpCommand(): Command {
     .argument('<user>')
     .option('--json', 'print JSON')
     .action((user: string, _opts, cmd: Command) =>
-      withStore(cmd, (store) => {
-        const account = store.accounts.get(user);
-        const enrolment = store.totp.enroll(account.username);
+      withStore(cmd, async (store) => {
+        const account = await store.accounts.get(user);
+        const enrolment = await store.totp.enroll(account.username);
         if (globalOptions(cmd).json) {
           return printJson({ username: account.username, secret: enrolment.secret, uri: enrolment.uri });
         }
@@ -47,8 +47,8 @@ export function totpCommand(): Command {
     .argument('<code>')
     .option('--json', 'print JSON')
     .action((user: string, code: string, _opts, cmd: Command) =>
-      withStore(cmd, (store) => {
-        const account = store.totp.confirm(user, code);
+      withStore(cmd, async (store) => {
+        const account = await store.totp.confirm(user, code);
         if (globalOptions(cmd).json) return printJson({ username: account.username, totp: account.totpState });
         printLine(`two-step verification is on for ${account.username}; mail programs must now use app passwords`);
       }),
@@ -67,8 +67,8 @@ export function totpCommand(): Command {
           `turning off two-step verification for ${user.trim()} means mail programs may log in with the account password again; add --yes to confirm`,
         );
       }
-      return withStore(cmd, (store) => {
-        const account = store.totp.disable(user);
+      return withStore(cmd, async (store) => {
+        const account = await store.totp.disable(user);
         if (globalOptions(cmd).json) return printJson({ username: account.username, totp: account.totpState });
         printLine(`two-step verification is off for ${account.username}`);
       });
@@ -80,8 +80,8 @@ export function totpCommand(): Command {
     .argument('<user>')
     .option('--json', 'print JSON')
     .action((user: string, _opts, cmd: Command) =>
-      withStore(cmd, (store) => {
-        const account = store.accounts.get(user);
+      withStore(cmd, async (store) => {
+        const account = await store.accounts.get(user);
         if (globalOptions(cmd).json) return printJson({ username: account.username, totp: account.totpState });
         printLine(`${account.username}: ${account.totpState}`);
       }),

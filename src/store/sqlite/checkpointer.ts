@@ -14,7 +14,7 @@
  */
 import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
-import type { Logger } from '../log/logger.js';
+import type { Logger } from '../../log/logger.js';
 
 // Plain CommonJS run with `eval`, so it works from dist/ and from the
 // TypeScript sources alike (tests) without a build step for the worker.

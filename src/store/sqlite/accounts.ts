@@ -1,9 +1,9 @@
 /** Accounts: the people whose logins mailgate checks. */
-import { ErrorCodes, MailgateError } from '../errors.js';
+import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AuditLog } from './audit.js';
 import { selectIn, type Db } from './database.js';
-import type { Account, Clock, TotpState } from './types.js';
-import { normaliseUsername, validateNewUsername } from './username.js';
+import type { Account, Clock, TotpState } from '../types.js';
+import { normaliseUsername, validateNewUsername } from '../username.js';
 
 interface AccountRow {
   id: number;

@@ -10,30 +10,7 @@
  * an address repeating one guess forever is still stopped.
  */
 import { selectIn, type Db } from './database.js';
-import type { Clock } from './types.js';
-
-export type PenaltyKind = 'ip' | 'account';
-
-export interface PenaltyState {
-  kind: PenaltyKind;
-  key: string;
-  /** Distinct failures counted in the current window. */
-  failures: number;
-  /** Repeats of an already counted failure in the current window. */
-  repeats: number;
-  windowStart: number;
-  lastFailure: number;
-  blockedUntil: number | null;
-}
-
-export interface PenaltyRules {
-  windowMs: number;
-  /** Failures in the window that start a block. */
-  blockAfter: number;
-  /** Repeats in the window that start a block; none: repeats never block. */
-  repeatBlockAfter?: number;
-  blockMs: number;
-}
+import type { Clock, PenaltyKind, PenaltyState, PenaltyRules } from '../types.js';
 
 interface Row {
   kind: PenaltyKind;

@@ -4,16 +4,15 @@
  * Only the argon2id hash is stored. The selector (the first four letters) is
  * stored in clear so a login finds its row without trying every hash.
  */
-import { ErrorCodes, MailgateError } from '../errors.js';
+import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AccountRepository } from './accounts.js';
-import { generateAppPassword, type GeneratedAppPassword } from './app-password-format.js';
+import { generateAppPassword, validateName, type GeneratedAppPassword } from '../app-password-format.js';
 import type { AuditLog } from './audit.js';
 import { selectIn, type Db } from './database.js';
-import type { PasswordHasher } from './hasher.js';
+import type { PasswordHasher } from '../hasher.js';
 import type { TotpService } from './totp.js';
-import { SCOPES, appPasswordStatus, type Account, type AppPasswordInfo, type Clock, type Scope } from './types.js';
+import { SCOPES, appPasswordStatus, type Account, type AppPasswordInfo, type Clock, type Scope, type CreateOptions, type CreatedAppPassword, type AppPasswordCandidate } from '../types.js';
 
-export const MAX_NAME_LENGTH = 64;
 
 interface AppPasswordRow {
   id: number;
@@ -31,30 +30,6 @@ interface AppPasswordRow {
   last_used_client: string | null;
 }
 
-/** A row as the verifier needs it: the public info plus the hash to check. */
-export interface AppPasswordCandidate {
-  info: AppPasswordInfo;
-  hash: string;
-}
-
-export interface CreateOptions {
-  name: string;
-  scopes?: readonly Scope[];
-  expiresAt?: number | null;
-  /**
-   * Self-service issuance: a current code from the account's authenticator
-   * app, checked and consumed in the same transaction as the insert. A
-   * create refused for another reason (duplicate name, limit) keeps the code
-   * unspent; a wrong code creates nothing.
-   */
-  totpCode?: string;
-}
-
-export interface CreatedAppPassword {
-  info: AppPasswordInfo;
-  /** Shown once, in groups of four: "abcd efgh ijkl mnop". */
-  password: string;
-}
 
 function toInfo(row: AppPasswordRow): AppPasswordInfo {
   return {
@@ -70,26 +45,6 @@ function toInfo(row: AppPasswordRow): AppPasswordInfo {
         ? null
         : { at: row.last_used_at, ip: row.last_used_ip, protocol: row.last_used_protocol, client: row.last_used_client },
   };
-}
-
-export function parseScopes(text: string): Scope[] {
-  const scopes = new Set<Scope>();
-  for (const part of text.split(',').map((s) => s.trim().toLowerCase())) {
-    if (!(SCOPES as readonly string[]).includes(part)) {
-      throw new MailgateError(ErrorCodes.UNKNOWN_SCOPE, `unknown scope "${part}" (use ${SCOPES.join(', ')})`);
-    }
-    scopes.add(part as Scope);
-  }
-  if (scopes.size === 0) throw new MailgateError(ErrorCodes.UNKNOWN_SCOPE, 'at least one scope is needed');
-  return SCOPES.filter((s) => scopes.has(s));
-}
-
-function validateName(raw: string): string {
-  const name = raw.trim();
-  if (name.length === 0) throw new MailgateError(ErrorCodes.INVALID_NAME, 'the app password needs a name');
-  if (name.length > MAX_NAME_LENGTH) throw new MailgateError(ErrorCodes.INVALID_NAME, `the name is longer than ${MAX_NAME_LENGTH} characters`);
-  if (/[\u0000-\u001f\u007f-\u009f]/u.test(name)) throw new MailgateError(ErrorCodes.INVALID_NAME, 'the name contains a control character');
-  return name;
 }
 
 export class AppPasswordRepository {

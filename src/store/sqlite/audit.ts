@@ -6,37 +6,7 @@
  * checks the raw rows for each secret the tests created.
  */
 import type { Db } from './database.js';
-import type { Clock } from './types.js';
-
-export const AUDIT_EVENTS = [
-  'account-added',
-  'account-removed',
-  'created',
-  'revoked',
-  'revoked-all',
-  'totp-enrolled',
-  'totp-enabled',
-  'totp-disabled',
-  'totp-failed',
-  'login-ok',
-  'login-failed',
-] as const;
-export type AuditEvent = (typeof AUDIT_EVENTS)[number];
-
-export interface AuditEntry {
-  username?: string | null;
-  appPasswordId?: number | null;
-  ip?: string | null;
-  protocol?: string | null;
-  /** A short machine-readable reason or note, e.g. "wrong-password". */
-  detail?: string | null;
-}
-
-export interface AuditRow extends Required<AuditEntry> {
-  id: number;
-  at: number;
-  event: AuditEvent;
-}
+import type { Clock, AuditEvent, AuditEntry, AuditRow } from '../types.js';
 
 export class AuditLog {
   private readonly insert;

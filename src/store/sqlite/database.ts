@@ -16,7 +16,7 @@
 import { closeSync, mkdirSync, openSync, statSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
+import { ErrorCodes, errorMessage, MailgateError } from '../../errors.js';
 import { MIGRATIONS, SCHEMA_VERSION } from './migrations.js';
 
 export type Db = Database.Database;

@@ -11,8 +11,9 @@ import { closeSync, fchmodSync, fsyncSync, openSync, realpathSync, renameSync, r
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
+import { ErrorCodes, errorMessage, MailgateError } from '../../errors.js';
 import { openExistingReadOnly, unavailable } from './database.js';
+import type { BackupResult, CheckResult } from '../types.js';
 
 /**
  * Pages per backup step: all of them. One step is one read transaction, so
@@ -24,20 +25,6 @@ const ALL_PAGES = 0x7fffffff;
 
 /** The files SQLite keeps beside a database: writing any of them corrupts it. */
 const COMPANIONS = ['', '-wal', '-shm', '-journal'];
-
-export interface BackupResult {
-  file: string;
-  bytes: number;
-  pages: number;
-}
-
-export interface CheckResult {
-  ok: boolean;
-  schemaVersion: number | null;
-  /** What PRAGMA integrity_check found: ['ok'], or the problems. */
-  integrity: string[];
-  foreignKeys: Array<{ table: string; rowid: number | null; parent: string; fkid: number }>;
-}
 
 /**
  * Writes a consistent copy of the database `source` to `target`, mode 0600:

@@ -7,23 +7,16 @@
  * is conditional so two processes cannot both accept the same code.
  */
 import { generateSecret, generateURI, verifySync } from 'otplib';
-import { ErrorCodes, MailgateError } from '../errors.js';
+import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AccountRepository } from './accounts.js';
 import type { AuditLog } from './audit.js';
 import type { Db } from './database.js';
-import { open, seal } from './secret-box.js';
-import type { Account, Clock, TotpState } from './types.js';
+import { open, seal } from '../secret-box.js';
+import type { Account, Clock, TotpState, Enrolment } from '../types.js';
 
 const PERIOD_SECONDS = 30;
 /** ±1 step: epochTolerance is in seconds. */
 const TOLERANCE_SECONDS = PERIOD_SECONDS;
-
-export interface Enrolment {
-  /** Base32, for typing into an app by hand. */
-  secret: string;
-  /** otpauth:// URI, for a QR code. */
-  uri: string;
-}
 
 export class TotpService {
   constructor(

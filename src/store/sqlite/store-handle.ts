@@ -21,13 +21,15 @@
  * (see database.ts). It looks with stat, and asks SQLite.
  */
 import { statSync } from 'node:fs';
-import type { Logger } from '../log/logger.js';
-import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
+import { FIXED_LIMITS } from '../../config/limits.js';
+import type { Logger } from '../../log/logger.js';
+import { ErrorCodes, errorMessage, MailgateError } from '../../errors.js';
 import { askSqlite, MIN_DATABASE_BYTES } from './database.js';
-import { PasswordHasher } from './hasher.js';
-import { Store, type StoreOptions } from './store.js';
+import { PasswordHasher } from '../hasher.js';
+import { SqliteRepositories, type StoreOptions } from './repositories.js';
 
-const RETRY_MS = 1000;
+/** How often a broken database is tried again (a reopen, a write probe). */
+const RETRY_MS = FIXED_LIMITS.store_retry_seconds * 1000;
 
 /**
  * SQLite errors that mean this connection to the file is bad, as opposed to
@@ -45,7 +47,7 @@ const FATAL_SQLITE_CODES = /^SQLITE_(CORRUPT|NOTADB|IOERR|CANTOPEN|READONLY|FULL
 const WRITE_PROBE = 'DELETE FROM penalties WHERE 0';
 
 export class StoreHandle {
-  private store: Store | null;
+  private store: SqliteRepositories | null;
   private identity: string | null;
   /** Size and modification time at the last look: when they move, the content is checked again. */
   private stamp: string | null;
@@ -57,11 +59,13 @@ export class StoreHandle {
   private writeRetryAt: number | null = null;
 
   private options: StoreOptions;
+  /** Counts the connections opened: a reopened one starts its own data_version. */
+  generation = 1;
 
   constructor(
     options: StoreOptions,
     private readonly log: Logger,
-    initial?: Store,
+    initial?: SqliteRepositories,
   ) {
     this.options = options;
     this.store = initial ?? openAtStart(options, log);
@@ -71,7 +75,7 @@ export class StoreHandle {
   }
 
   /** The open store; throws when the database cannot be used right now. */
-  get(): Store {
+  get(): SqliteRepositories {
     if (this.closed) throw new MailgateError(ErrorCodes.DB_UNAVAILABLE, 'the store is closed (shutting down)');
     if (this.store && this.fileGoneOrReplaced()) {
       this.log.error({ path: this.options.path }, 'the database file was removed or replaced; logins fail until it is back');
@@ -86,7 +90,7 @@ export class StoreHandle {
    * that no password is checked while neither the failure counters nor the
    * success records can be kept. Costs nothing while writes work.
    */
-  writable(): Store {
+  writable(): SqliteRepositories {
     const store = this.get();
     if (this.writeRetryAt === null) return store;
     const now = Date.now();
@@ -153,7 +157,8 @@ export class StoreHandle {
       if (!st) throw new Error('the file is missing');
       if (truncated(st)) throw new Error('the file is not an SQLite database');
       // Neither the database nor the key file is ever created here (nor an empty file migrated).
-      this.store = Store.open({ ...this.options, hasher: this.hasher, mustExist: true });
+      this.store = SqliteRepositories.open({ ...this.options, hasher: this.hasher, mustExist: true });
+      this.generation += 1;
       // A store that opens but cannot be read (garbage past the header) is not back yet.
       this.store.db.prepare('SELECT COUNT(*) FROM accounts').get();
     } catch (err) {
@@ -215,7 +220,7 @@ export class StoreHandle {
  * database is refused: migrating it would start the gateway on an empty
  * store, as if every account had vanished.
  */
-function openAtStart(options: StoreOptions, log: Logger): Store {
+function openAtStart(options: StoreOptions, log: Logger): SqliteRepositories {
   const st = statOf(options.path);
   if (st && (truncated(st) || askSqlite(options.path) === 'not-a-database')) {
     throw new MailgateError(
@@ -223,7 +228,7 @@ function openAtStart(options: StoreOptions, log: Logger): Store {
       `${options.path} exists but is not an SQLite database (${st.size === 0 ? 'empty' : 'damaged'}); restore it, or remove it to start with a new store`,
     );
   }
-  const store = Store.open(options);
+  const store = SqliteRepositories.open(options);
   if (!st) log.warn({ path: options.path }, 'created a new, empty store');
   return store;
 }

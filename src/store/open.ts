@@ -1,0 +1,84 @@
+/**
+ * Opening the store named in the configuration, and the administrator's
+ * maintenance of it: the one place that knows which engine is behind the
+ * Store interface (SQLite today).
+ */
+import { FIXED_LIMITS } from '../config/limits.js';
+import type { Config } from '../config/schema.js';
+import { configPath } from '../config/load.js';
+import type { Logger } from '../log/logger.js';
+import { PasswordHasher } from './hasher.js';
+import { storeFootprint } from './sqlite/footprint.js';
+import { backupDatabase, checkDatabase } from './sqlite/maintenance.js';
+import { storeOptionsFromConfig, type StoreOptions } from './sqlite/repositories.js';
+import { SqliteStore } from './sqlite/sqlite-store.js';
+import type { Store } from './store.js';
+import type { BackupResult, CheckResult, Clock } from './types.js';
+
+export interface OpenStoreOptions {
+  log: Logger;
+  /**
+   * 'gateway': waits briefly for locks (every wait blocks the event loop) and
+   * checkpoints in a worker; 'cli': waits longer, SQLite checkpoints itself.
+   */
+  role: 'gateway' | 'cli';
+  /** The argon2 hasher to share (its concurrency limit is the process's); one is made from the configuration otherwise. */
+  hasher?: PasswordHasher;
+  now?: Clock;
+  /** Refuse to create a store that does not exist (every command but `serve` and `account add`, in time). */
+  mustExist?: boolean;
+  /** Tests: cheaper argon2, another clock. */
+  argon2?: StoreOptions['argon2'];
+}
+
+
+export interface OpenedStore {
+  store: Store;
+  /**
+   * After a start that failed: removes what this open created (a new, empty
+   * store and its key), never anything that existed before. Returns what it removed.
+   */
+  removeCreated(): string[];
+}
+
+/** The argon2 hasher the configuration asks for: one per process, shared by the store and the login path. */
+export function createHasher(config: Config, argon2?: StoreOptions['argon2']): PasswordHasher {
+  return new PasswordHasher({
+    ...(argon2 ?? { memoryKib: config.auth.argon2_memory_kib, iterations: config.auth.argon2_iterations, parallelism: config.auth.argon2_parallelism }),
+    concurrency: config.auth.hash_concurrency,
+    maxQueue: config.auth.hash_queue,
+  });
+}
+
+export function openStore(config: Config, options: OpenStoreOptions): OpenedStore {
+  const gateway = options.role === 'gateway';
+  const sqlite = storeOptionsFromConfig(config, {
+    // better-sqlite3 is synchronous: a write waiting for a lock blocks the
+    // event loop, so the gateway waits far less than the CLI would.
+    ...(gateway ? { busyTimeoutMs: config.store.gateway_busy_timeout_ms, autoCheckpoint: false } : {}),
+    hasher: options.hasher ?? createHasher(config, options.argon2),
+    ...(options.argon2 ? { argon2: options.argon2 } : {}),
+    ...(options.now ? { now: options.now } : {}),
+    ...(options.mustExist ? { mustExist: true } : {}),
+  });
+  const footprint = storeFootprint(sqlite);
+  try {
+    const store = SqliteStore.open(sqlite, { log: options.log, ...(gateway ? { checkpointIntervalMs: FIXED_LIMITS.checkpoint_interval_seconds * 1000 } : {}) });
+    return { store, removeCreated: () => footprint.removeCreated() };
+  } catch (err) {
+    footprint.removeCreated();
+    throw err;
+  }
+}
+
+/** An online, consistent copy of the store in `file` (mode 0600); the live store is never touched. */
+export function backupStore(config: Config, file: string, options: { force?: boolean } = {}): Promise<BackupResult & { source: string }> {
+  const source = configPath(config.store.path);
+  return backupDatabase(source, file, { force: options.force ?? false, busyTimeoutMs: config.store.busy_timeout_ms }).then((written) => ({ ...written, source }));
+}
+
+/** The store's own integrity checks, read-only. */
+export function checkStore(config: Config): CheckResult & { file: string } {
+  const file = configPath(config.store.path);
+  return { file, ...checkDatabase(file, config.store.busy_timeout_ms) };
+}

@@ -1,0 +1,73 @@
+/**
+ * The login path's reads and writes on SQLite: the credential check (the
+ * shared CredentialVerifier over this database's rows) and the records a
+ * login leaves, each in one commit.
+ */
+import type { LoginRecord } from '../store.js';
+import type { PasswordHasher } from '../hasher.js';
+import type { CachedLogin, Clock, LoginContext, Scope, VerifyResult } from '../types.js';
+import { CredentialVerifier } from '../verifier.js';
+import type { AccountRepository } from './accounts.js';
+import type { AppPasswordRepository } from './app-passwords.js';
+import type { AuditLog } from './audit.js';
+import type { Db } from './database.js';
+
+export class SqliteLogins {
+  private readonly verifier: CredentialVerifier;
+
+  constructor(
+    private readonly db: Db,
+    accounts: AccountRepository,
+    private readonly appPasswords: AppPasswordRepository,
+    private readonly audit: AuditLog,
+    hasher: PasswordHasher,
+    now: Clock,
+  ) {
+    // Synchronous reads, handed to the shared verifier as the promises it expects.
+    this.verifier = new CredentialVerifier(
+      {
+        findAccount: async (name) => accounts.find(name),
+        findAccountById: async (id) => accounts.findById(id),
+        findCandidate: async (accountId, selector) => appPasswords.findCandidate(accountId, selector),
+        findAppPasswordById: async (id) => appPasswords.findById(id),
+      },
+      hasher,
+      now,
+    );
+  }
+
+  check(username: string, password: string, protocol: Scope): Promise<VerifyResult> {
+    return this.verifier.check(username, password, protocol);
+  }
+
+  recheck(login: CachedLogin, protocol: Scope): Promise<VerifyResult | null> {
+    return this.verifier.recheck(login, protocol);
+  }
+
+  /** Last use and the login-ok audit event, in one commit: both or neither. */
+  recordSuccess(record: LoginRecord): void {
+    const { account, appPassword, context } = record;
+    this.db.transaction(() => {
+      if (appPassword) this.appPasswords.recordUse(appPassword.id, { ip: context.clientIp, protocol: context.protocol, client: context.client ?? null });
+      this.audit.record('login-ok', {
+        username: account?.username ?? record.username,
+        appPasswordId: appPassword?.id ?? null,
+        ip: context.clientIp,
+        protocol: context.protocol,
+        detail: appPassword ? 'app-password' : 'upstream-password',
+      });
+    })();
+  }
+
+  recordFailure(username: string, reason: string, context: LoginContext): void {
+    this.audit.record('login-failed', { username, ip: context.clientIp, protocol: context.protocol, detail: reason });
+  }
+
+  /** Checks an app password, then records the outcome (for the CLI and tests). */
+  async verify(username: string, password: string, context: LoginContext): Promise<VerifyResult> {
+    const result = await this.check(username, password, context.protocol);
+    if (result.ok) this.recordSuccess({ account: result.account, appPassword: result.appPassword, username: result.account.username, context });
+    else this.recordFailure(result.account?.username ?? username, result.reason, context);
+    return result;
+  }
+}

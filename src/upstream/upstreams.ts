@@ -1,0 +1,62 @@
+/**
+ * The configured upstream mail servers, one per protocol: logging in to them
+ * for a client, and what they are known to offer (their capabilities, for
+ * the gateway's own pre-login answers), learnt by a probe at start-up and
+ * refreshed by every login dialogue.
+ */
+import type { Config } from '../config/schema.js';
+import { errorMessage } from '../errors.js';
+import type { Logger } from '../log/logger.js';
+import type { UpstreamTarget } from './connect.js';
+import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from './credentials.js';
+import { loginImapUpstream } from './imap-login.js';
+import { loginPop3Upstream } from './pop3-login.js';
+import { probeImapCapabilities, probePop3Capabilities } from './probe.js';
+
+export type UpstreamProtocol = 'imap' | 'pop3';
+
+/** What logging in upstream needs; the login service depends on this, not on sockets. */
+export interface UpstreamLogin {
+  login(protocol: UpstreamProtocol, credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult>;
+}
+
+export class Upstreams implements UpstreamLogin {
+  /** Last known capabilities of each upstream (IMAP: pre-login; POP3: CAPA), or null before the first contact. */
+  readonly capabilities: Record<UpstreamProtocol, string[] | null> = { imap: null, pop3: null };
+
+  constructor(
+    private readonly targets: Record<UpstreamProtocol, UpstreamTarget>,
+    private readonly config: Pick<Config, 'timeouts' | 'upstream'>,
+  ) {}
+
+  login(protocol: UpstreamProtocol, credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult> {
+    const { timeouts, upstream } = this.config;
+    const common = {
+      target: this.targets[protocol],
+      connectTimeoutMs: timeouts.upstream_connect_seconds * 1000,
+      responseTimeoutMs: timeouts.upstream_response_seconds * 1000,
+      forward: upstream[protocol].forward_client_ip ? origin : null,
+      credentials,
+      clientLeft,
+    };
+    if (protocol === 'imap') {
+      return loginImapUpstream({ ...common, onGreetingCapabilities: (caps) => (this.capabilities.imap = caps) });
+    }
+    return loginPop3Upstream({ ...common, onCapabilities: (caps) => (this.capabilities.pop3 = caps) });
+  }
+
+  /** Learns the capabilities of the upstreams in use, best effort, so the first greeting can list them. */
+  async probe(protocols: ReadonlySet<UpstreamProtocol>, log: Logger): Promise<void> {
+    const timeout = Math.min(3000, this.config.timeouts.upstream_connect_seconds * 1000);
+    const learn = async (protocol: UpstreamProtocol, probe: (target: UpstreamTarget, timeoutMs: number) => Promise<string[] | null>) => {
+      if (!protocols.has(protocol)) return;
+      try {
+        const caps = await probe(this.targets[protocol], timeout);
+        this.capabilities[protocol] ??= caps;
+      } catch (err) {
+        log.warn({ err: errorMessage(err) }, `${protocol === 'imap' ? 'IMAP' : 'POP3'} upstream not reachable at start-up`);
+      }
+    };
+    await Promise.all([learn('imap', probeImapCapabilities), learn('pop3', probePop3Capabilities)]);
+  }
+}
