@@ -157,6 +157,25 @@ export const FIXED_LIMITS = {
   /** PROXY protocol v2 header: the 16-byte fixed part plus 536 bytes of addresses and TLVs. The largest
    * address block (AF_UNIX) is 216 bytes, which leaves room for the few TLVs a load balancer adds. */
   proxy_v2_max_bytes: 16 + 536,
+  /** POP3 SASL continuation line (after a bare AUTH): the base64 of the largest decoded response
+   * (sasl_max_decoded_bytes) is 1,368 characters, so 2048 leaves room for SASL's own "too long" answer
+   * (the connection stays), and anything longer ends the connection before more of it is buffered. */
+  pop3_max_sasl_line_bytes: 2048,
+  /** Longest command line sent to the upstream POP3 server, CRLF included: RFC 2449 section 4 caps it at
+   * 255 octets. A password that would make it longer is refused rather than sent to a server that may cut it. */
+  pop3_upstream_max_command_bytes: 255,
+  /** IMAP strings sent upstream longer than this go as literals: some servers cap quoted strings, none
+   * caps literals this small, and a pre-login value (a password, an ID value) is never near it. */
+  imap_upstream_max_quoted_bytes: 1024,
+  /** ID field/value pairs, from a client or sent upstream: RFC 2971 section 3.3 allows at most 30. */
+  imap_id_max_pairs: 30,
+  /** ID field name: RFC 2971 section 3.3 caps it at 30 octets. */
+  imap_id_max_field_bytes: 30,
+  /** ID value: RFC 2971 section 3.3 caps it at 1024 octets. */
+  imap_id_max_value_bytes: 1024,
+  /** A client's ID name and version in the log, in characters each: "Thunderbird" and "153.0.1" fit many
+   * times over, and a 1 KiB value repeated on every session line would not. */
+  imap_id_log_max_chars: 64,
 } as const;
 
 /** A whole pre-login IMAP command: room for a full line and a full literal, twice over. */

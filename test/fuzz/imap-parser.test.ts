@@ -1,7 +1,9 @@
 /**
  * Property-based (fast-check) fuzzing of the pre-login IMAP parser: random
- * bytes and protocol-shaped soups, cut into random chunks, with random (small)
- * limits. Pure: no sockets.
+ * bytes and protocol-shaped soups, cut into random chunks, with the limits
+ * production runs (taken from src/config/limits.ts, never restated here), and
+ * again with random small limits so random input also reaches every limit's
+ * edge. Pure: no sockets.
  *
  * What each property would catch if the protection were removed:
  *  - robustness: a throw out of push()/next() (a crash of the gateway), a
@@ -12,19 +14,35 @@
  *    session would echo but the compiler refuses (an exception in the session),
  *    and client bytes in error messages (echo/log injection);
  *  - chunking: a parser whose result depends on how TCP cut the bytes;
+ *  - production limits: a line, literal, command, nesting or argument count
+ *    of exactly the production limit refused, or one past it accepted (a
+ *    limit that drifted, or an off-by-one at the real sizes);
  *  - provenance: a LOGIN whose credentials are spliced from pieces of the
  *    input, or differ from what the client sent in its wire form.
  */
 import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { ImapParser, isValidAtom, isValidTag, type ImapArg, type ImapParseEvent, type ImapParserLimits } from '../../src/protocols/imap/parser.js';
+import { LIMIT_DEFAULTS } from '../../src/config/limits.js';
+import {
+  ImapParser,
+  imapParserLimits,
+  isValidAtom,
+  isValidTag,
+  type ImapArg,
+  type ImapParseErrorReason,
+  type ImapParseEvent,
+  type ImapParserLimits,
+} from '../../src/protocols/imap/parser.js';
 import { byteSoup, cut, describeRandomInput } from '../support/feed.js';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x1a9);
 fc.configureGlobal({ seed: SEED, numRuns: 300, endOnFailure: true });
 
 const PARSER_SOURCE = readFileSync(new URL('../../src/protocols/imap/parser.ts', import.meta.url), 'utf8');
+
+/** What the gateway runs with its default configuration. */
+const PRODUCTION: ImapParserLimits = imapParserLimits(LIMIT_DEFAULTS);
 
 type Hook = (parser: ImapParser, event: ImapParseEvent) => void;
 
@@ -42,9 +60,8 @@ interface Run {
  * Feeds the chunks, draining after each, and checks the invariants that must
  * hold at every step. Throws (failing the property) on any violation.
  */
-function feed(chunks: Uint8Array[], limits: Partial<ImapParserLimits>, hook?: Hook): Run {
+function feed(chunks: Uint8Array[], limits: ImapParserLimits, hook?: Hook): Run {
   const parser = new ImapParser(limits);
-  const full: ImapParserLimits = { maxLineBytes: 8192, maxLiteralBytes: 4096, maxCommandBytes: 16384, maxNesting: 8, maxArgs: 128, ...limits };
   const events: ImapParseEvent[] = [];
   let pushed = 0;
   let fatal = false;
@@ -74,7 +91,7 @@ function feed(chunks: Uint8Array[], limits: Partial<ImapParserLimits>, hook?: Ho
     }
     if (!fatal) {
       // Drained: what is left is one incomplete line or literal, within limits.
-      expect(parser.bufferedBytes).toBeLessThanOrEqual(Math.max(full.maxLineBytes + 1, full.maxLiteralBytes));
+      expect(parser.bufferedBytes).toBeLessThanOrEqual(Math.max(limits.maxLineBytes + 1, limits.maxLiteralBytes));
     }
   }
   return { events, fatal };
@@ -95,7 +112,8 @@ function checkEvent(event: ImapParseEvent): void {
   }
 }
 
-const limitsArb: fc.Arbitrary<Partial<ImapParserLimits>> = fc.record({
+/** Small random limits: random input of a few hundred bytes then reaches every limit's edge. */
+const smallLimitsArb: fc.Arbitrary<ImapParserLimits> = fc.record({
   maxLineBytes: fc.integer({ min: 1, max: 200 }),
   maxLiteralBytes: fc.integer({ min: 1, max: 80 }),
   maxCommandBytes: fc.integer({ min: 1, max: 400 }),
@@ -118,10 +136,116 @@ const inputArb = fc.oneof(fc.uint8Array({ maxLength: 600 }), soupArb);
 describeRandomInput({
   name: 'IMAP',
   inputArb,
-  limitsArb,
+  productionLimits: PRODUCTION,
+  smallLimitsArb,
   feed: (chunks, limits, withSasl) => feed(chunks, limits, withSasl ? saslHook : undefined),
-  flood: { minLength: 8200, maxLength: 9000, lfStandIn: 0x20, runs: 40 },
+  // Past the line limit by at least 2 bytes: one more than a CR before the coming LF would explain.
+  flood: { minLength: PRODUCTION.maxLineBytes + 2, maxLength: PRODUCTION.maxLineBytes + 800, lfStandIn: 0x20, runs: 40 },
   runs: { anyInput: 3000, chunking: 2000 },
+});
+
+// ---- the production limits, exactly ---------------------------------------
+
+type Edge = 'line' | 'literal' | 'sync-literal' | 'command' | 'nesting' | 'args';
+
+const EDGE_REASON: Record<Edge, ImapParseErrorReason> = {
+  line: 'line-too-long',
+  literal: 'literal-too-large',
+  'sync-literal': 'literal-too-large',
+  command: 'command-too-large',
+  nesting: 'nesting-too-deep',
+  args: 'too-many-args',
+};
+
+/**
+ * Tag `a`'s command, whose size in the limit `edge` measures is the production
+ * limit plus `over`: line bytes, literal bytes, command bytes (lines without
+ * CRLF plus literals), list depth, or arguments. Then `b NOOP`, which must be
+ * parsed whenever the refusal is not fatal.
+ */
+function atTheLimit(edge: Edge, over: number, data: (n: number) => Buffer): Buffer {
+  const L = PRODUCTION;
+  const parts: Buffer[] = [];
+  const text = (s: string) => parts.push(Buffer.from(s, 'latin1'));
+  switch (edge) {
+    case 'line':
+      text(`a X ${'y'.repeat(L.maxLineBytes - 'a X '.length + over)}\r\n`);
+      break;
+    case 'literal':
+      text(`a X {${L.maxLiteralBytes + over}+}\r\n`);
+      parts.push(data(L.maxLiteralBytes + over));
+      text('\r\n');
+      break;
+    case 'sync-literal':
+      text(`a X {${L.maxLiteralBytes + over}}\r\n`);
+      // A refused synchronising literal gets no "+", so the client never sends its bytes.
+      if (over <= 0) {
+        parts.push(data(L.maxLiteralBytes + over));
+        text('\r\n');
+      }
+      break;
+    case 'command': {
+      // Full-size literals, then a last line segment that brings the total to the limit.
+      const marker = ` {${L.maxLiteralBytes}+}`;
+      const perLiteral = marker.length + L.maxLiteralBytes;
+      const count = Math.floor((L.maxCommandBytes - 'a X '.length - 1) / perLiteral);
+      const last = L.maxCommandBytes + over - 'a X'.length - count * perLiteral - ' '.length;
+      expect(last).toBeGreaterThan(0);
+      expect(last + 1).toBeLessThanOrEqual(L.maxLineBytes);
+      text('a X');
+      for (let i = 0; i < count; i++) {
+        text(`${marker}\r\n`);
+        parts.push(data(L.maxLiteralBytes));
+      }
+      text(` ${'y'.repeat(last)}\r\n`);
+      break;
+    }
+    case 'nesting':
+      text(`a X ${'('.repeat(L.maxNesting + over)}${')'.repeat(L.maxNesting + over)}\r\n`);
+      break;
+    case 'args':
+      text(`a X${' z'.repeat(L.maxArgs + over)}\r\n`);
+      break;
+  }
+  text('b NOOP\r\n');
+  return Buffer.concat(parts);
+}
+
+describe('IMAP parser at the production limits', () => {
+  it('accepts a command at each production limit and refuses one past it, however the bytes are chunked', () => {
+    // Literal bytes: anything but NUL (which IMAP cannot carry), CR and LF included.
+    const dataArb = fc.integer({ min: 0, max: 0xffff_ffff }).map((seed) => (n: number) => {
+      const out = Buffer.alloc(n);
+      let x = seed | 1;
+      for (let i = 0; i < n; i++) {
+        x ^= x << 13;
+        x ^= x >>> 17;
+        x ^= x << 5;
+        out[i] = (x & 0xff) || 0x61;
+      }
+      return out;
+    });
+    const edgeArb = fc.constantFrom<Edge>('line', 'literal', 'sync-literal', 'command', 'nesting', 'args');
+    fc.assert(
+      fc.property(edgeArb, fc.integer({ min: -2, max: 2 }), dataArb, fc.array(fc.nat(), { maxLength: 12 }), (edge, over, data, points) => {
+        const input = atTheLimit(edge, over, data);
+        const run = feed(cut(new Uint8Array(input), points), PRODUCTION);
+        // Everything about `a` (a line too long to read has no tag yet): all but its "+" and b's NOOP.
+        const ofA = run.events.filter((e) => e.type !== 'literal-continuation' && !(e.type === 'command' && e.tag === 'b'));
+        if (over <= 0) {
+          expect(ofA.map((e) => e.type)).toEqual(['command']);
+        } else {
+          expect(ofA).toEqual([expect.objectContaining({ type: 'error', reason: EDGE_REASON[edge] })]);
+        }
+        // Past the line, literal or command limit the client is cut off (it would send the bytes anyway);
+        // a refused synchronising literal (never sent), list depth or argument count costs just the command.
+        const fatal = over > 0 && (edge === 'line' || edge === 'literal' || edge === 'command');
+        expect(run.fatal).toBe(fatal);
+        if (!fatal) expect(run.events.at(-1)).toMatchObject({ type: 'command', tag: 'b', name: 'NOOP' });
+      }),
+      { numRuns: 300 },
+    );
+  });
 });
 
 // ---- credential provenance ------------------------------------------------
@@ -204,7 +328,10 @@ function assertProvenance(input: Buffer, events: ImapParseEvent[]): void {
 }
 
 describe('IMAP parser: LOGIN credentials come from the input, verbatim', () => {
-  it('every LOGIN/AUTHENTICATE argument and SASL line appears in the input in its wire form, whatever garbage surrounds it', () => {
+  it.each([
+    ['with the production limits', fc.constant(PRODUCTION)],
+    ['with small random limits', smallLimitsArb],
+  ])('%s: every LOGIN/AUTHENTICATE argument and SASL line appears in the input in its wire form, whatever garbage surrounds it', (_label, limitsArb) => {
     fc.assert(
       fc.property(
         fc.array(fc.oneof(loginArb.map((l) => loginBytes(l)), wildGarbageArb), { maxLength: 12 }),
@@ -230,7 +357,7 @@ describe('IMAP parser: LOGIN credentials come from the input, verbatim', () => {
         fc.array(fc.nat(), { maxLength: 10 }),
         (parts, points) => {
           const input = Buffer.concat(parts.map((p) => p.bytes));
-          const run = feed(cut(new Uint8Array(input), points), {});
+          const run = feed(cut(new Uint8Array(input), points), PRODUCTION);
           const expected = parts.filter((p) => p.login).map((p) => [p.login!.tag, p.login!.user.value.toString('latin1'), p.login!.pass.value.toString('latin1')]);
           const got = run.events
             .filter((e): e is Extract<ImapParseEvent, { type: 'command' }> => e.type === 'command' && e.name === 'LOGIN')

@@ -11,11 +11,21 @@
  *    an authzid handed over exactly as sent, for the login policy to judge, over-long fields);
  *  - LOGIN: a state machine that takes more turns than it should, accepts
  *    input after it finished, or returns credentials not sent by the client;
- *  - size: an over-long response decoded before it is refused.
+ *  - size: an over-long response decoded before it is refused, or a limit
+ *    other than production's (src/config/limits.ts, never restated here):
+ *    a response of exactly the decoded limit refused as too long, or one
+ *    byte past it accepted.
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { FIXED_LIMITS } from '../../src/config/limits.js';
 import { decodeBase64Strict, SaslExchange, type SaslStep } from '../../src/protocols/sasl.js';
+
+/** Production's limits: sessions construct SaslExchange without options, as these tests do. */
+const MAX_FIELD = FIXED_LIMITS.sasl_max_field_bytes;
+const MAX_DECODED = FIXED_LIMITS.sasl_max_decoded_bytes;
+/** The longest base64 text that can decode to at most MAX_DECODED bytes. */
+const MAX_ENCODED = Math.ceil(MAX_DECODED / 3) * 4;
 
 const SEED = Number(process.env.FUZZ_SEED ?? 0x5a51);
 fc.configureGlobal({ seed: SEED, numRuns: 1000, endOnFailure: true });
@@ -57,7 +67,7 @@ describe('strict base64', () => {
 const fieldArb = fc.oneof(
   fc.uint8Array({ maxLength: 20 }),
   fc.array(fc.constantFrom(0x00, 0x0d, 0x0a, 0x22, 0x5c, 0x41, 0x61, 0x20, 0xc3, 0xa9, 0xff, 0xfe), { maxLength: 12 }).map((a) => Uint8Array.from(a)),
-  fc.integer({ min: 250, max: 300 }).map((n) => new Uint8Array(n).fill(0x61)),
+  fc.integer({ min: MAX_FIELD - 5, max: MAX_FIELD + 45 }).map((n) => new Uint8Array(n).fill(0x61)),
   fc.constantFrom(new Uint8Array(0), Uint8Array.from(Buffer.from('alice')), Uint8Array.from(Buffer.from('ALICE '))),
 );
 
@@ -65,7 +75,7 @@ const fieldArb = fc.oneof(
 function plainOracle(authzid: Uint8Array, authcid: Uint8Array, passwd: Uint8Array): 'done' | 'error' {
   if ([authzid, authcid, passwd].some((f) => f.includes(0))) return 'error';
   if (authcid.length === 0 || passwd.length === 0) return 'error';
-  if (authzid.length > 255 || authcid.length > 255 || passwd.length > 255) return 'error';
+  if (authzid.length > MAX_FIELD || authcid.length > MAX_FIELD || passwd.length > MAX_FIELD) return 'error';
   if (!isUtf8(authzid) || !isUtf8(authcid)) return 'error';
   return 'done';
 }
@@ -89,7 +99,7 @@ describe('SASL PLAIN', () => {
           expect(step).toEqual({ type: 'challenge', data: '' });
           step = expectNoThrow(() => exchange.respond(Buffer.from(message.toString('base64'), 'latin1')));
         }
-        // 256+ byte fields may exceed the 1024-byte decoded cap first: either way it is an error.
+        // Over-long fields may exceed the decoded cap first: either way it is an error.
         expect(step.type).toBe(plainOracle(authzid, authcid, passwd));
         if (step.type === 'done') {
           // The authzid is handed over as sent; the login policy refuses one naming someone else.
@@ -144,7 +154,7 @@ describe('SASL LOGIN', () => {
           expect(Buffer.from(step.credentials.username, 'utf8')).toEqual(decodeBase64Strict(sent[0]!));
           expect(step.credentials.password).toEqual(decodeBase64Strict(sent[1]!));
           expect(step.credentials.password.length).toBeGreaterThan(0);
-          expect(step.credentials.password.length).toBeLessThanOrEqual(255);
+          expect(step.credentials.password.length).toBeLessThanOrEqual(MAX_FIELD);
         }
         for (const extra of lines.slice(i)) expect(exchange.respond(extra)).toEqual({ type: 'error', reason: 'malformed' });
       }),
@@ -156,12 +166,32 @@ describe('SASL LOGIN', () => {
 describe('SASL framing', () => {
   it('refuses an over-long response by its length alone', () => {
     fc.assert(
-      fc.property(fc.integer({ min: 1369, max: 200_000 }), fc.constantFrom('PLAIN', 'LOGIN'), (length, mechanism) => {
+      fc.property(fc.integer({ min: MAX_ENCODED + 1, max: 200_000 }), fc.constantFrom('PLAIN', 'LOGIN'), (length, mechanism) => {
         const exchange = new SaslExchange(mechanism);
         exchange.start();
         expect(exchange.respond('A'.repeat(length))).toEqual({ type: 'error', reason: 'too-long' });
       }),
       { numRuns: 100 },
+    );
+  });
+
+  it('judges a response of up to the production decoded limit by its content, and refuses one byte more as too long', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: -3, max: 3 }),
+        fc.uint8Array({ minLength: MAX_DECODED + 3, maxLength: MAX_DECODED + 3 }),
+        fc.constantFrom('PLAIN', 'LOGIN'),
+        fc.boolean(),
+        (over, bytes, mechanism, asInitial) => {
+          const text = Buffer.from(bytes.subarray(0, MAX_DECODED + over)).toString('base64');
+          const exchange = new SaslExchange(mechanism);
+          const step = asInitial && mechanism === 'PLAIN' ? exchange.start(text) : (exchange.start(), exchange.respond(text));
+          // Whatever else is wrong with it (fields too long for PLAIN or LOGIN), only the size may say "too long".
+          if (over <= 0) expect(step).not.toEqual({ type: 'error', reason: 'too-long' });
+          else expect(step).toEqual({ type: 'error', reason: 'too-long' });
+        },
+      ),
+      { numRuns: 300 },
     );
   });
 

@@ -18,8 +18,9 @@ import { credentialFailure, imaps } from '../support/imap-client.js';
 import { mailClientScript, runPython } from '../support/python.js';
 import { b64, saslPlain } from '../support/raw-client.js';
 import { idleUntilDelivered, imapFlow } from '../support/real-clients.js';
+import { openTcpConnections, resourcesBackTo, settledResources } from '../support/resources.js';
 import { enableTotp } from '../support/store.js';
-import { sleep, waitUntil } from '../support/timing.js';
+import { waitUntil } from '../support/timing.js';
 
 const execFileP = promisify(execFile);
 
@@ -100,27 +101,29 @@ function taggedLines(text: string): string[] {
   return text.split('\r\n').filter((l) => /^[A-Za-z0-9]+ (OK|NO|BAD) /.test(l)).map((l) => l.split(' ').slice(0, 2).join(' '));
 }
 
-function tcpSockets(): number {
-  return process.getActiveResourcesInfo().filter((r) => r === 'TCPSocketWrap').length;
+/**
+ * The gateway's own connections, by port, so no other socket in the process
+ * can change them: the ones it accepted on its IMAPS listener, and the ones
+ * it opened to this file's Dovecot.
+ */
+function gatewayConnections(): { clients: number; upstream: number } {
+  const open = openTcpConnections();
+  return {
+    clients: open.filter((c) => c.localPort === gw.ports.imaps).length,
+    upstream: open.filter((c) => c.remotePort === dc.imapPort).length,
+  };
 }
 
-/**
- * The process's TCP socket count once it has stopped changing for half a
- * second: sockets of earlier tests (closing sessions, the start-up probe)
- * must not be counted as this test's baseline.
- */
-async function settledTcpSockets(): Promise<number> {
-  let last = tcpSockets();
-  let since = Date.now();
-  while (Date.now() - since < 500) {
-    await sleep(25);
-    const now = tcpSockets();
-    if (now !== last) {
-      last = now;
-      since = Date.now();
-    }
+/** Waits until the gateway holds none of those connections; says how many are left if it does not. */
+async function noGatewayConnections(what: string): Promise<void> {
+  try {
+    await waitUntil(() => {
+      const open = gatewayConnections();
+      return open.clients + open.upstream === 0;
+    }, what);
+  } catch (err) {
+    throw new Error(`${(err as Error).message}; still open: ${JSON.stringify(gatewayConnections())}`);
   }
-  return last;
 }
 
 describe('relay', () => {
@@ -193,29 +196,37 @@ describe('relay', () => {
   });
 
   it('client hangs up: the upstream connection is closed too, and no socket leaks', async () => {
+    // Catches: a relay that leaves the upstream connection (or the client's) open when the client
+    // goes, and any socket or timer a relayed session leaves behind. Robust to unrelated sockets:
+    // the connections are counted by port, and the process's counts may only fall below the baseline.
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'no session left');
-    const baseline = await settledTcpSockets();
+    await noGatewayConnections('no gateway connection left from earlier tests');
+    const baseline = await settledResources();
     const clients = await Promise.all([connect(), connect(), connect()]);
     const ports = clients.map((c) => c.localPort);
     await Promise.all(clients.map(async (c, i) => expect(await c.command(`h${i}`, 'LOGIN bob bob-upstream-pw')).toMatch(/ OK /)));
     await Promise.all(clients.map(async (c) => expect(await c.command('h9', 'SELECT INBOX')).toMatch(/h9 OK/)));
     expect(gw.gateway.services.registry.size).toBe(3);
-    // 3 client ends + 3 gateway ends + 3 upstream connections
-    expect(tcpSockets()).toBe(baseline + 9);
+    // What the check below watches: 3 gateway ends of the clients' connections, 3 upstream connections.
+    expect(gatewayConnections()).toEqual({ clients: 3, upstream: 3 });
     for (const c of clients) c.destroy();
     await Promise.all(clients.map((c) => c.closed));
     const closed = await Promise.all(ports.map((p) => sessionClosed(gw, p)));
     expect(closed.map((l) => l.outcome)).toEqual(['client-closed', 'client-closed', 'client-closed']);
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'registry empty');
-    await waitUntil(() => tcpSockets() === baseline, `TCP sockets back to ${baseline} (now ${tcpSockets()})`);
+    await noGatewayConnections('the gateway to close both ends of every session');
+    await resourcesBackTo(baseline);
     // Dovecot saw each of its connections closed (not logged out).
     for (const l of closed) {
       await dc.waitForLog((line) => line.includes(`<${String(l.session)}>: Info: Disconnected: Connection closed`));
     }
   });
   it('client hangs up while mailgate is still logging in upstream: nothing is left behind', async () => {
+    // Catches: an abandoned upstream login dialogue that keeps its connection, or a session
+    // that leaves a socket or timer behind. Robust to unrelated sockets, as above.
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'no session left');
-    const baseline = await settledTcpSockets();
+    await noGatewayConnections('no gateway connection left from earlier tests');
+    const baseline = await settledResources();
     const clients = await Promise.all([connect(), connect()]);
     clients[0]!.send('g1 LOGIN bob bob-upstream-pw\r\n');
     clients[1]!.send(`g2 AUTHENTICATE PLAIN ${saslPlain('alice', alice.password)}\r\n`);
@@ -224,7 +235,11 @@ describe('relay', () => {
     const closed = await Promise.all(clients.map((c) => sessionClosed(gw, c.localPort)));
     for (const l of closed) expect(logLines(gw, 'session closed', { session: l.session })).toHaveLength(1);
     await waitUntil(() => gw.gateway.services.registry.size === 0, 'registry empty');
-    await waitUntil(() => tcpSockets() === baseline, `TCP sockets back to ${baseline} (now ${tcpSockets()})`);
+    await noGatewayConnections('the gateway to close both ends of every session');
+    // An abandoned login's wait for the upstream's answer keeps its timer until that answer's deadline
+    // (src/upstream/response-reader.ts: detach() leaves the waiter's timer running), so the timers get
+    // that long to come back; a timer or socket that never goes still fails.
+    await resourcesBackTo(baseline, (gw.config.timeouts.upstream_response_seconds + 2) * 1000);
   });
 
   it('a 5 MiB APPEND goes upstream intact (client to server direction under backpressure)', async () => {

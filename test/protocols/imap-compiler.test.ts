@@ -1,5 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { FIXED_LIMITS } from '../../src/config/limits.js';
 import {
   continuation,
   encodeCommand,
@@ -139,10 +140,11 @@ describe('encodeCommand', () => {
     ]);
   });
 
-  it('switches to a literal above 1024 bytes', () => {
-    const at = 'a'.repeat(1024);
+  it(`switches to a literal above ${FIXED_LIMITS.imap_upstream_max_quoted_bytes} bytes`, () => {
+    const max = FIXED_LIMITS.imap_upstream_max_quoted_bytes;
+    const at = 'a'.repeat(max);
     expect(segmentsOf(encodeCommand('A1', 'LOGIN', ['u', at], noLp))).toEqual([`A1 LOGIN "u" "${at}"\r\n`]);
-    expect(segmentsOf(encodeCommand('A1', 'LOGIN', ['u', `${at}a`], noLp))).toEqual(['A1 LOGIN "u" {1025}\r\n', `${at}a\r\n`]);
+    expect(segmentsOf(encodeCommand('A1', 'LOGIN', ['u', `${at}a`], noLp))).toEqual([`A1 LOGIN "u" {${max + 1}}\r\n`, `${at}a\r\n`]);
   });
 
   it('refuses NUL anywhere', () => {

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { FIXED_LIMITS } from '../../src/config/limits.js';
 import { clientIdSummary, parseIdArgs } from '../../src/protocols/imap/id.js';
 import { ImapParser, type ImapArg } from '../../src/protocols/imap/parser.js';
 
@@ -107,10 +108,12 @@ describe('clientIdSummary', () => {
     expect(clientIdSummary(new Map())).toEqual({});
   });
 
-  it('truncates to 64 characters without splitting a surrogate pair', () => {
-    const long = `${'n'.repeat(63)}😀😀`;
-    const summary = clientIdSummary(new Map([['name', long], ['version', 'v'.repeat(100)]]));
-    expect(summary.name).toBe(`${'n'.repeat(63)}😀`);
-    expect(summary.version).toBe('v'.repeat(64));
+  const MAX = FIXED_LIMITS.imap_id_log_max_chars;
+
+  it(`truncates to ${MAX} characters without splitting a surrogate pair`, () => {
+    const long = `${'n'.repeat(MAX - 1)}😀😀`;
+    const summary = clientIdSummary(new Map([['name', long], ['version', 'v'.repeat(MAX + 36)]]));
+    expect(summary.name).toBe(`${'n'.repeat(MAX - 1)}😀`);
+    expect(summary.version).toBe('v'.repeat(MAX));
   });
 });

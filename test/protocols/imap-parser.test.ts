@@ -8,6 +8,7 @@ import {
   type ImapParseEvent,
   type ImapParserLimits,
 } from '../../src/protocols/imap/parser.js';
+import { FIXED_LIMITS, LIMIT_DEFAULTS, imapMaxCommandBytes } from '../../src/config/limits.js';
 import { feedSplits, splitPlans } from '../support/feed.js';
 import { eachPartSplit } from './stepwise.js';
 
@@ -98,13 +99,15 @@ function pushUntilFirstEvent(parser: ImapParser, chunks: Buffer[]): ImapParseEve
 // ---- tests ---------------------------------------------------------------
 
 describe('ImapParser: limits', () => {
-  it('has the documented defaults', () => {
+  it('defaults to the limits production runs with (src/config/limits.ts)', () => {
+    // Catches: defaults restated here that drift from production's (they once said 16,384 command bytes
+    // where production used 24,576). test/config/limits.test.ts checks the mapping itself.
     expect(DEFAULT_IMAP_PARSER_LIMITS).toEqual({
-      maxLineBytes: 8192,
-      maxLiteralBytes: 4096,
-      maxCommandBytes: 16384,
-      maxNesting: 8,
-      maxArgs: 128,
+      maxLineBytes: LIMIT_DEFAULTS.imap_max_line_bytes,
+      maxLiteralBytes: LIMIT_DEFAULTS.imap_max_literal_bytes,
+      maxCommandBytes: imapMaxCommandBytes(LIMIT_DEFAULTS.imap_max_line_bytes, LIMIT_DEFAULTS.imap_max_literal_bytes),
+      maxNesting: LIMIT_DEFAULTS.imap_max_nesting,
+      maxArgs: FIXED_LIMITS.imap_max_args,
     });
   });
 
@@ -136,8 +139,8 @@ describe('ImapParser: simple commands', () => {
 
   it('accepts tags with unusual but legal characters', () => {
     expectEvents('A0001.x]~ NOOP\r\n', [cmd('A0001.x]~', 'NOOP')]);
-    const tag64 = 't'.repeat(64);
-    expectEvents(`${tag64} NOOP\r\n`, [cmd(tag64, 'NOOP')]);
+    const longest = 't'.repeat(FIXED_LIMITS.imap_max_tag_bytes);
+    expectEvents(`${longest} NOOP\r\n`, [cmd(longest, 'NOOP')]);
   });
 
   it('passes unknown commands through for the session to reject', () => {
@@ -388,7 +391,7 @@ describe('ImapParser: tags and command names', () => {
   it.each([
     ['+ x\r\n'],
     ['"a" LOGIN x y\r\n'],
-    [`${'t'.repeat(65)} NOOP\r\n`],
+    [`${'t'.repeat(FIXED_LIMITS.imap_max_tag_bytes + 1)} NOOP\r\n`],
     ['a1\r\n'],
     ['a1 \r\n'],
     [' a1 NOOP\r\n'],

@@ -6,6 +6,7 @@ import {
   type Pop3ParseEvent,
   type Pop3ParserLimits,
 } from '../../src/protocols/pop3/parser.js';
+import { FIXED_LIMITS, LIMIT_DEFAULTS } from '../../src/config/limits.js';
 import { feedSplits } from '../support/feed.js';
 import { eachPartSplit } from './stepwise.js';
 
@@ -212,8 +213,11 @@ describe('Pop3Parser errors', () => {
     expect(eventsOf('USER HTTP/1.1\r\n')).toEqual([command('USER', ['HTTP/1.1'], 'HTTP/1.1')]);
   });
 
-  it('reports a 513-byte line as soon as byte 513 arrives, without LF', () => {
-    const result = eachPartSplit([Buffer.alloc(512, 0x41), 'A'], ([full, extra]) => {
+  // The production line limit (512), as the default parser has it.
+  const MAX = DEFAULT_POP3_PARSER_LIMITS.maxLineBytes;
+
+  it(`reports a ${MAX + 1}-byte line as soon as byte ${MAX + 1} arrives, without LF`, () => {
+    const result = eachPartSplit([Buffer.alloc(MAX, 0x41), 'A'], ([full, extra]) => {
       const parser = new Pop3Parser();
       const atLimit = feedEach(parser, full!).flat();
       const over = feedEach(parser, extra!).flat();
@@ -222,24 +226,25 @@ describe('Pop3Parser errors', () => {
     expect(result).toEqual({ atLimit: [], over: [error('line-too-long', true)], held: 0 });
   });
 
-  it('reports a 513-byte line the same under every chunking', () => {
-    expect(eventsOf(Buffer.alloc(513, 0x41))).toEqual([error('line-too-long', true)]);
+  it(`reports a ${MAX + 1}-byte line the same under every chunking`, () => {
+    expect(eventsOf(Buffer.alloc(MAX + 1, 0x41))).toEqual([error('line-too-long', true)]);
   });
 
-  it('accepts a 512-byte line, and waits on 512 bytes plus CR', () => {
-    const line = `USER ${'a'.repeat(507)}`;
-    expect(Buffer.byteLength(line)).toBe(512);
-    expect(eventsOf(`${line}\r\n`)).toEqual([command('USER', ['a'.repeat(507)], 'a'.repeat(507))]);
+  it(`accepts a ${MAX}-byte line, and waits on ${MAX} bytes plus CR`, () => {
+    const arg = 'a'.repeat(MAX - 'USER '.length);
+    const line = `USER ${arg}`;
+    expect(Buffer.byteLength(line)).toBe(MAX);
+    expect(eventsOf(`${line}\r\n`)).toEqual([command('USER', [arg], arg)]);
 
     const result = eachPartSplit([`${line}\r`, '\n'], ([withCr, lf]) => {
       const parser = new Pop3Parser();
       return { waiting: feedEach(parser, withCr!).flat(), done: feedEach(parser, lf!).flat() };
     });
-    expect(result).toEqual({ waiting: [], done: [command('USER', ['a'.repeat(507)], 'a'.repeat(507))] });
+    expect(result).toEqual({ waiting: [], done: [command('USER', [arg], arg)] });
   });
 
-  it('reports 512 bytes plus CR plus a non-LF byte as too long', () => {
-    expect(eventsOf(`${'A'.repeat(512)}\rX`)).toEqual([error('line-too-long', true)]);
+  it(`reports ${MAX} bytes plus CR plus a non-LF byte as too long`, () => {
+    expect(eventsOf(`${'A'.repeat(MAX)}\rX`)).toEqual([error('line-too-long', true)]);
   });
 
   it('honours a custom maxLineBytes', () => {
@@ -410,8 +415,12 @@ describe('Pop3Parser SASL responses', () => {
 });
 
 describe('Pop3Parser construction', () => {
-  it('uses the documented defaults', () => {
-    expect(DEFAULT_POP3_PARSER_LIMITS).toEqual({ maxLineBytes: 512, maxSaslLineBytes: 2048 });
+  it('defaults to the limits production runs with (src/config/limits.ts)', () => {
+    // Catches: defaults restated here that drift from production's.
+    expect(DEFAULT_POP3_PARSER_LIMITS).toEqual({
+      maxLineBytes: LIMIT_DEFAULTS.pop3_max_line_bytes,
+      maxSaslLineBytes: FIXED_LIMITS.pop3_max_sasl_line_bytes,
+    });
   });
 
   it('refuses nonsensical limits', () => {

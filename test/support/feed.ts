@@ -65,9 +65,12 @@ export interface FuzzedParser<L> {
   name: string;
   /** Raw bytes and protocol-shaped soups. */
   inputArb: fc.Arbitrary<Uint8Array>;
-  limitsArb: fc.Arbitrary<L>;
+  /** The limits production runs the parser with (from src/config/limits.ts): the main properties use these. */
+  productionLimits: L;
+  /** Small random limits, for the additional properties: random input then also reaches the edge of every limit. */
+  smallLimitsArb: fc.Arbitrary<L>;
   /** Feeds the chunks, checking the parser's invariants at every step (throws on a violation). */
-  feed: (chunks: Uint8Array[], limits: L | Record<string, never>, withSasl: boolean) => { events: unknown[]; fatal: boolean };
+  feed: (chunks: Uint8Array[], limits: L, withSasl: boolean) => { events: unknown[]; fatal: boolean };
   /** A line with no end longer than the production line limit: its size range, and the byte that stands in for LF. */
   flood: { minLength: number; maxLength: number; lfStandIn: number; runs: number };
   runs: { anyInput: number; chunking: number };
@@ -77,14 +80,19 @@ export interface FuzzedParser<L> {
  * The properties every pre-login parser must have under random input: it
  * never throws or hangs and stays within its limits (checked by `feed`), cuts
  * off a flood with no line end, and gives the same events however TCP cut
- * the bytes.
+ * the bytes. Each runs with the production limits; the same properties with
+ * small random limits are additional.
  */
 export function describeRandomInput<L>(p: FuzzedParser<L>): void {
   const pointsArb = (max: number) => fc.array(fc.nat(), { maxLength: max });
+  const limitSets: Array<[string, fc.Arbitrary<L>]> = [
+    ['with the production limits', fc.constant(p.productionLimits)],
+    ['with small random limits', p.smallLimitsArb],
+  ];
   describe(`${p.name} parser under random input`, () => {
-    it('never throws, always stops, stays within its limits and drops everything after a fatal error', () => {
+    it.each(limitSets)('%s: never throws, always stops, stays within its limits and drops everything after a fatal error', (_label, limitsArb) => {
       fc.assert(
-        fc.property(p.inputArb, pointsArb(12), p.limitsArb, fc.boolean(), (bytes, points, limits, withSasl) => {
+        fc.property(p.inputArb, pointsArb(12), limitsArb, fc.boolean(), (bytes, points, limits, withSasl) => {
           p.feed(cut(bytes, points), limits, withSasl);
         }),
         { numRuns: p.runs.anyInput },
@@ -96,15 +104,15 @@ export function describeRandomInput<L>(p: FuzzedParser<L>): void {
       const floodArb = fc.uint8Array({ minLength, maxLength }).map((u) => u.map((b) => (b === 0x0a ? lfStandIn : b)));
       fc.assert(
         fc.property(floodArb, pointsArb(20), (bytes, points) => {
-          expect(p.feed(cut(bytes, points), {}, false).fatal).toBe(true);
+          expect(p.feed(cut(bytes, points), p.productionLimits, false).fatal).toBe(true);
         }),
         { numRuns: runs },
       );
     });
 
-    it('gives the same events however the bytes are chunked', () => {
+    it.each(limitSets)('%s: gives the same events however the bytes are chunked', (_label, limitsArb) => {
       fc.assert(
-        fc.property(p.inputArb, pointsArb(12), p.limitsArb, (bytes, points, limits) => {
+        fc.property(p.inputArb, pointsArb(12), limitsArb, (bytes, points, limits) => {
           const whole = p.feed([bytes], limits, true).events;
           expect(p.feed(cut(bytes, points), limits, true).events).toEqual(whole);
         }),

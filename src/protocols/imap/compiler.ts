@@ -9,6 +9,7 @@
  * are either encoded as exactly one well-formed command or refused.
  */
 
+import { FIXED_LIMITS } from '../../config/limits.js';
 import { isValidAtom, isValidTag } from './parser.js';
 
 export type TaggedStatus = 'OK' | 'NO' | 'BAD';
@@ -26,12 +27,12 @@ export interface EncodedCommand {
   segments: Buffer[];
 }
 
-/** Longer strings go as literals: some servers cap quoted strings, none cap literals this small. */
-const MAX_QUOTED_BYTES = 1024;
-/** RFC 2971: field names at most 30 octets, values at most 1024, at most 30 pairs. */
-const ID_MAX_FIELD_BYTES = 30;
-const ID_MAX_VALUE_BYTES = 1024;
-const ID_MAX_PAIRS = 30;
+/** Longer strings go as literals. */
+const MAX_QUOTED_BYTES = FIXED_LIMITS.imap_upstream_max_quoted_bytes;
+/** RFC 2971's sizes, the same ones a client's ID is held to (id.ts). */
+const ID_MAX_FIELD_BYTES = FIXED_LIMITS.imap_id_max_field_bytes;
+const ID_MAX_VALUE_BYTES = FIXED_LIMITS.imap_id_max_value_bytes;
+const ID_MAX_PAIRS = FIXED_LIMITS.imap_id_max_pairs;
 
 // C0 controls (CR, LF, NUL included), DEL and C1 controls: none has any business in a response line.
 const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/g;

@@ -7,13 +7,15 @@
  * characters, which could otherwise forge log lines.
  */
 
+import { FIXED_LIMITS } from '../../config/limits.js';
 import { sanitizeText } from './compiler.js';
 import type { ImapArg } from './parser.js';
 
-const MAX_FIELD_BYTES = 30;
-const MAX_VALUE_BYTES = 1024;
-const MAX_PAIRS = 30;
-const SUMMARY_MAX_CHARS = 64;
+/** RFC 2971's sizes, the same ones the ID sent upstream is held to (compiler.ts). */
+const MAX_FIELD_BYTES = FIXED_LIMITS.imap_id_max_field_bytes;
+const MAX_VALUE_BYTES = FIXED_LIMITS.imap_id_max_value_bytes;
+const MAX_PAIRS = FIXED_LIMITS.imap_id_max_pairs;
+const SUMMARY_MAX_CHARS = FIXED_LIMITS.imap_id_log_max_chars;
 
 export type IdFields = Map<string, string | null>;
 
@@ -51,7 +53,7 @@ export function parseIdArgs(args: ImapArg[]): ParseIdResult {
   return { ok: true, fields };
 }
 
-/** The client's name and version for logs, each at most 64 characters. */
+/** The client's name and version for logs, each at most `imap_id_log_max_chars` characters. */
 export function clientIdSummary(fields: IdFields): { name?: string; version?: string } {
   const summary: { name?: string; version?: string } = {};
   const name = fields.get('name');

@@ -13,28 +13,46 @@
  */
 
 import { LineBuffer } from '../line-buffer.js';
-import { FIXED_LIMITS } from '../../config/limits.js';
+import { FIXED_LIMITS, LIMIT_DEFAULTS, imapMaxCommandBytes } from '../../config/limits.js';
 
 export interface ImapParserLimits {
-  /** One line segment up to CRLF, excluding literal data. */
+  /** One line segment up to CRLF, excluding literal data (`imap_max_line_bytes`). */
   maxLineBytes: number;
-  /** One literal. */
+  /** One literal (`imap_max_literal_bytes`). */
   maxLiteralBytes: number;
-  /** A whole command: all its line segments (without CRLF) plus literals. */
+  /** A whole command: all its line segments (without CRLF) plus literals (`imapMaxCommandBytes`). */
   maxCommandBytes: number;
-  /** Parenthesised list depth. */
+  /** Parenthesised list depth (`imap_max_nesting`). */
   maxNesting: number;
-  /** Total number of arguments in a command, nested ones and lists included. */
+  /** Total number of arguments in a command, nested ones and lists included (`imap_max_args`). */
   maxArgs: number;
 }
 
-export const DEFAULT_IMAP_PARSER_LIMITS: ImapParserLimits = Object.freeze({
-  maxLineBytes: 8192,
-  maxLiteralBytes: 4096,
-  maxCommandBytes: 16384,
-  maxNesting: 8,
-  maxArgs: 128,
-});
+/** The configurable IMAP keys of `[limits]` (a loaded configuration's, or LIMIT_DEFAULTS). */
+export interface ImapLimitSettings {
+  imap_max_line_bytes: number;
+  imap_max_literal_bytes: number;
+  imap_max_nesting: number;
+}
+
+/**
+ * The parser limits for a `[limits]` configuration: the one mapping from
+ * src/config/limits.ts to the parser, for a session to build its parser
+ * with; the parser's defaults are this of LIMIT_DEFAULTS, so they cannot
+ * drift from what production runs.
+ */
+export function imapParserLimits(limits: ImapLimitSettings = LIMIT_DEFAULTS): Readonly<ImapParserLimits> {
+  return Object.freeze({
+    maxLineBytes: limits.imap_max_line_bytes,
+    maxLiteralBytes: limits.imap_max_literal_bytes,
+    maxCommandBytes: imapMaxCommandBytes(limits.imap_max_line_bytes, limits.imap_max_literal_bytes),
+    maxNesting: limits.imap_max_nesting,
+    maxArgs: FIXED_LIMITS.imap_max_args,
+  });
+}
+
+/** What production runs with the default configuration. */
+export const DEFAULT_IMAP_PARSER_LIMITS: Readonly<ImapParserLimits> = imapParserLimits();
 
 export type ImapArg =
   /** Also AUTHENTICATE's cancelling initial response "*" (see isSaslCancel). */

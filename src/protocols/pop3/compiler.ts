@@ -8,8 +8,10 @@
  * must arrive byte-exact, such as passwords).
  */
 
+import { FIXED_LIMITS } from '../../config/limits.js';
+
 /** RFC 2449 section 4: a command line, CRLF included, is at most 255 octets. */
-export const POP3_MAX_COMMAND_OCTETS = 255;
+export const POP3_MAX_COMMAND_OCTETS = FIXED_LIMITS.pop3_upstream_max_command_bytes;
 
 const KEYWORD = /^[A-Za-z0-9]{1,8}$/;
 // C0 controls, DEL and C1 controls. C1 is included because some terminals and

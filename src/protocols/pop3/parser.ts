@@ -7,18 +7,35 @@
  */
 
 import { LineBuffer } from '../line-buffer.js';
+import { FIXED_LIMITS, LIMIT_DEFAULTS } from '../../config/limits.js';
 
 export interface Pop3ParserLimits {
-  /** Longest command line without its CRLF. RFC 2449 allows 255 octets; we leave slack for sloppy clients. */
+  /** Longest command line without its CRLF (`pop3_max_line_bytes`). */
   maxLineBytes: number;
-  /** Longest SASL continuation line without its CRLF; base64 inflates credentials by a third. */
+  /** Longest SASL continuation line without its CRLF (`pop3_max_sasl_line_bytes`). */
   maxSaslLineBytes: number;
 }
 
-export const DEFAULT_POP3_PARSER_LIMITS: Pop3ParserLimits = Object.freeze({
-  maxLineBytes: 512,
-  maxSaslLineBytes: 2048,
-});
+/** The configurable POP3 key of `[limits]` (a loaded configuration's, or LIMIT_DEFAULTS). */
+export interface Pop3LimitSettings {
+  pop3_max_line_bytes: number;
+}
+
+/**
+ * The parser limits for a `[limits]` configuration: the one mapping from
+ * src/config/limits.ts to the parser, for a session to build its parser
+ * with; the parser's defaults are this of LIMIT_DEFAULTS, so they cannot
+ * drift from what production runs.
+ */
+export function pop3ParserLimits(limits: Pop3LimitSettings = LIMIT_DEFAULTS): Readonly<Pop3ParserLimits> {
+  return Object.freeze({
+    maxLineBytes: limits.pop3_max_line_bytes,
+    maxSaslLineBytes: FIXED_LIMITS.pop3_max_sasl_line_bytes,
+  });
+}
+
+/** What production runs with the default configuration. */
+export const DEFAULT_POP3_PARSER_LIMITS: Readonly<Pop3ParserLimits> = pop3ParserLimits();
 
 export type Pop3ParseErrorReason = 'syntax' | 'empty-line' | 'nul' | 'line-too-long' | 'http-request';
 
