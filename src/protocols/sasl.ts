@@ -9,6 +9,7 @@
  */
 
 import { FIXED_LIMITS } from '../config/limits.js';
+import { decodeUtf8 } from './utf8.js';
 
 export type SaslMechanismName = 'PLAIN' | 'LOGIN';
 
@@ -50,10 +51,6 @@ const LOGIN_PASSWORD_CHALLENGE = 'UGFzc3dvcmQ6'; // "Password:"
 
 const BASE64_SHAPE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
-// ignoreBOM keeps a leading U+FEFF instead of silently dropping it, so
-// "\uFEFFalice" cannot turn into "alice" on the way to the user store.
-const utf8Strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
 /**
  * Strict RFC 4648 base64: alphabet only, canonical padding, length a multiple
  * of 4, and no stray bits in the last group (so each byte string has exactly
@@ -75,13 +72,6 @@ export function encodeBase64(text: string | Buffer): string {
   return (typeof text === 'string' ? Buffer.from(text, 'utf8') : text).toString('base64');
 }
 
-function decodeUtf8(bytes: Buffer): string | null {
-  try {
-    return utf8Strict.decode(bytes);
-  } catch {
-    return null;
-  }
-}
 
 type State =
   | 'new'

@@ -19,12 +19,11 @@ import {
   TOO_MANY_ERRORS,
   twoFactorEnabledFarewell,
 } from '../auth/messages.js';
-import { FIXED_LIMITS, imapMaxCommandBytes } from '../config/limits.js';
 import type { ListenConfig } from '../config/schema.js';
 import { preloginCapabilities } from '../protocols/imap/capabilities.js';
 import { continuation, tagged, untagged, untaggedData } from '../protocols/imap/compiler.js';
 import { clientIdSummary, parseIdArgs } from '../protocols/imap/id.js';
-import { ImapParser, type ImapArg, type ImapParseEvent } from '../protocols/imap/parser.js';
+import { ImapParser, imapParserLimits, type ImapArg, type ImapParseEvent } from '../protocols/imap/parser.js';
 import { SUPPORTED_SASL_MECHANISMS, type SaslErrorReason } from '../protocols/sasl.js';
 import { decodeUtf8 } from '../protocols/utf8.js';
 import type { ProxiedOrigin } from './proxy-header.js';
@@ -59,15 +58,7 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser, Command> {
   ]);
 
   constructor(socket: Socket, listener: ListenConfig, context: SessionContext, origin?: ProxiedOrigin | null) {
-    const limits = context.config.limits;
-    const parser = new ImapParser({
-      maxLineBytes: limits.imap_max_line_bytes,
-      maxLiteralBytes: limits.imap_max_literal_bytes,
-      maxCommandBytes: imapMaxCommandBytes(limits.imap_max_line_bytes, limits.imap_max_literal_bytes),
-      maxNesting: limits.imap_max_nesting,
-      maxArgs: FIXED_LIMITS.imap_max_args,
-    });
-    super(socket, listener, context, parser, origin);
+    super(socket, listener, context, new ImapParser(imapParserLimits(context.config.limits)), origin);
   }
 
   protected releasePrelogin(): void {

@@ -20,7 +20,7 @@ import {
 } from '../auth/messages.js';
 import type { ListenConfig } from '../config/schema.js';
 import { err, multiline, ok } from '../protocols/pop3/compiler.js';
-import { Pop3Parser, type Pop3ParseEvent } from '../protocols/pop3/parser.js';
+import { Pop3Parser, pop3ParserLimits, type Pop3ParseEvent } from '../protocols/pop3/parser.js';
 import { SUPPORTED_SASL_MECHANISMS, type SaslErrorReason } from '../protocols/sasl.js';
 import { decodeUtf8 } from '../protocols/utf8.js';
 import type { ProxiedOrigin } from './proxy-header.js';
@@ -53,7 +53,7 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser, Command> {
   ]);
 
   constructor(socket: Socket, listener: ListenConfig, context: SessionContext, origin?: ProxiedOrigin | null) {
-    super(socket, listener, context, new Pop3Parser({ maxLineBytes: context.config.limits.pop3_max_line_bytes }), origin);
+    super(socket, listener, context, new Pop3Parser(pop3ParserLimits(context.config.limits)), origin);
   }
 
   protected releasePrelogin(): void {

@@ -57,6 +57,11 @@ export class ResponseReader {
     // must not become an uncaught exception; the relay sees the close.
     if (this.socket.listenerCount('error') === 0) this.socket.on('error', ignoreError);
     this.socket.pause();
+    // A read still waiting (the dialogue was abandoned: the client left) ends
+    // now, and its deadline timer with it, instead of ticking on for seconds.
+    const waiter = this.waiter;
+    this.waiter = null;
+    waiter?.reject(new UpstreamError('the upstream login was abandoned'));
     return this.buffer.takeAll();
   }
 

@@ -17,7 +17,7 @@ import { logLines, sessionClosed, startGateway, type GatewayHandle } from '../su
 import { cliConfigFor, imapsLogin } from '../support/attack.js';
 import { taggedLine, type ImapClient } from '../support/imap-client.js';
 import { pop3s } from '../support/pop3-client.js';
-import { waitUntil } from '../support/timing.js';
+import { sleep, waitUntil } from '../support/timing.js';
 
 const REVOKED_BYE = '* BYE [UNAVAILABLE] This app password was revoked or has expired; sign in again with a valid one.\r\n';
 const USERS = ['alice', 'bob', 'carol', 'dave', 'erin', 'frank'];
@@ -99,6 +99,26 @@ describe.concurrent('revocation reaches sessions that are already logged in', ()
 
     expect(await bystander.command('n', 'NOOP')).toMatch(/^n OK /m);
     bystander.destroy();
+  });
+
+  it("a revocation made through the store in the gateway's own process closes the session at once; one made by the CLI within revocation_check_seconds", async () => {
+    // Catches: a watcher that only polls SQLite's data_version, which does not move for the
+    // gateway's own commits: a revocation from the web page (in this process) would go unnoticed
+    // until something else changed. And a CLI revocation missing the promised interval.
+    const interval = gw.config.timeouts.revocation_check_seconds * 1000;
+    const local = await appPassword('frank', 'revoked here');
+    const c = await login('frank', local.password);
+    // Past the watcher's second look at fresh logins, so only the store's announcement can close it.
+    await sleep(4.5 * interval);
+    const since = Date.now();
+    await gw.gateway.store.appPasswords.revoke('frank', local.id);
+    expect(await expectFarewell(c, since)).toBeLessThan(interval);
+
+    const remote = await appPassword('frank', 'revoked by the CLI');
+    const d = await login('frank', remote.password);
+    await cliOk(['app-password', 'revoke', 'frank', String(remote.id)]);
+    // The CLI has exited (its commit is on disk): within one check interval, and the check itself.
+    expect(await expectFarewell(d, Date.now())).toBeLessThan(interval + 1_000);
   });
 
   it('`app-password revoke USER --all` closes every session of the account', async () => {
