@@ -12,13 +12,14 @@
  * shared memory under the gateway, and from then on the gateway and the CLI
  * each see their own database: revocations never arrive.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ImapFlow } from 'imapflow';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { BIN, ROOT, runCli, writeCliConfig } from '../support/cli.js';
+import { runCli, writeCliConfig } from '../support/cli.js';
+import { dovecotServeToml, startServe, type ServeProcess } from '../support/serve.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { ImapClient, imapQuote, taggedLine } from '../support/imap-client.js';
 import { openDeletedStoreFiles, posixLocksOf, SQLITE_SHARED_LOCK, SQLITE3_CLI } from '../support/outside.js';
@@ -35,52 +36,21 @@ let dc: DovecotHandle;
 let dir = '';
 let config = '';
 let dbPath = '';
-let gateway: ChildProcess | null = null;
+let gateway: ServeProcess | null = null;
 let imapsPort = 0;
-const logs: Array<Record<string, unknown>> = [];
 
 beforeAll(async () => {
   dc = await startDovecot();
   dir = await makeTempDir('locks');
-  config = writeCliConfig(
-    dir,
-    `[tls]
-cert = ${JSON.stringify(dc.pki.serverCert)}
-key = ${JSON.stringify(dc.pki.serverKey)}
-self_signed = false
-
-[[listen]]
-protocol = "imap"
-host = "127.0.0.1"
-port = 0
-tls = "implicit"
-
-[upstream.imap]
-host = "127.0.0.1"
-port = ${dc.imapPort}
-tls = "starttls"
-ca = ${JSON.stringify(dc.caCert)}
-
-[upstream.pop3]
-host = "127.0.0.1"
-port = ${dc.pop3Port}
-tls = "starttls"
-ca = ${JSON.stringify(dc.caCert)}
-
-[upstream.login]
-master_user = ${JSON.stringify(dc.master.name)}
-
-[timeouts]
-revocation_check_seconds = 1
-`,
-  );
+  config = writeCliConfig(dir, dovecotServeToml(dc, '\n[timeouts]\nrevocation_check_seconds = 1\n'));
   dbPath = path.join(dir, 'data', 'mailgate.db');
   await cliOk(['account', 'add', 'alice']);
-  imapsPort = await serve();
+  gateway = await startServe(config, { MAILGATE_MASTER_PASSWORD: dc.master.password });
+  imapsPort = gateway.port('imap');
 });
 
 afterAll(async () => {
-  gateway?.kill('SIGKILL');
+  await gateway?.stop('SIGKILL');
   await dc?.stop();
   if (dir) await removeTempDir(dir);
 });
@@ -93,38 +63,6 @@ async function cliOk(args: string[]): Promise<string> {
 
 async function createAppPassword(name: string): Promise<{ id: number; password: string }> {
   return JSON.parse(await cliOk(['app-password', 'create', 'alice', '--name', name, '--json'])) as { id: number; password: string };
-}
-
-/** Starts `mailgate serve`; resolves with its IMAPS port once it listens. */
-function serve(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, 'serve', '--config', config], {
-      cwd: ROOT,
-      env: { ...process.env, MAILGATE_CONFIG: '', MAILGATE_MASTER_PASSWORD: dc.master.password },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    gateway = child;
-    let buffer = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buffer += d.toString();
-      let nl: number;
-      while ((nl = buffer.indexOf('\n')) >= 0) {
-        const text = buffer.slice(0, nl);
-        buffer = buffer.slice(nl + 1);
-        let line: Record<string, unknown>;
-        try {
-          line = JSON.parse(text) as Record<string, unknown>;
-        } catch {
-          line = { level: 60, msg: `not a JSON log line: ${text}` };
-        }
-        logs.push(line);
-        if (line.msg === 'listening') resolve(line.port as number);
-      }
-    });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => reject(new Error(`serve exited with ${code}: ${stderr}`)));
-  });
 }
 
 /** One IMAPS login; the tagged answer. */
@@ -243,6 +181,6 @@ it('outside readers open and close the live store: the gateway keeps its locks, 
     { db: dbPath },
   );
   expect.soft(check.integrity, 'PRAGMA integrity_check').toEqual(['ok']);
-  expect.soft(posixLocksOf(gateway!.pid!, dbPath), "the gateway's locks on the database file").toContainEqual(SQLITE_SHARED_LOCK);
-  expect(logs.filter((l) => typeof l.level === 'number' && l.level >= 50)).toEqual([]);
+  expect.soft(posixLocksOf(gateway!.child.pid!, dbPath), "the gateway's locks on the database file").toContainEqual(SQLITE_SHARED_LOCK);
+  expect(gateway!.logs().filter((l) => typeof l.level === 'number' && l.level >= 50)).toEqual([]);
 });

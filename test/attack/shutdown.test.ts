@@ -6,15 +6,14 @@
  * `* BYE [UNAVAILABLE] ...` and closed, the process exits 0, and what the
  * login wrote (audit trail, last use) is in the database afterwards.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteRepositories } from '../../src/store/sqlite/repositories.js';
-import { BIN, ROOT } from '../support/cli.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { ImapClient } from '../support/imap-client.js';
 import { connectRefused } from '../support/raw-client.js';
+import { dovecotServeToml, startServe, type ServeProcess } from '../support/serve.js';
 import { FAST_ARGON2 } from '../support/store.js';
 import { waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
@@ -23,7 +22,7 @@ const GRACE_SECONDS = 2;
 
 let dc: DovecotHandle;
 let dir: string;
-let child: ChildProcess | null = null;
+let child: ServeProcess | null = null;
 
 beforeAll(async () => {
   dc = await startDovecot();
@@ -31,7 +30,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  if (child && child.exitCode === null) child.kill('SIGKILL');
+  await child?.stop('SIGKILL');
   await dc?.stop();
   await removeTempDir(dir);
 });
@@ -60,63 +59,22 @@ argon2_iterations = 1
 [log]
 level = "info"
 
-[tls]
-cert = ${JSON.stringify(dc.pki.serverCert)}
-key = ${JSON.stringify(dc.pki.serverKey)}
-self_signed = false
-
-[[listen]]
-protocol = "imap"
-host = "127.0.0.1"
-port = 0
-tls = "implicit"
-
-[upstream.imap]
-host = "127.0.0.1"
-port = ${dc.imapPort}
-tls = "starttls"
-ca = ${JSON.stringify(dc.caCert)}
-
-[upstream.pop3]
-host = "127.0.0.1"
-port = ${dc.pop3Port}
-tls = "starttls"
-ca = ${JSON.stringify(dc.caCert)}
-
-[upstream.login]
-master_user = ${JSON.stringify(dc.master.name)}
-
 [timeouts]
 shutdown_grace_seconds = ${GRACE_SECONDS}
-`,
+${dovecotServeToml(dc)}`,
     );
-
-    const proc = spawn(process.execPath, [BIN, 'serve', '--config', configFile], {
-      cwd: ROOT,
-      env: { ...process.env, MAILGATE_CONFIG: '', MAILGATE_MASTER_PASSWORD: dc.master.password },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    child = proc;
-    let stdout = '';
-    let stderr = '';
-    proc.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-    const logLines = () =>
-      stdout
-        .split('\n')
-        .filter((l) => l.startsWith('{'))
-        .map((l) => JSON.parse(l) as Record<string, unknown>);
-
-    const listening = await waitUntil(() => logLines().find((l) => l.msg === 'listening'), `the gateway to listen (stderr: ${stderr})`, 15_000);
-    const port = listening.port as number;
+    const gateway = await startServe(configFile, { MAILGATE_MASTER_PASSWORD: dc.master.password });
+    child = gateway;
+    const port = gateway.port('imap');
+    const logLines = () => gateway.logs();
+    const stderr = () => gateway.stderr();
 
     const c = await ImapClient.connect({ port, tls: true, ca: dc.caCert, timeoutMs: 10_000 });
     await c.readLine();
     expect(await c.command('L', `LOGIN alice "${app.password}"`)).toMatch(/^L OK /m);
     expect(await c.command('s', 'SELECT INBOX')).toMatch(/^s OK /m);
 
-    proc.kill('SIGTERM');
+    gateway.child.kill('SIGTERM');
     const termAt = Date.now();
     // New connections: refused at once.
     await waitUntil(() => connectRefused(port, 500), 'new connections to be refused', 1_000);
@@ -131,8 +89,8 @@ shutdown_grace_seconds = ${GRACE_SECONDS}
     expect(closedAfter).toBeGreaterThanOrEqual(GRACE_SECONDS * 1000 - 100);
     expect(closedAfter).toBeLessThan(GRACE_SECONDS * 1000 + 3_000);
 
-    const code = await Promise.race([exited, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 5_000))]);
-    expect(code, `stderr: ${stderr}`).toBe(0);
+    const code = await Promise.race([gateway.exited, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 5_000))]);
+    expect(code, `stderr: ${stderr()}`).toBe(0);
     expect(logLines().map((l) => l.msg)).toEqual(expect.arrayContaining(['shutting down', 'stopped accepting connections', 'closing the remaining sessions', 'stopped']));
     expect(logLines().filter((l) => l.level === 60 || /uncaught|unhandled/.test(String(l.msg)))).toEqual([]);
 
