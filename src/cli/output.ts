@@ -29,3 +29,14 @@ export function printTable(headers: string[], rows: string[][]): void {
   printLine(format(headers));
   for (const row of rows) printLine(format(row));
 }
+
+/**
+ * Text someone else chose (a browser's user agent), made safe for a
+ * terminal: control characters (escape sequences could rewrite the screen)
+ * become "?", and it is clipped to `max` characters.
+ */
+export function printable(text: string | null | undefined, max = 60): string {
+  if (text === null || text === undefined || text === '') return '-';
+  const safe = text.replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029]/gu, '?');
+  return safe.length > max ? `${safe.slice(0, max - 3)}...` : safe;
+}

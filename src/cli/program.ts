@@ -6,6 +6,7 @@ import { blocksCommand } from './commands/blocks.js';
 import { serveCommand } from './commands/serve.js';
 import { storeCommand } from './commands/store.js';
 import { totpCommand } from './commands/totp.js';
+import { webCommand } from './commands/web.js';
 import { packageVersion } from './version.js';
 
 export function createProgram(): Command {
@@ -15,7 +16,7 @@ export function createProgram(): Command {
     .option('-c, --config <file>', 'configuration file (default: $MAILGATE_CONFIG or config/mailgate.toml)')
     .showSuggestionAfterError(true);
 
-  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand()]) {
+  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand()]) {
     program.addCommand(command);
   }
   return program;

@@ -32,17 +32,17 @@ export class Housekeeping {
   }
 
   /** One pass; public so tests can drive it. */
-  async run(): Promise<{ penalties: number; audit: number }> {
+  async run(): Promise<{ penalties: number; audit: number; webSessions: number }> {
     const { limits, store } = this.config;
     // A counter is useless once its window has passed and its block ended.
     const penaltyAge = Math.max(limits.ip_failure_window_seconds, limits.account_failure_window_seconds, limits.block_seconds) * 1000;
     try {
       const removed = await this.store.prune({ penaltiesOlderThanMs: penaltyAge, auditMaxAgeMs: store.audit_retention_days * DAY_MS });
-      if (removed.penalties + removed.audit > 0) this.log.debug(removed, 'housekeeping removed old rows');
+      if (removed.penalties + removed.audit + removed.webSessions > 0) this.log.debug(removed, 'housekeeping removed old rows');
       return removed;
     } catch (err) {
       this.log.warn({ err: errorMessage(err) }, 'housekeeping failed');
-      return { penalties: 0, audit: 0 };
+      return { penalties: 0, audit: 0, webSessions: 0 };
     }
   }
 }

@@ -1,11 +1,12 @@
 /**
- * Encryption at rest for TOTP secrets (AES-256-GCM).
+ * Encryption at rest for TOTP secrets (AES-256-GCM), and the subkeys other
+ * secrets at rest are keyed with (recovery codes).
  *
  * A copy of the database alone must not let anyone mint one-time codes, so the
  * key lives in a separate file. The account name is bound as associated data:
  * a ciphertext copied onto another account's row does not decrypt.
  */
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorCodes, MailgateError } from '../errors.js';
@@ -74,6 +75,15 @@ function describeFsError(err: unknown): string {
   if (!code) return String(message ?? err);
   const words = /^[A-Z]+: ([^,]+)/.exec(message ?? '')?.[1];
   return words ? `${code} (${words})` : code;
+}
+
+/**
+ * A subkey of the store key for one purpose (HKDF-SHA-256, `label` as the
+ * info): the same key is never used both to encrypt and to MAC, and a
+ * subkey tells nothing about the key or the other subkeys.
+ */
+export function deriveKey(key: Buffer, label: string): Buffer {
+  return Buffer.from(hkdfSync('sha256', key, Buffer.alloc(0), label, KEY_BYTES));
 }
 
 export function seal(key: Buffer, plaintext: Buffer, associatedData: string): Buffer {

@@ -26,6 +26,8 @@ import type {
   Scope,
   TotpState,
   VerifyResult,
+  WebSessionInfo,
+  WebSessionRecord,
 } from './types.js';
 
 export interface AccountStore {
@@ -49,15 +51,46 @@ export interface AppPasswordStore {
   revokeAll(username: string): Promise<number>;
 }
 
+/**
+ * Two-step verification. Turning it on or off ends the account's page
+ * sessions (all but `keepWebSession`, the one that made the change), in the
+ * same commit.
+ */
 export interface TotpStore {
   status(username: string): Promise<TotpState>;
   /** A new secret, pending until confirmed. */
   enroll(username: string): Promise<Enrolment>;
-  /** Turns two-step verification on if `code` is valid for the pending secret (and spends it). */
-  confirm(username: string, code: string): Promise<Account>;
-  disable(username: string): Promise<Account>;
+  /**
+   * Turns two-step verification on if `code` is valid for the pending secret
+   * (and spends it), and makes the account's recovery codes (shown once).
+   */
+  confirm(username: string, code: string, options?: { keepWebSession?: string }): Promise<{ account: Account; recoveryCodes: string[] }>;
+  disable(username: string, options?: { keepWebSession?: string }): Promise<Account>;
   /** Checks and spends a code of an account with two-step verification on. */
   verify(username: string, code: string): Promise<boolean>;
+}
+
+/** One-time recovery codes of an account with two-step verification: hashed at rest, each good once. */
+export interface RecoveryCodeStore {
+  /** Replaces the account's codes with new ones (RECOVERY_CODE_COUNT); returns them, to be shown once. */
+  regenerate(username: string): Promise<string[]>;
+  /** Spends one code (spacing and case as users type them); false when it is wrong or used. */
+  consume(username: string, code: string): Promise<boolean>;
+  /** How many are left unused. */
+  remaining(username: string): Promise<number>;
+}
+
+/** The self-service page's sessions, shared by every node through the store. */
+export interface WebSessionStore {
+  /** The session, or null when there is none or it has expired (idle or absolute timeout). */
+  get(idHash: string, limits: { idleMs: number; maxMs: number }): Promise<WebSessionRecord | null>;
+  /** Creates or updates it. */
+  save(record: WebSessionRecord): Promise<void>;
+  destroy(idHash: string): Promise<void>;
+  /** The account's sessions, newest first. */
+  list(username: string): Promise<WebSessionInfo[]>;
+  /** Ends every session of the account (but `except`); how many. */
+  endAll(username: string, options?: { except?: string }): Promise<number>;
 }
 
 export interface PenaltyStore {
@@ -74,6 +107,8 @@ export interface PenaltyStore {
 export interface AuditStore {
   record(event: AuditEvent, entry?: AuditEntry): Promise<void>;
   list(options?: { username?: string; limit?: number }): Promise<AuditRow[]>;
+  /** The account's recent events worth showing its owner (ACTIVITY_EVENTS), newest first. */
+  activity(username: string, limit: number): Promise<AuditRow[]>;
 }
 
 /** A login the upstream accepted, to be recorded before the client hears OK. */
@@ -114,7 +149,7 @@ export interface CredentialsNow {
 
 /** A change this process committed that may end open sessions. */
 export interface StoreChange {
-  kind: 'account' | 'app-password' | 'totp' | 'block' | 'penalties-cleared';
+  kind: 'account' | 'app-password' | 'totp' | 'block' | 'penalties-cleared' | 'web-sessions';
   username?: string;
 }
 
@@ -125,6 +160,8 @@ export interface Store {
   readonly penalties: PenaltyStore;
   readonly audit: AuditStore;
   readonly logins: LoginStore;
+  readonly recoveryCodes: RecoveryCodeStore;
+  readonly webSessions: WebSessionStore;
 
   /** How the credentials of open sessions stand now (for the revocation watcher). */
   credentialsNow(query: CredentialsQuery): Promise<CredentialsNow>;
@@ -150,8 +187,11 @@ export interface Store {
    */
   foreignChangeToken(): Promise<string>;
 
-  /** Drops failure counters past their window and block, and audit events past `auditMaxAgeMs` (0: keep). */
-  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number }): Promise<{ penalties: number; audit: number }>;
+  /**
+   * Drops failure counters past their window and block, audit events past
+   * `auditMaxAgeMs` (0: keep), and page sessions past `webSessionMaxMs`.
+   */
+  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number; webSessionMaxMs?: number }): Promise<{ penalties: number; audit: number; webSessions: number }>;
 
   /** Closes the store; calls after it reject. */
   close(): Promise<void>;

@@ -73,6 +73,13 @@ export const AUDIT_EVENTS = [
   'totp-failed',
   'login-ok',
   'login-failed',
+  /** An app password used from an address it had not been used from before. */
+  'new-address',
+  'recovery-codes-created',
+  'recovery-code-used',
+  'web-sign-in',
+  'web-sign-out',
+  'web-sessions-ended',
 ] as const;
 export type AuditEvent = (typeof AUDIT_EVENTS)[number];
 
@@ -157,4 +164,46 @@ export interface CheckResult {
   /** What PRAGMA integrity_check found: ['ok'], or the problems. */
   integrity: string[];
   foreignKeys: Array<{ table: string; rowid: number | null; parent: string; fkid: number }>;
+}
+
+/** The events shown to a user as "Recent security activity": not every login, the ones worth a look. */
+export const ACTIVITY_EVENTS: readonly AuditEvent[] = [
+  'web-sign-in',
+  'login-failed',
+  'created',
+  'new-address',
+  'revoked',
+  'revoked-all',
+  'totp-enabled',
+  'totp-disabled',
+  'recovery-codes-created',
+  'recovery-code-used',
+  'web-sessions-ended',
+  'account-added',
+];
+
+/** A session of the self-service page, as the store keeps it (only a hash of its id). */
+export interface WebSessionRecord {
+  /** SHA-256 of the session id, hex: the id itself is never stored. */
+  idHash: string;
+  /** The account, once the user has signed in (password, and code when 2-step verification is on). */
+  accountId: number | null;
+  createdAt: number;
+  lastSeenAt: number;
+  /** When the password was last confirmed (sign-in or "Confirm it's you"): sensitive actions need it recent. */
+  passwordAt: number | null;
+  /** Where it was last used from, for the user's and the administrator's lists. */
+  ip: string | null;
+  userAgent: string | null;
+  /** The session's own data (the web layer's, opaque to the store): JSON. */
+  data: string;
+}
+
+/** A page session as listed to people: no id, no hash. */
+export interface WebSessionInfo {
+  createdAt: number;
+  lastSeenAt: number;
+  passwordAt: number | null;
+  ip: string | null;
+  userAgent: string | null;
 }

@@ -114,7 +114,7 @@ describe('TOTP replay', () => {
     const { secret } = gw.store.totp.enroll('dave');
     // Confirm with the previous step's code (within the ±1 step tolerance), so the current one is fresh.
     const now = Date.now();
-    expect(gw.store.totp.confirm('dave', codeAt(secret, now - 30_000)).totpState).toBe('enabled');
+    expect(gw.store.totp.confirm('dave', codeAt(secret, now - 30_000)).account.totpState).toBe('enabled');
     const code = codeAt(secret, now);
     expect(gw.store.totp.verify('dave', code)).toBe(true);
     expect(gw.store.totp.verify('dave', code)).toBe(false);

@@ -87,7 +87,7 @@ describe('mailgate CLI', () => {
     expect((await cli('--version')).stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
     const help = await cli('--help');
     expect(help.code).toBe(0);
-    for (const cmd of ['account', 'totp', 'app-password', 'blocks', 'store']) expect(help.stdout).toContain(cmd);
+    for (const cmd of ['account', 'totp', 'app-password', 'blocks', 'store', 'web']) expect(help.stdout).toContain(cmd);
   });
 
   it('adds, lists, shows and removes accounts', async () => {
@@ -197,21 +197,105 @@ describe('mailgate CLI', () => {
 
     const confirmed = await cli('totp', 'confirm', 'alice', good);
     expect(confirmed.code, confirmed.stderr).toBe(0);
+    // The recovery codes, shown this once.
+    expect(confirmed.stdout.match(/^ {4}[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}$/gm)).toHaveLength(10);
+    expect(confirmed.stdout).toMatch(/shown only this once/);
     expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: enabled\n');
     await expectRefused(['totp', 'enroll', 'alice'], 1, /already on/);
 
     // Catches: `totp disable` letting the account password back into mail programs without a confirmation.
     await expectRefused(['totp', 'disable', 'alice'], 2, /^mailgate: .*mail programs may log in with the account password again; add --yes to confirm\n$/);
     expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: enabled\n');
-    expect((await cli('totp', 'disable', 'alice', '--yes')).code).toBe(0);
+    const disabled = await cli('totp', 'disable', 'alice', '--yes');
+    expect(disabled.code).toBe(0);
+    expect(disabled.stdout).toBe('two-step verification is off for alice; its recovery codes are deleted and its self-service page sessions ended\n');
     expect((await cli('totp', 'status', 'alice')).stdout).toBe('alice: none\n');
-    expect(auditTrail().map(([event]) => event)).toEqual(['account-added', 'totp-enrolled', 'totp-enabled', 'totp-disabled']);
+    expect(auditTrail().map(([event]) => event)).toEqual(['account-added', 'totp-enrolled', 'totp-enabled', 'recovery-codes-created', 'totp-disabled']);
     expect(auditTrail().at(-1)).toEqual(['totp-disabled', 'alice', null]);
     await expectRefused(['totp', 'disable', 'alice', '--yes'], 1, /not on/);
 
     const json = JSON.parse((await cli('totp', 'enroll', 'alice', '--json')).stdout);
     expect(json.secret).toMatch(/^[A-Z2-7]+$/);
     expect(json.uri).toContain(json.secret);
+  });
+
+  it('makes recovery codes (at confirm, and anew for a user who lost them), shown once; refused without two-step verification', async () => {
+    await cli('account', 'add', 'alice');
+    const { secret } = JSON.parse((await cli('totp', 'enroll', 'alice', '--json')).stdout) as { secret: string };
+    // Catches: codes for an account that has no second factor to recover.
+    await expectRefused(['totp', 'recovery-codes', 'alice'], 1, /^mailgate: two-step verification is not on for alice; recovery codes are only for accounts with it\n$/);
+    await expectRefused(['totp', 'recovery-codes', 'nobody'], 1, /no account nobody/);
+
+    const confirmed = await cli('totp', 'confirm', 'alice', generateSync({ secret }), '--json');
+    expect(confirmed.code, confirmed.stderr).toBe(0);
+    const first = JSON.parse(confirmed.stdout) as { username: string; totp: string; recoveryCodes: string[] };
+    expect(Object.keys(first).sort()).toEqual(['recoveryCodes', 'totp', 'username']);
+    expect(first).toMatchObject({ username: 'alice', totp: 'enabled' });
+    expect(first.recoveryCodes).toHaveLength(10);
+    for (const code of first.recoveryCodes) expect(code).toMatch(/^[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}$/);
+    expect(await withGatewayStore((store) => store.recoveryCodes.consume('alice', first.recoveryCodes[0]!))).toBe(true);
+
+    const again = await cli('totp', 'recovery-codes', 'ALICE');
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/^New recovery codes for alice; the earlier ones no longer work:\n/);
+    const shown = again.stdout.match(/^ {4}([a-z2-7]{4}-){3}[a-z2-7]{4}$/gm)!.map((line) => line.trim());
+    expect(shown).toHaveLength(10);
+    const json = JSON.parse((await cli('totp', 'recovery-codes', 'alice', '--json')).stdout) as { username: string; recoveryCodes: string[] };
+    expect(json.username).toBe('alice');
+    expect(json.recoveryCodes).toHaveLength(10);
+    await withGatewayStore((store) => {
+      // Only the newest codes work.
+      for (const code of [...first.recoveryCodes, ...shown]) expect(store.recoveryCodes.consume('alice', code)).toBe(false);
+      expect(store.recoveryCodes.consume('alice', json.recoveryCodes[3]!.toUpperCase().replace(/-/g, ' '))).toBe(true);
+      expect(store.recoveryCodes.remaining('alice')).toBe(9);
+    });
+    expect(auditTrail().map(([event]) => event).filter((e) => e.startsWith('recovery'))).toEqual([
+      'recovery-codes-created',
+      'recovery-code-used',
+      'recovery-codes-created',
+      'recovery-codes-created',
+      'recovery-code-used',
+    ]);
+  });
+
+  it("lists an account's page sessions without ids, and ends them all with --revoke-all", async () => {
+    await cli('account', 'add', 'alice');
+    await cli('account', 'add', 'bob');
+    expect((await cli('web', 'sessions', 'alice')).stdout).toBe('no page sessions for alice\n');
+    expect(JSON.parse((await cli('web', 'sessions', 'alice', '--json')).stdout)).toEqual([]);
+    const created = Date.UTC(2026, 10, 25, 9, 30);
+    const hashes = ['a', 'b', 'c'].map((x) => x.repeat(64));
+    await withGatewayStore((store) => {
+      const [alice, bob] = [store.accounts.get('alice'), store.accounts.get('bob')];
+      const base = { createdAt: created, lastSeenAt: Date.now(), passwordAt: null, ip: '192.0.2.1', data: '{}' };
+      // A user agent is whatever the browser sent: an escape sequence must not reach the terminal.
+      store.webSessions.save({ ...base, idHash: hashes[0]!, accountId: alice.id, userAgent: 'Mozilla/5.0 \u001b[2J evil' });
+      store.webSessions.save({ ...base, idHash: hashes[1]!, accountId: alice.id, createdAt: created + 60_000, passwordAt: created + 60_000, ip: '2001:db8::5', userAgent: null });
+      store.webSessions.save({ ...base, idHash: hashes[2]!, accountId: bob.id, userAgent: 'bob' });
+    });
+    const table = await cli('web', 'sessions', 'alice');
+    expect(table.code, table.stderr).toBe(0);
+    const lines = table.stdout.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^CREATED\s+LAST SEEN\s+PASSWORD CONFIRMED\s+ADDRESS\s+USER AGENT$/);
+    expect(lines[1]).toMatch(/^2026-11-25 09:31Z\s+\S+ \S+\s+2026-11-25 09:31Z\s+2001:db8::5\s+-$/);
+    expect(lines[2]).toMatch(/^2026-11-25 09:30Z\s+\S+ \S+\s+-\s+192\.0\.2\.1\s+Mozilla\/5\.0 \?\[2J evil$/);
+    expect(lines).toHaveLength(3);
+    expect(table.stdout).not.toContain('\u001b');
+    const json = JSON.parse((await cli('web', 'sessions', 'alice', '--json')).stdout) as Array<Record<string, unknown>>;
+    expect(json).toHaveLength(2);
+    expect(Object.keys(json[0]!).sort()).toEqual(['createdAt', 'ip', 'lastSeenAt', 'passwordAt', 'userAgent']);
+    expect(json[1]).toMatchObject({ createdAt: new Date(created).toISOString(), passwordAt: null, ip: '192.0.2.1', userAgent: 'Mozilla/5.0 \u001b[2J evil' });
+    for (const hash of hashes) expect(JSON.stringify(json) + table.stdout).not.toContain(hash.slice(0, 16));
+
+    const revoked = await cli('web', 'sessions', 'alice', '--revoke-all');
+    expect(revoked.code, revoked.stderr).toBe(0);
+    expect(revoked.stdout).toBe('ended 2 page sessions of alice\n');
+    expect((await cli('web', 'sessions', 'alice')).stdout).toBe('no page sessions for alice\n');
+    expect(JSON.parse((await cli('web', 'sessions', 'alice', '--revoke-all', '--json')).stdout)).toEqual({ username: 'alice', ended: 0 });
+    expect(JSON.parse((await cli('web', 'sessions', 'bob', '--json')).stdout)).toHaveLength(1);
+    expect(auditTrail().filter(([event]) => event === 'web-sessions-ended')).toEqual([['web-sessions-ended', 'alice', null]]);
+    await expectRefused(['web', 'sessions', 'nobody'], 1, /^mailgate: no account nobody\n$/);
+    await expectRefused(['web', 'sessions'], 2, /missing required argument/);
   });
 
   it('refuses bad input with one line and no change', async () => {

@@ -21,7 +21,7 @@ it('removes failure counters whose window and block are over, and audit events p
   t.store.penalties.recordFailure('ip', '192.0.2.2', rules);
   t.store.audit.record('login-failed', { username: 'recent' });
   const housekeeping = new Housekeeping(t.api, config, silentLogger());
-  expect(await housekeeping.run()).toEqual({ penalties: 1, audit: 1 });
+  expect(await housekeeping.run()).toEqual({ penalties: 1, audit: 1, webSessions: 0 });
   expect(t.store.penalties.all().map((p) => p.key)).toEqual(['192.0.2.2']);
   expect(t.store.audit.list().map((a) => a.username)).toEqual(['recent']);
 });

@@ -93,8 +93,8 @@ describe('credential verification', () => {
     await t.store.verifier.verify('alice', created.password, ctx);
     await t.store.verifier.verify('alice', 'not-the-password', ctx);
     const events = t.store.audit.list({ username: 'alice' });
-    expect(events.map((e) => e.event)).toEqual(['login-failed', 'login-ok', 'created', 'account-added']);
+    expect(events.map((e) => e.event)).toEqual(['login-failed', 'new-address', 'login-ok', 'created', 'account-added']);
     expect(events[0]).toMatchObject({ ip: '192.0.2.7', protocol: 'imap', detail: 'wrong-password' });
-    expect(events[1]).toMatchObject({ appPasswordId: created.info.id, ip: '192.0.2.7', protocol: 'imap' });
+    expect(events[2]).toMatchObject({ appPasswordId: created.info.id, ip: '192.0.2.7', protocol: 'imap' });
   });
 });

@@ -5,6 +5,15 @@ import { ErrorCodes, MailgateError } from '../../errors.js';
 import { globalOptions, withStore } from '../context.js';
 import { printJson, printLine } from '../output.js';
 
+/** The codes, one per line and indented, as the user is to copy them; they are never shown again. */
+function printRecoveryCodes(codes: readonly string[]): void {
+  printLine();
+  for (const code of codes) printLine(`    ${code}`);
+  printLine();
+  printLine('Each works once, instead of a code from the authenticator app (if it is lost).');
+  printLine('They are shown only this once: keep them somewhere safe, away from the phone.');
+}
+
 function renderQr(text: string): string {
   let out = '';
   // qrcode-terminal calls back synchronously.
@@ -42,21 +51,38 @@ export function totpCommand(): Command {
 
   totp
     .command('confirm')
-    .description('turn two-step verification on, if CODE is valid for the pending secret')
+    .description('turn two-step verification on, if CODE is valid for the pending secret; prints the recovery codes, once')
     .argument('<user>')
     .argument('<code>')
     .option('--json', 'print JSON')
     .action((user: string, code: string, _opts, cmd: Command) =>
       withStore(cmd, async (store) => {
-        const account = await store.totp.confirm(user, code);
-        if (globalOptions(cmd).json) return printJson({ username: account.username, totp: account.totpState });
+        const { account, recoveryCodes } = await store.totp.confirm(user, code);
+        if (globalOptions(cmd).json) return printJson({ username: account.username, totp: account.totpState, recoveryCodes });
         printLine(`two-step verification is on for ${account.username}; mail programs must now use app passwords`);
+        printLine(`Recovery codes for ${account.username}:`);
+        printRecoveryCodes(recoveryCodes);
+      }),
+    );
+
+  totp
+    .command('recovery-codes')
+    .description('make new recovery codes for an account with two-step verification (the old ones stop working); shown once')
+    .argument('<user>')
+    .option('--json', 'print JSON')
+    .action((user: string, _opts, cmd: Command) =>
+      withStore(cmd, async (store) => {
+        const account = await store.accounts.get(user);
+        const recoveryCodes = await store.recoveryCodes.regenerate(account.username);
+        if (globalOptions(cmd).json) return printJson({ username: account.username, recoveryCodes });
+        printLine(`New recovery codes for ${account.username}; the earlier ones no longer work:`);
+        printRecoveryCodes(recoveryCodes);
       }),
     );
 
   totp
     .command('disable')
-    .description('turn two-step verification off and forget the secret; mail programs may then use the account password again')
+    .description('turn two-step verification off, forget the secret and the recovery codes, end the page sessions; mail programs may then use the account password again')
     .argument('<user>')
     .option('--yes', 'confirm that mail programs may use the account password again')
     .option('--json', 'print JSON')
@@ -70,7 +96,7 @@ export function totpCommand(): Command {
       return withStore(cmd, async (store) => {
         const account = await store.totp.disable(user);
         if (globalOptions(cmd).json) return printJson({ username: account.username, totp: account.totpState });
-        printLine(`two-step verification is off for ${account.username}`);
+        printLine(`two-step verification is off for ${account.username}; its recovery codes are deleted and its self-service page sessions ended`);
       });
     });
 

@@ -2,6 +2,7 @@
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AuditLog } from './audit.js';
 import { selectIn, type Db } from './database.js';
+import type { WebSessionRepository } from './web-sessions.js';
 import type { Account, Clock, TotpState } from '../types.js';
 import { normaliseUsername, validateNewUsername } from '../username.js';
 
@@ -33,6 +34,7 @@ export class AccountRepository {
   constructor(
     private readonly db: Db,
     private readonly audit: AuditLog,
+    private readonly webSessions: WebSessionRepository,
     private readonly now: Clock,
     /** upstream.login.separator: no new account may contain it (see validateNewUsername). */
     private readonly masterSeparator: string,
@@ -97,13 +99,18 @@ export class AccountRepository {
     return (this.all.all() as AccountRow[]).map(toAccount);
   }
 
-  /** Removes the account and, through the foreign key, all its app passwords. */
-  remove(rawUsername: string): void {
-    this.db
+  /**
+   * Removes the account and, through the foreign keys, its app passwords and
+   * recovery codes; ends its page sessions. Returns it, and how many of those were live.
+   */
+  remove(rawUsername: string): { account: Account; webSessionsEnded: number } {
+    return this.db
       .transaction(() => {
         const account = this.get(rawUsername);
+        const webSessionsEnded = this.webSessions.endForRemovalIn(account);
         this.db.prepare('DELETE FROM accounts WHERE id = ?').run(account.id);
         this.audit.record('account-removed', { username: account.username });
+        return { account, webSessionsEnded };
       })
       .immediate();
   }

@@ -4,14 +4,22 @@
  * It holds identifiers only (usernames, app-password ids, IPs, reasons), never
  * a password, an app password, a TOTP secret or a code; test/store/no-secrets.test.ts
  * checks the raw rows for each secret the tests created.
+ *
+ * The details of the counting events are numbers: `revoked-all` and
+ * `web-sessions-ended` how many, `recovery-codes-created` how many were made,
+ * `recovery-code-used` how many are left.
  */
 import type { Db } from './database.js';
-import type { Clock, AuditEvent, AuditEntry, AuditRow } from '../types.js';
+import { ACTIVITY_EVENTS, type Account, type Clock, type AuditEvent, type AuditEntry, type AuditRow } from '../types.js';
+
+const COLUMNS = 'id, at, event, username, app_password_id AS appPasswordId, ip, protocol, detail';
 
 export class AuditLog {
   private readonly insert;
   private readonly recent;
   private readonly deleteBefore;
+  private readonly ofAccount;
+  private readonly loginSeen;
 
   constructor(
     db: Db,
@@ -21,10 +29,14 @@ export class AuditLog {
       'INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
     this.deleteBefore = db.prepare('DELETE FROM audit WHERE at < ?');
-    this.recent = db.prepare(
-      `SELECT id, at, event, username, app_password_id AS appPasswordId, ip, protocol, detail
-         FROM audit WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?`,
+    this.recent = db.prepare(`SELECT ${COLUMNS} FROM audit WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?`);
+    // Walks audit_by_username backwards from the newest row of the name.
+    this.ofAccount = db.prepare(
+      `SELECT ${COLUMNS} FROM audit
+        WHERE username = ? AND at >= ? AND event IN (${ACTIVITY_EVENTS.map(() => '?').join(', ')})
+        ORDER BY id DESC LIMIT ?`,
     );
+    this.loginSeen = db.prepare("SELECT 1 FROM audit WHERE app_password_id = ? AND ip = ? AND event = 'login-ok' LIMIT 1").pluck();
   }
 
   record(event: AuditEvent, entry: AuditEntry = {}): void {
@@ -47,5 +59,21 @@ export class AuditLog {
   list(options: { username?: string; limit?: number } = {}): AuditRow[] {
     const username = options.username ?? null;
     return this.recent.all(username, username, options.limit ?? 100) as AuditRow[];
+  }
+
+  /**
+   * The account's recent events worth showing its owner (ACTIVITY_EVENTS),
+   * newest first. Rows name accounts by their (normalised) name; those from
+   * before the account was created belong to an earlier account of the same
+   * name, or to no account, and are not its owner's business.
+   */
+  activity(account: Account, limit: number): AuditRow[] {
+    const rows = Math.max(0, Math.floor(limit));
+    return this.ofAccount.all(account.username, account.createdAt, ...ACTIVITY_EVENTS, rows) as AuditRow[];
+  }
+
+  /** Whether a login with this app password from this address was recorded before (and is still in the trail). */
+  loginSeenFrom(appPasswordId: number, ip: string): boolean {
+    return this.loginSeen.get(appPasswordId, ip) !== undefined;
   }
 }

@@ -6,6 +6,7 @@
 import type { LoginRecord } from '../store.js';
 import type { PasswordHasher } from '../hasher.js';
 import type { CachedLogin, Clock, LoginContext, Scope, VerifyResult } from '../types.js';
+import { tryNormaliseUsername } from '../username.js';
 import { CredentialVerifier } from '../verifier.js';
 import type { AccountRepository } from './accounts.js';
 import type { AppPasswordRepository } from './app-passwords.js';
@@ -44,23 +45,34 @@ export class SqliteLogins {
     return this.verifier.recheck(login, protocol);
   }
 
-  /** Last use and the login-ok audit event, in one commit: both or neither. */
+  /**
+   * Last use and the login-ok audit event, and `new-address` when the app
+   * password had no login from this address in the trail yet: one commit,
+   * all or nothing. IMMEDIATE, so that the look at the trail and the writes
+   * see the same rows (two first logins from one address give one
+   * `new-address`).
+   */
   recordSuccess(record: LoginRecord): void {
     const { account, appPassword, context } = record;
-    this.db.transaction(() => {
-      if (appPassword) this.appPasswords.recordUse(appPassword.id, { ip: context.clientIp, protocol: context.protocol, client: context.client ?? null });
-      this.audit.record('login-ok', {
-        username: account?.username ?? record.username,
-        appPasswordId: appPassword?.id ?? null,
-        ip: context.clientIp,
-        protocol: context.protocol,
-        detail: appPassword ? 'app-password' : 'upstream-password',
-      });
-    })();
+    const username = account?.username ?? record.username;
+    this.db
+      .transaction(() => {
+        const newAddress = appPassword !== null && context.clientIp !== null && !this.audit.loginSeenFrom(appPassword.id, context.clientIp);
+        if (appPassword) this.appPasswords.recordUse(appPassword.id, { ip: context.clientIp, protocol: context.protocol, client: context.client ?? null });
+        const entry = { username, appPasswordId: appPassword?.id ?? null, ip: context.clientIp, protocol: context.protocol };
+        this.audit.record('login-ok', { ...entry, detail: appPassword ? 'app-password' : 'upstream-password' });
+        if (newAddress) this.audit.record('new-address', entry);
+      })
+      .immediate();
   }
 
+  /**
+   * The login-failed audit event, under the normalised name when there is
+   * one: a passthrough login is refused under the name as typed ("Alice"),
+   * and the account's activity list finds its rows by the account's name.
+   */
   recordFailure(username: string, reason: string, context: LoginContext): void {
-    this.audit.record('login-failed', { username, ip: context.clientIp, protocol: context.protocol, detail: reason });
+    this.audit.record('login-failed', { username: tryNormaliseUsername(username) ?? username, ip: context.clientIp, protocol: context.protocol, detail: reason });
   }
 
   /** Checks an app password, then records the outcome (for the CLI and tests). */

@@ -79,6 +79,43 @@ export const MIGRATIONS: readonly Migration[] = [
       ALTER TABLE penalties ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
     `,
   },
+  {
+    version: 4,
+    description: 'recovery codes, self-service page sessions, audit indexes for the activity list and new addresses',
+    // recovery_codes.code_hash: HMAC-SHA-256 under a subkey of the key file (recovery-code-format.ts).
+    // web_sessions: the SHA-256 of the session id, never the id. A session that
+    // ends keeps its row (ended_at set, its data, address and user agent
+    // cleared) until it would have expired anyway, so that a save still in
+    // flight cannot bring it back; account_id is NULL for those of a removed
+    // account, so a new account that gets the same id cannot inherit them.
+    sql: `
+      CREATE TABLE recovery_codes (
+        id          INTEGER PRIMARY KEY,
+        account_id  INTEGER NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+        code_hash   TEXT NOT NULL,
+        created_at  INTEGER NOT NULL,
+        used_at     INTEGER
+      );
+      CREATE UNIQUE INDEX recovery_codes_by_hash ON recovery_codes(account_id, code_hash);
+
+      CREATE TABLE web_sessions (
+        id_hash       TEXT PRIMARY KEY,
+        account_id    INTEGER REFERENCES accounts(id) ON DELETE CASCADE,
+        created_at    INTEGER NOT NULL,
+        last_seen_at  INTEGER NOT NULL,
+        password_at   INTEGER,
+        ip            TEXT,
+        user_agent    TEXT,
+        data          TEXT NOT NULL,
+        ended_at      INTEGER
+      );
+      CREATE INDEX web_sessions_by_account ON web_sessions(account_id);
+      CREATE INDEX web_sessions_by_created ON web_sessions(created_at);
+
+      CREATE INDEX audit_by_username ON audit(username, id);
+      CREATE INDEX audit_by_app_password_ip ON audit(app_password_id, ip);
+    `,
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

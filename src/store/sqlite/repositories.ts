@@ -14,10 +14,13 @@ import { AuditLog } from './audit.js';
 import { openDatabase, type Db } from './database.js';
 import { PasswordHasher } from '../hasher.js';
 import { PenaltyRepository } from './penalties.js';
-import { loadKey, loadOrCreateKey } from '../secret-box.js';
+import { deriveKey, loadKey, loadOrCreateKey } from '../secret-box.js';
+import { RECOVERY_CODE_KEY_LABEL } from '../recovery-code-format.js';
 import { TotpService } from './totp.js';
 import type { Clock } from '../types.js';
 import { SqliteLogins } from './logins.js';
+import { RecoveryCodeRepository } from './recovery-codes.js';
+import { WebSessionRepository } from './web-sessions.js';
 
 export interface StoreOptions {
   path: string;
@@ -49,6 +52,8 @@ export class SqliteRepositories {
   /** The login path: the credential check and the records a login leaves. */
   readonly verifier: SqliteLogins;
   readonly penalties: PenaltyRepository;
+  readonly recoveryCodes: RecoveryCodeRepository;
+  readonly webSessions: WebSessionRepository;
 
   private constructor(
     readonly db: Db,
@@ -65,8 +70,10 @@ export class SqliteRepositories {
         ...(options.hashQueue === undefined ? {} : { maxQueue: options.hashQueue }),
       });
     this.audit = new AuditLog(db, now);
-    this.accounts = new AccountRepository(db, this.audit, now, options.masterSeparator ?? DEFAULT_MASTER_SEPARATOR);
-    this.totp = new TotpService(db, this.accounts, this.audit, key, now, options.totpIssuer ?? 'mailgate');
+    this.webSessions = new WebSessionRepository(db, this.audit, now);
+    this.accounts = new AccountRepository(db, this.audit, this.webSessions, now, options.masterSeparator ?? DEFAULT_MASTER_SEPARATOR);
+    this.recoveryCodes = new RecoveryCodeRepository(db, this.accounts, this.audit, deriveKey(key, RECOVERY_CODE_KEY_LABEL), now);
+    this.totp = new TotpService(db, this.accounts, this.audit, this.recoveryCodes, this.webSessions, key, now, options.totpIssuer ?? 'mailgate');
     this.appPasswords = new AppPasswordRepository(db, this.accounts, this.audit, this.hasher, this.totp, now, options.maxAppPasswords);
     this.verifier = new SqliteLogins(db, this.accounts, this.appPasswords, this.audit, this.hasher, now);
     this.penalties = new PenaltyRepository(db, now);

@@ -25,9 +25,11 @@ import type {
   LoginRecord,
   LoginStore,
   PenaltyStore,
+  RecoveryCodeStore,
   Store,
   StoreChange,
   TotpStore,
+  WebSessionStore,
 } from '../store.js';
 import type { CachedLogin, LoginContext, PenaltyKind, PenaltyRules, Scope } from '../types.js';
 import { Checkpointer } from './checkpointer.js';
@@ -49,6 +51,8 @@ export class SqliteStore implements Store {
   readonly penalties: PenaltyStore;
   readonly audit: AuditStore;
   readonly logins: LoginStore;
+  readonly recoveryCodes: RecoveryCodeStore;
+  readonly webSessions: WebSessionStore;
   private readonly changes = new EventEmitter();
   private readonly checkpointer: Checkpointer | null;
 
@@ -70,8 +74,15 @@ export class SqliteStore implements Store {
     this.audit = {
       record: (event, entry) => this.write((r) => r.audit.record(event, entry)),
       list: (options) => this.read((r) => r.audit.list(options)),
+      activity: (username, limit) => this.read((r) => r.audit.activity(r.accounts.get(username), limit)),
     };
     this.logins = this.loginStore();
+    this.recoveryCodes = {
+      regenerate: (username) => this.write((r) => r.recoveryCodes.regenerate(username)),
+      consume: (username, code) => this.write((r) => r.recoveryCodes.consume(username, code)),
+      remaining: (username) => this.read((r) => r.recoveryCodes.remaining(username)),
+    };
+    this.webSessions = this.webSessionStore();
   }
 
   /**
@@ -117,10 +128,11 @@ export class SqliteStore implements Store {
     return this.read((r) => `${this.handle.generation}:${r.dataVersion()}`);
   }
 
-  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number }): Promise<{ penalties: number; audit: number }> {
+  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number; webSessionMaxMs?: number }): Promise<{ penalties: number; audit: number; webSessions: number }> {
     return this.write((r) => ({
       penalties: r.penalties.prune(options.penaltiesOlderThanMs),
       audit: options.auditMaxAgeMs > 0 ? r.audit.prune(options.auditMaxAgeMs) : 0,
+      webSessions: options.webSessionMaxMs === undefined ? 0 : r.webSessions.prune(options.webSessionMaxMs),
     }));
   }
 
@@ -136,7 +148,11 @@ export class SqliteStore implements Store {
       find: (username) => this.read((r) => r.accounts.find(username)),
       get: (username) => this.read((r) => r.accounts.get(username)),
       list: () => this.read((r) => r.accounts.list()),
-      remove: (username) => this.write((r) => r.accounts.remove(username), { kind: 'account' }),
+      remove: (username) =>
+        this.write((r) => {
+          const { account, webSessionsEnded } = r.accounts.remove(username);
+          this.announceWebSessionsEnded(webSessionsEnded, account.username);
+        }, { kind: 'account' }),
     };
   }
 
@@ -161,8 +177,18 @@ export class SqliteStore implements Store {
     return {
       status: (username) => this.read((r) => r.totp.status(username)),
       enroll: (username) => this.write((r) => r.totp.enroll(username)),
-      confirm: (username, code) => this.write((r) => r.totp.confirm(username, code), { kind: 'totp', username }),
-      disable: (username) => this.write((r) => r.totp.disable(username), { kind: 'totp', username }),
+      confirm: (username, code, options) =>
+        this.write((r) => {
+          const { account, recoveryCodes, webSessionsEnded } = r.totp.confirm(username, code, options);
+          this.announceWebSessionsEnded(webSessionsEnded, account.username);
+          return { account, recoveryCodes };
+        }, { kind: 'totp', username }),
+      disable: (username, options) =>
+        this.write((r) => {
+          const { account, webSessionsEnded } = r.totp.disable(username, options);
+          this.announceWebSessionsEnded(webSessionsEnded, account.username);
+          return account;
+        }, { kind: 'totp', username }),
       verify: (username, code) => this.write((r) => r.totp.verify(username, code)),
     };
   }
@@ -181,6 +207,23 @@ export class SqliteStore implements Store {
       activeBlocks: () => this.read((r) => r.penalties.activeBlocks()),
       all: () => this.read((r) => r.penalties.all()),
       clear: (key) => this.write((r) => r.penalties.clear(key), { kind: 'penalties-cleared' }),
+    };
+  }
+
+  private webSessionStore(): WebSessionStore {
+    return {
+      // A write: a session found past its timeout is ended on the way.
+      get: (idHash, limits) => this.write((r) => r.webSessions.get(idHash, limits)),
+      save: (record) => this.write((r) => r.webSessions.save(record)),
+      destroy: (idHash) => this.write((r) => r.webSessions.destroy(idHash)),
+      list: (username) => this.read((r) => r.webSessions.list(r.accounts.get(username))),
+      endAll: (username, options) =>
+        this.write((r) => {
+          const account = r.accounts.get(username);
+          const ended = r.webSessions.endAll(account, options?.except);
+          this.announceWebSessionsEnded(ended, account.username);
+          return ended;
+        }),
     };
   }
 
@@ -233,6 +276,11 @@ export class SqliteStore implements Store {
 
   private announce(change: StoreChange): void {
     this.changes.emit('change', change);
+  }
+
+  /** Page sessions the store ended (not one signing itself out): their pages must stop at once. */
+  private announceWebSessionsEnded(count: number, username: string): void {
+    if (count > 0) this.announce({ kind: 'web-sessions', username });
   }
 
   /**

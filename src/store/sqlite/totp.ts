@@ -5,14 +5,32 @@
  * and one step of clock drift either way. A code is accepted at most once: the
  * last accepted time step is stored and only later steps pass, and the update
  * is conditional so two processes cannot both accept the same code.
+ *
+ * Turning it on or off changes what the account's sessions were signed in
+ * with, so the same commit ends its page sessions (but the one making the
+ * change) and makes or deletes its recovery codes.
  */
 import { generateSecret, generateURI, verifySync } from 'otplib';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AccountRepository } from './accounts.js';
 import type { AuditLog } from './audit.js';
 import type { Db } from './database.js';
+import type { RecoveryCodeRepository } from './recovery-codes.js';
+import type { WebSessionRepository } from './web-sessions.js';
 import { open, seal } from '../secret-box.js';
 import type { Account, Clock, TotpState, Enrolment } from '../types.js';
+
+/** What turning two-step verification on or off did. */
+export interface TotpChange {
+  account: Account;
+  /** The page sessions it ended (the facade announces them). */
+  webSessionsEnded: number;
+}
+
+export interface TotpOptions {
+  /** The hash of the page session making the change: it stays signed in. */
+  keepWebSession?: string;
+}
 
 const PERIOD_SECONDS = 30;
 /** ±1 step: epochTolerance is in seconds. */
@@ -23,6 +41,8 @@ export class TotpService {
     private readonly db: Db,
     private readonly accounts: AccountRepository,
     private readonly audit: AuditLog,
+    private readonly recoveryCodes: RecoveryCodeRepository,
+    private readonly webSessions: WebSessionRepository,
     private readonly key: Buffer,
     private readonly now: Clock,
     private readonly issuer: string,
@@ -51,8 +71,12 @@ export class TotpService {
       .immediate();
   }
 
-  /** Turns two-step verification on, if `code` is valid for the pending secret. */
-  confirm(username: string, code: string): Account {
+  /**
+   * Turns two-step verification on, if `code` is valid for the pending
+   * secret (and spends it); makes the recovery codes, returned to be shown
+   * once; ends the other page sessions. All or nothing.
+   */
+  confirm(username: string, code: string, options: TotpOptions = {}): TotpChange & { recoveryCodes: string[] } {
     return this.db
       .transaction(() => {
         const account = this.accounts.get(username);
@@ -70,12 +94,15 @@ export class TotpService {
           .prepare("UPDATE accounts SET totp_state = 'enabled', totp_changed_at = ? WHERE id = ?")
           .run(this.now(), account.id);
         this.audit.record('totp-enabled', { username: account.username });
-        return this.accounts.get(account.username);
+        const recoveryCodes = this.recoveryCodes.replaceIn(account);
+        const webSessionsEnded = this.webSessions.endAllIn(account, options.keepWebSession);
+        return { account: this.accounts.get(account.username), recoveryCodes, webSessionsEnded };
       })
       .immediate();
   }
 
-  disable(username: string): Account {
+  /** Turns it off: forgets the secret, deletes the recovery codes, ends the other page sessions. All or nothing. */
+  disable(username: string, options: TotpOptions = {}): TotpChange {
     return this.db
       .transaction(() => {
         const account = this.accounts.get(username);
@@ -85,8 +112,10 @@ export class TotpService {
         this.db
           .prepare("UPDATE accounts SET totp_state = 'none', totp_secret = NULL, totp_last_step = NULL, totp_changed_at = ? WHERE id = ?")
           .run(this.now(), account.id);
+        this.recoveryCodes.deleteIn(account);
         this.audit.record('totp-disabled', { username: account.username });
-        return this.accounts.get(account.username);
+        const webSessionsEnded = this.webSessions.endAllIn(account, options.keepWebSession);
+        return { account: this.accounts.get(account.username), webSessionsEnded };
       })
       .immediate();
   }
