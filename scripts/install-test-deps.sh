@@ -2,8 +2,10 @@
 # Installs the real peers the test suite talks to, when they are missing:
 # Dovecot (IMAP + POP3) as the upstream, and the real clients (curl, openssl,
 # python3 for imaplib/poplib, fetchmail, the sqlite3 shell as an outside
-# reader of the store), and fail2ban, whose fail2ban-regex checks the shipped
-# filter. Debian/Ubuntu only; safe to re-run.
+# reader of the store), fail2ban, whose fail2ban-regex checks the shipped
+# filter, and Debian's chromium, the real browser of the self-service page's
+# tests (playwright-core drives it; nothing is downloaded). Debian/Ubuntu
+# only; safe to re-run.
 set -euo pipefail
 
 need=()
@@ -16,6 +18,7 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
+[ -x "${MAILGATE_CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 

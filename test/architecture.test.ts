@@ -19,6 +19,8 @@ const RANK: Record<string, number> = {
   upstream: 3,
   auth: 4,
   session: 5,
+  // The self-service page: a front door beside the mail sessions, on the same services.
+  web: 5,
   server: 6,
   cli: 7,
 };

@@ -16,7 +16,7 @@
 import { clipName, type Logger } from '../log/logger.js';
 import type { RepeatedLines } from '../log/repeated-lines.js';
 import type { Store } from '../store/store.js';
-import type { Account, AppPasswordInfo, Scope } from '../store/types.js';
+import type { Account, AppPasswordInfo, Channel } from '../store/types.js';
 import type { ClientOrigin, UpstreamLoginResult } from '../upstream/credentials.js';
 import type { UpstreamLogin } from '../upstream/upstreams.js';
 import { errorMessage } from '../errors.js';
@@ -25,8 +25,7 @@ import { clientKey } from './client-key.js';
 import type { AuthAttempt, AuthDecision, AuthPolicy, RefusalReason, TemporaryReason } from './policy.js';
 import type { RefusalTiming } from './refusal-timing.js';
 
-/** The front doors that log users in. */
-export type Channel = Scope;
+export type { Channel };
 
 export interface LoginRequest {
   channel: Channel;
@@ -50,6 +49,13 @@ export interface LoginRequest {
 }
 
 export type LoggedIn = Extract<UpstreamLoginResult, { ok: true }>;
+
+/** The page's password step, proved by the upstream (internal to the service). */
+interface PasswordOk {
+  kind: 'password-ok';
+  account: Account | null;
+  user: string;
+}
 
 export type LoginOutcome =
   /** In: the upstream session to relay to, and who logged in how. */
@@ -75,6 +81,22 @@ export type LoginOutcome =
   | { kind: 'in-use'; code: 'IN-USE' | 'LOGIN-DELAY' }
   /** The client left before the verdict: nobody to answer. */
   | { kind: 'abandoned' };
+
+/** How the self-service page's password step ended. */
+export type SignInOutcome =
+  /** Signed in (no two-step verification, or a code was not asked for: a re-authentication). */
+  | { kind: 'signed-in'; account: Account }
+  /** The password was right; two-step verification is on: a code (or recovery code) comes next. */
+  | { kind: 'code-needed'; account: Account }
+  | Extract<LoginOutcome, { kind: 'refused' | 'temporary' | 'abandoned' }>;
+
+/** A second-factor code for the page: the current TOTP code, or one recovery code. */
+export interface CodeRequest extends Omit<LoginRequest, 'channel' | 'password' | 'method' | 'authzid'> {
+  kind: 'totp' | 'recovery-code';
+  code: string;
+}
+
+export type CodeOutcome = { kind: 'accepted' } | Extract<LoginOutcome, { kind: 'refused' | 'temporary' }>;
 
 /** Where login results are counted (the metrics); a plain interface so the service needs no metrics library. */
 export interface LoginEvents {
@@ -112,30 +134,22 @@ export class LoginService {
   }
 
   async login(request: LoginRequest): Promise<LoginOutcome> {
-    const outcome = await this.decide(request);
+    if (request.channel === 'web') throw new Error('the page signs in through signIn()');
+    const outcome = (await this.decide(request)) as LoginOutcome;
     // The answer waits, after the client's slot was given back: cheap for a
     // person, expensive for a guesser.
     if ('delayMs' in outcome) await this.sleep(outcome.delayMs);
     return outcome;
   }
 
-  /** Everything but the waiting: the outcome, counted and recorded, with the delay still to serve. */
-  private async decide(request: LoginRequest): Promise<LoginOutcome> {
+  /**
+   * Everything but the waiting: the outcome, counted and recorded, with the
+   * delay still to serve. On the page's channel a right password ends in
+   * 'password-ok' (the upstream session is logged out at once).
+   */
+  private async decide(request: LoginRequest): Promise<LoginOutcome | PasswordOk> {
     const { store, guard, policy } = this.deps;
-    const attempt: Attempt = {
-      request,
-      auth: {
-        username: request.username,
-        authzid: request.authzid ?? '',
-        password: request.password,
-        protocol: request.channel,
-        clientIp: request.client.address,
-        client: request.clientId.name ? `${request.clientId.name}${request.clientId.version ? `/${request.clientId.version}` : ''}` : null,
-      },
-      account: policy.penaltyAccount(request.username),
-      clientKey: clientKey(request.client.address),
-      startedAt: Date.now(),
-    };
+    const attempt = this.attempt(request);
     try {
       // While the store cannot be written, no password is checked: a guesser's
       // failures could not be counted, nor a success recorded.
@@ -158,7 +172,9 @@ export class LoginService {
       const decision = await policy.decide(admission.appPasswordsOnly ? { ...attempt.auth, appPasswordsOnly: true } : attempt.auth);
       if (decision.outcome === 'refuse') return await this.refuse(attempt, decision);
       if (decision.outcome === 'temporary') return await this.temporary(attempt, decision);
-      const upstream = request.signal.aborted ? null : await this.deps.upstream.login(request.channel, decision.upstream, this.origin(request), request.signal);
+      // The page checks the account password against the IMAP server.
+      const protocol = request.channel === 'web' ? 'imap' : request.channel;
+      const upstream = request.signal.aborted ? null : await this.deps.upstream.login(protocol, decision.upstream, this.origin(request), request.signal);
       if (!upstream || request.signal.aborted) {
         // The client hung up meanwhile: nobody to relay for, nothing to record.
         if (upstream?.ok) upstream.socket.destroy();
@@ -170,9 +186,96 @@ export class LoginService {
     }
   }
 
-  private async afterUpstream(attempt: Attempt, decision: Extract<AuthDecision, { outcome: 'accept' }>, upstream: UpstreamLoginResult): Promise<LoginOutcome> {
+  /**
+   * The self-service page's password step (channel 'web'): the same
+   * admission, penalties, refusal timing and failure lines as a mail login;
+   * the password is checked by logging in to the IMAP upstream with the
+   * user's own credentials, then logging out. A name the mail server knows
+   * but mailgate does not is added as an account when self-enrolment is on.
+   */
+  async signIn(request: Omit<LoginRequest, 'channel'>): Promise<SignInOutcome> {
+    const outcome = await this.decide({ ...request, channel: 'web' });
+    if ('delayMs' in outcome) await this.sleep(outcome.delayMs);
+    if (outcome.kind === 'refused' || outcome.kind === 'temporary' || outcome.kind === 'abandoned') return outcome;
+    if (outcome.kind !== 'password-ok') throw new Error(`the page sign-in ended in "${outcome.kind}"`);
+    // A name the mail server knows but mailgate does not (self-enrolment): it becomes an account now.
+    const account = outcome.account ?? (await this.enrol(request, outcome.user));
+    if (account.totpState === 'enabled') return { kind: 'code-needed', account };
+    await this.signedIn(request, account, 'password');
+    return { kind: 'signed-in', account };
+  }
+
+  /**
+   * The page's second step: a TOTP code (each accepted once, ±1 step) or a
+   * recovery code (each good once). Guessed like passwords, so counted like
+   * them: refused while the client or the account is blocked, and a wrong
+   * one is a failed login of that client and that account.
+   */
+  async verifyCode(request: CodeRequest): Promise<CodeOutcome> {
+    const outcome = await this.decideCode(request);
+    if ('delayMs' in outcome) await this.sleep(outcome.delayMs);
+    return outcome;
+  }
+
+  private async decideCode(request: CodeRequest): Promise<CodeOutcome> {
+    const { store, guard } = this.deps;
+    const attempt = this.attempt({ ...request, channel: 'web', password: Buffer.from(request.code, 'utf8'), method: request.kind });
+    try {
+      await store.writable();
+    } catch (err) {
+      return this.unavailable(attempt, err) as Promise<CodeOutcome>;
+    }
+    let admission: Admission;
+    try {
+      admission = await guard.admit(attempt.clientKey, attempt.account, attempt.request.password);
+    } catch (err) {
+      return this.unavailable(attempt, err) as Promise<CodeOutcome>;
+    }
+    // A blocked account's owner may only use an app password, and the page takes none.
+    if (!admission.ok || admission.appPasswordsOnly) {
+      if (admission.ok) admission.release();
+      return this.blocked(attempt, admission.ok ? 'account' : admission.blockedBy) as Promise<CodeOutcome>;
+    }
+    try {
+      const accepted = request.kind === 'totp' ? await store.totp.verify(request.username, request.code) : await store.recoveryCodes.consume(request.username, request.code);
+      if (!accepted) return (await this.refuse(attempt, { outcome: 'refuse', reason: 'wrong-code', username: attempt.account })) as CodeOutcome;
+    } catch (err) {
+      return this.unavailable(attempt, err) as Promise<CodeOutcome>;
+    } finally {
+      admission.release();
+    }
+    const account = await store.accounts.get(request.username);
+    await this.signedIn(request, account, request.kind);
+    return { kind: 'accepted' };
+  }
+
+  /** Adds the account of a self-enrolling user (or finds it, if another sign-in just added it). */
+  private async enrol(request: Omit<LoginRequest, 'channel'>, user: string): Promise<Account> {
+    try {
+      const account = await this.deps.store.accounts.add(user);
+      this.deps.log.info({ clientIp: request.client.address, session: request.sessionId, user: account.username }, 'account added at its first page sign-in');
+      return account;
+    } catch (err) {
+      const existing = await this.deps.store.accounts.find(user);
+      if (existing) return existing;
+      throw err;
+    }
+  }
+
+  /** A completed page sign-in: the audit row the user sees under "Recent security activity". */
+  private async signedIn(request: Pick<LoginRequest, 'client' | 'sessionId' | 'clientId'>, account: Account, how: string): Promise<void> {
+    this.deps.events.login('web', 'ok');
+    await this.deps.store.audit.record('web-sign-in', { username: account.username, ip: request.client.address, protocol: 'web', detail: how });
+    this.deps.log.info({ clientIp: request.client.address, session: request.sessionId, user: account.username, how }, 'page sign-in');
+  }
+
+  private async afterUpstream(attempt: Attempt, decision: Extract<AuthDecision, { outcome: 'accept' }>, upstream: UpstreamLoginResult): Promise<LoginOutcome | PasswordOk> {
     const { request } = attempt;
     const user = decision.upstream.user;
+    if (upstream.ok && request.channel === 'web') {
+      this.deps.upstream.logout(upstream);
+      return { kind: 'password-ok', account: decision.account, user };
+    }
     if (upstream.ok) return this.loggedIn(attempt, decision, upstream);
     if (upstream.kind === 'rejected' && (upstream.code === 'IN-USE' || upstream.code === 'LOGIN-DELAY')) {
       // The credentials were right; the mailbox is busy. Not a failure to punish.
@@ -291,6 +394,23 @@ export class LoginService {
 
   private unavailable(attempt: Attempt, err: unknown): Promise<LoginOutcome> {
     return this.temporary(attempt, { outcome: 'temporary', reason: 'store-unavailable', username: attempt.request.username, detail: errorMessage(err) });
+  }
+
+  private attempt(request: LoginRequest): Attempt {
+    return {
+      request,
+      auth: {
+        username: request.username,
+        authzid: request.authzid ?? '',
+        password: request.password,
+        protocol: request.channel,
+        clientIp: request.client.address,
+        client: request.clientId.name ? `${request.clientId.name}${request.clientId.version ? `/${request.clientId.version}` : ''}` : null,
+      },
+      account: this.deps.policy.penaltyAccount(request.username),
+      clientKey: clientKey(request.client.address),
+      startedAt: Date.now(),
+    };
   }
 
   /** The fields of a failure line: stable names, fail2ban's filter keys on them. */

@@ -18,7 +18,7 @@ import { ErrorCodes, errorMessage, isMailgateError } from '../errors.js';
 import { canonicalAppPassword } from '../store/app-password-format.js';
 import type { PasswordHasher } from '../store/hasher.js';
 import type { Store } from '../store/store.js';
-import type { Account, AppPasswordInfo, Scope, VerifyResult } from '../store/types.js';
+import type { Account, AppPasswordInfo, Channel, Scope, VerifyResult } from '../store/types.js';
 import { tryNormaliseUsername } from '../store/username.js';
 import type { UpstreamCredentials } from '../upstream/credentials.js';
 import type { LoginCache } from './login-cache.js';
@@ -38,7 +38,8 @@ export interface AuthAttempt {
   /** SASL PLAIN's authzid as sent; '' or absent when the client named none. */
   authzid?: string;
   password: Buffer;
-  protocol: Scope;
+  /** A mail protocol, or 'web': the self-service page's sign-in (the account password, checked upstream). */
+  protocol: Channel;
   clientIp: string;
   /** "name/version" from the client's ID, if any. */
   client: string | null;
@@ -62,7 +63,9 @@ export type RefusalReason =
   | 'two-factor-required'
   | 'main-password-disabled'
   | 'upstream-rejected'
-  | 'unknown-upstream-account';
+  | 'unknown-upstream-account'
+  /** The page's second step: a wrong, old or used TOTP or recovery code. */
+  | 'wrong-code';
 
 export type TemporaryReason = 'store-unavailable' | 'hash-busy' | 'master-password-missing' | 'upstream-unavailable' | 'blocked';
 
@@ -102,7 +105,7 @@ export class AuthPolicy {
   constructor(
     private readonly store: Store,
     private readonly hasher: PasswordHasher,
-    private readonly config: Pick<Config, 'policy' | 'upstream'>,
+    private readonly config: Pick<Config, 'policy' | 'upstream' | 'web'>,
     private readonly masterPassword: Buffer | null,
     private readonly options: PolicyOptions = {},
   ) {}
@@ -164,12 +167,14 @@ export class AuthPolicy {
     if (repeat) return repeat;
     const name = tryNormaliseUsername(attempt.username);
     const refusal = this.refuseByShape(attempt, name);
+    if (attempt.protocol === 'web') return this.decideWeb(attempt, name, refusal);
+    const protocol = attempt.protocol;
     const canonical = canonicalAppPassword(attempt.password.toString('utf8'));
     const cacheKey = name !== null && canonical !== null && this.options.cache ? this.options.cache.keyFor(name, canonical) : null;
     // The owner of a recently verified app password needs no hashing (never
     // for an attempt refused by its shape: the right password with someone
     // else's authzid is still refused).
-    const verified = cacheKey && !refusal ? await this.verifiedFromCache(cacheKey, attempt.protocol) : 'miss';
+    const verified = cacheKey && !refusal ? await this.verifiedFromCache(cacheKey, protocol) : 'miss';
     if (typeof verified === 'object') return this.master(verified.account, verified.appPassword);
     // Decided before anything about the account is read: while the hasher is
     // full, every attempt gets the same temporary answer, whichever kind of
@@ -179,7 +184,30 @@ export class AuthPolicy {
       await this.hasher.verifyDummy(attempt.password.toString('utf8'));
       return refusal;
     }
-    return this.decideForAccount(attempt, name!, canonical, cacheKey, verified === 'stale');
+    return this.decideForAccount(attempt, protocol, name!, canonical, cacheKey, verified === 'stale');
+  }
+
+  /**
+   * The self-service page's sign-in. Only the account password signs in, and
+   * only the upstream checks it (the user's own credentials, as a mail
+   * program would send them; an app password is unknown there, so it never
+   * signs in). A name mailgate does not know may sign in when
+   * `web.self_enroll` is on (the account is then added); otherwise it is
+   * refused here, after the same dummy hash as any local refusal.
+   */
+  private async decideWeb(attempt: AuthAttempt, name: string | null, refusal: Refusal | null): Promise<AuthDecision> {
+    if (!this.hasher.hasCapacity()) return { outcome: 'temporary', reason: 'hash-busy', username: attempt.username };
+    if (!refusal && attempt.appPasswordsOnly) {
+      // The account is blocked, and the page never takes an app password: nothing to check.
+      return { outcome: 'temporary', reason: 'blocked', username: name ?? attempt.username };
+    }
+    const account = refusal ? null : await this.store.accounts.find(name!);
+    const refused = refusal ?? (!account && !this.config.web.self_enroll ? ({ outcome: 'refuse', reason: 'unknown-account', username: name! } as const) : null);
+    if (refused) {
+      await this.hasher.verifyDummy(attempt.password.toString('utf8'));
+      return refused;
+    }
+    return this.passthrough(attempt, account);
   }
 
   /**
@@ -198,7 +226,7 @@ export class AuthPolicy {
     return null;
   }
 
-  private async decideForAccount(attempt: AuthAttempt, name: string, canonical: string | null, cacheKey: string | null, stale: boolean): Promise<AuthDecision> {
+  private async decideForAccount(attempt: AuthAttempt, protocol: Scope, name: string, canonical: string | null, cacheKey: string | null, stale: boolean): Promise<AuthDecision> {
     const account = await this.store.accounts.find(name);
     if (canonical === null && attempt.appPasswordsOnly) {
       // AbuseGuard turns these away before they get here; never check one anyway.
@@ -216,7 +244,7 @@ export class AuthPolicy {
     }
 
     if (canonical !== null) {
-      const result = await this.checkAppPassword(account, name, canonical, attempt.protocol, cacheKey, stale);
+      const result = await this.checkAppPassword(account, name, canonical, protocol, cacheKey, stale);
       if (result.ok) return this.master(result.account, result.appPassword);
       // The password matched an app password that may not be used: say why in the log.
       if (result.reason !== 'wrong-password' || account.totpState === 'enabled' || attempt.appPasswordsOnly) {

@@ -52,6 +52,14 @@ export const LIMIT_DEFAULTS = {
    * thousand users, and for a storm's repeated guesses; distinct guesses (which do not repeat) are evicted first. */
   failed_login_cache_max_entries: 10_000,
 
+  /** [web] The self-service page, on by default so `npm start` shows it; loopback, like the mail listeners' defaults. */
+  web_listen: '127.0.0.1:8443',
+  /** [web] A page session unused this long ends: an unattended browser on a shared computer stops being a way in. */
+  web_session_idle_minutes: 15,
+  /** [web] However active, a page session ends after a working day: the password is asked again. */
+  web_session_max_hours: 8,
+  /** [web] Creating, revoking, turning 2-step verification off need a password confirmed this recently. */
+  web_reauth_minutes: 10,
   /** Sessions at once, all listeners. Each idle TLS session costs tens of KiB; 10,000 fits a small VM. */
   max_connections: 10_000,
   /** Unauthenticated connections per client IP (IPv6 /64). A household behind NAT with a few
@@ -137,6 +145,9 @@ export const FIXED_LIMITS = {
    * Thunderbird retries a stale password three ways (AUTHENTICATE PLAIN, AUTHENTICATE LOGIN, LOGIN), and each
    * of those is worth its own line; a storm's hundredth repeat is not. */
   repeated_failure_log_burst: 3,
+  /** After LOGOUT/QUIT to the upstream (the start-up probe, the page's password check), how long its answer may
+   * take before the socket is closed anyway: a second is plenty on a LAN, and nothing waits on it. */
+  upstream_logout_grace_ms: 1000,
   /** How often expired failure counters and old audit events are removed: every 10 minutes keeps the tables
    * small under a steady trickle of guesses, at the cost of one indexed DELETE each. */
   housekeeping_interval_seconds: 600,

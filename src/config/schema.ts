@@ -6,6 +6,7 @@
  * falling back to a default, which is the usual way a security setting gets lost.
  */
 import net from 'node:net';
+import { hostname as osHostname } from 'node:os';
 import { z } from 'zod';
 import { LIMIT_DEFAULTS as L, LIMIT_MAXIMA as MAX } from './limits.js';
 
@@ -87,6 +88,21 @@ const metricsSchema = z
   })
   .prefault({});
 
+const hostPort = z.string().regex(/^(\[[0-9a-fA-F:]+\]|[^:\s]+):\d{1,5}$/, 'expected host:port, like 127.0.0.1:8443');
+
+const webSchema = z
+  .strictObject({
+    listen: hostPort.or(z.literal('')).default(L.web_listen),
+    tls: z.boolean().default(true),
+    public_url: z.url({ protocol: /^https?$/ }).or(z.literal('')).default(''),
+    trusted_proxies: z.array(cidr).default([]),
+    session_idle_minutes: positiveInt.max(24 * 60).default(L.web_session_idle_minutes),
+    session_max_hours: positiveInt.max(24 * 30).default(L.web_session_max_hours),
+    reauth_minutes: positiveInt.max(24 * 60).default(L.web_reauth_minutes),
+    self_enroll: z.boolean().default(true),
+  })
+  .prefault({});
+
 const proxySchema = z
   .strictObject({
     trusted: z.array(cidr).default([]),
@@ -120,7 +136,8 @@ const policySchema = z
   .strictObject({
     unknown_users: z.enum(['reject', 'passthrough']).default('reject'),
     main_password_without_2fa: z.enum(['passthrough', 'reject']).default('passthrough'),
-    help_url: z.string().default('https://example.com/app-passwords'),
+    /** Empty: the self-service page's address when the page is on (see webPageUrl), else no link. */
+    help_url: z.string().default(''),
     expected_upstream_refusal_ms: nonNegativeInt.max(10_000).default(2000),
   })
   .prefault({});
@@ -185,6 +202,7 @@ export const configSchema = z
     limits: limitsSchema,
     proxy: proxySchema,
     metrics: metricsSchema,
+    web: webSchema,
   })
   .superRefine((config, ctx) => {
     if (config.limits.failure_delay_max_ms < config.limits.failure_delay_base_ms) {
@@ -201,6 +219,26 @@ export const configSchema = z
   });
 
 export type Config = z.infer<typeof configSchema>;
+
+/**
+ * Where users reach the self-service page: `web.public_url`, or derived from
+ * `web.listen` (a wildcard host becomes this machine's name); null when the
+ * page is off. The failed-login hint links here when `policy.help_url` is unset.
+ */
+export function webPageUrl(config: Pick<Config, 'web'>, hostname: () => string = osHostname): string | null {
+  const { listen, tls, public_url: publicUrl } = config.web;
+  if (!listen) return null;
+  if (publicUrl) return publicUrl.endsWith('/') ? publicUrl : `${publicUrl}/`;
+  const at = listen.lastIndexOf(':');
+  let host = listen.slice(0, at);
+  if (host === '0.0.0.0' || host === '[::]' || host === '::') host = hostname();
+  return `${tls ? 'https' : 'http'}://${host}:${listen.slice(at + 1)}/`;
+}
+
+/** The link in failed-login messages: `policy.help_url`, or the self-service page, or none. */
+export function helpUrl(config: Pick<Config, 'web' | 'policy'>): string {
+  return config.policy.help_url || webPageUrl(config) || '';
+}
 export type ListenConfig = Config['listen'][number];
 export type UpstreamConfig = Config['upstream']['imap'];
 export type Protocol = ListenConfig['protocol'];

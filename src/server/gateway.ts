@@ -27,11 +27,12 @@ import { RevocationWatcher } from '../session/revocation-watcher.js';
 import type { Session, SessionContext } from '../session/session.js';
 import { loadServerTls, type ServerTls } from '../session/tls.js';
 import type { PasswordHasher } from '../store/hasher.js';
-import { createHasher, openStore } from '../store/open.js';
+import { createHasher, openStore, readStoreKey } from '../store/open.js';
 import type { Store } from '../store/store.js';
 import type { Clock } from '../store/types.js';
 import { upstreamTarget } from '../upstream/connect.js';
 import { Upstreams, type UpstreamProtocol } from '../upstream/upstreams.js';
+import { mailServers, WebServer, type PageTls } from '../web/server.js';
 import { Housekeeping } from './housekeeping.js';
 import { Metrics } from './metrics.js';
 
@@ -59,6 +60,8 @@ export interface GatewayServices extends SessionContext {
   metrics: Metrics;
   upstreams: Upstreams;
   repeatedLines: RepeatedLines;
+  /** The clock of the store, the caches and the page (tests pass one they move). */
+  now: Clock;
 }
 
 /** What Gateway.start checks before the store is opened. */
@@ -75,6 +78,8 @@ export class Gateway {
   readonly revocations: RevocationWatcher;
   readonly housekeeping: Housekeeping;
   metricsAddress: { host: string; port: number } | null = null;
+  /** The self-service page, when `web.listen` is set. */
+  web: WebServer | null = null;
   private readonly trustedProxies: net.BlockList;
 
   private constructor(readonly services: GatewayServices) {
@@ -148,7 +153,8 @@ export class Gateway {
     const refusalTiming = new RefusalTiming(
       // Only a configuration that lets passwords through to the upstream has two kinds of refusal to even out.
       config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough' ? config.policy.expected_upstream_refusal_ms : 0,
-      [...new Set(config.listen.map((l) => l.protocol))],
+      // The page's sign-in checks passwords upstream too: its refusals are evened out like IMAP's.
+      [...new Set<string>(config.listen.map((l) => l.protocol)), ...(config.web.listen ? ['web'] : [])],
     );
     const logins = new LoginService({
       store,
@@ -173,6 +179,7 @@ export class Gateway {
       registry,
       serverTls: checks.serverTls,
       upstreams: checks.upstreams,
+      now: options.now ?? Date.now,
       admission: (session) => admit(config, registry, metrics, session),
     };
   }
@@ -185,6 +192,13 @@ export class Gateway {
     for (const [index, listener] of config.listen.entries()) await this.listen(listener, index);
     this.revocations.start();
     this.housekeeping.start();
+    if (config.web.listen) {
+      this.web = await WebServer.start(
+        { config, log, store: this.services.store, logins: this.services.logins, mailServers: mailServers(config, this.listeners), now: this.services.now },
+        // The page's cookies are signed with a key derived from the store key, so every node sharing the store accepts them.
+        { storeKey: readStoreKey(config), tls: pageTls(this.services.serverTls) },
+      );
+    }
     if (config.metrics.listen) {
       const address = config.metrics.listen;
       this.metricsAddress = await metrics.listen(address, log).catch((err: unknown) => {
@@ -290,6 +304,8 @@ export class Gateway {
     // connection has ended: waiting for it would hold the grace period (and
     // the shutdown) hostage to any client that stays connected.
     for (const server of this.servers) server.close();
+    // The page's requests are short: closing waits for those in flight, then no more are taken.
+    const web = this.web?.close();
     log.info({ sessions: registry.size, graceMs }, 'stopped accepting connections');
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => (timer = setTimeout(resolve, graceMs)))]);
@@ -299,6 +315,7 @@ export class Gateway {
       for (const session of registry.all()) session.terminate('shutdown');
       await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => setTimeout(resolve, 3000).unref())]);
     }
+    await web;
     this.services.repeatedLines.flush();
     await this.services.metrics.close();
     // Closing the store runs its last checkpoint: every write is on disk.
@@ -366,6 +383,11 @@ function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | nu
   }
   const fromEnv = env.MAILGATE_MASTER_PASSWORD;
   return fromEnv ? Buffer.from(fromEnv, 'utf8') : null;
+}
+
+/** The mail listeners' certificate, for the page's HTTPS server. */
+function pageTls(tls: ServerTls): PageTls {
+  return { cert: tls.cert, key: tls.key, minVersion: tls.minVersion === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2' };
 }
 
 /** Connection limits, checked once a session can be answered. */

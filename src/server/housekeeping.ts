@@ -37,7 +37,12 @@ export class Housekeeping {
     // A counter is useless once its window has passed and its block ended.
     const penaltyAge = Math.max(limits.ip_failure_window_seconds, limits.account_failure_window_seconds, limits.block_seconds) * 1000;
     try {
-      const removed = await this.store.prune({ penaltiesOlderThanMs: penaltyAge, auditMaxAgeMs: store.audit_retention_days * DAY_MS });
+      const removed = await this.store.prune({
+        penaltiesOlderThanMs: penaltyAge,
+        auditMaxAgeMs: store.audit_retention_days * DAY_MS,
+        // A page session is over after session_max_hours whatever happened: its row can go.
+        webSessionMaxMs: this.config.web.session_max_hours * 3_600_000,
+      });
       if (removed.penalties + removed.audit + removed.webSessions > 0) this.log.debug(removed, 'housekeeping removed old rows');
       return removed;
     } catch (err) {

@@ -19,7 +19,7 @@ import {
   TOO_MANY_ERRORS,
   twoFactorEnabledFarewell,
 } from '../auth/messages.js';
-import type { ListenConfig } from '../config/schema.js';
+import { helpUrl, type ListenConfig } from '../config/schema.js';
 import { preloginCapabilities } from '../protocols/imap/capabilities.js';
 import { continuation, tagged, untagged, untaggedData } from '../protocols/imap/compiler.js';
 import { clientIdSummary, parseIdArgs } from '../protocols/imap/id.js';
@@ -74,14 +74,14 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser, Command> {
   }
 
   protected farewell(reason: FarewellReason): string {
-    const helpUrl = this.context.config.policy.help_url;
+    const help = helpUrl(this.context.config);
     switch (reason) {
       case 'revoked':
         return untagged('BYE', APP_PASSWORD_REVOKED, 'UNAVAILABLE');
       case 'two-factor-enabled':
-        return untagged('BYE', twoFactorEnabledFarewell(helpUrl), 'UNAVAILABLE');
+        return untagged('BYE', twoFactorEnabledFarewell(help), 'UNAVAILABLE');
       case 'app-password-required':
-        return untagged('BYE', appPasswordRequiredFarewell(helpUrl), 'UNAVAILABLE');
+        return untagged('BYE', appPasswordRequiredFarewell(help), 'UNAVAILABLE');
       case 'blocked':
         return untagged('BYE', ACCOUNT_BLOCKED, 'UNAVAILABLE');
       case 'shutdown':
@@ -219,7 +219,7 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser, Command> {
     switch (outcome.kind) {
       case 'refused':
         // The ALERT line is what Thunderbird shows the user; the tagged text it does not.
-        this.write(untagged('NO', loginFailedAlert(this.context.config.policy.help_url), 'ALERT'));
+        this.write(untagged('NO', loginFailedAlert(helpUrl(this.context.config)), 'ALERT'));
         return this.write(tagged(tag, 'NO', 'Authentication failed.', 'AUTHENTICATIONFAILED'));
       case 'temporary':
         return this.write(tagged(tag, 'NO', TEMPORARY_FAILURE, 'UNAVAILABLE'));

@@ -18,7 +18,7 @@ import {
   TOO_MANY_ERRORS,
   twoFactorEnabledFarewell,
 } from '../auth/messages.js';
-import type { ListenConfig } from '../config/schema.js';
+import { helpUrl, type ListenConfig } from '../config/schema.js';
 import { err, multiline, ok } from '../protocols/pop3/compiler.js';
 import { Pop3Parser, pop3ParserLimits, type Pop3ParseEvent } from '../protocols/pop3/parser.js';
 import { SUPPORTED_SASL_MECHANISMS, type SaslErrorReason } from '../protocols/sasl.js';
@@ -72,14 +72,14 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser, Command> {
     // In the middle of a relayed multi-line answer any text would corrupt it,
     // so a relayed POP3 session is simply closed.
     if (this.state === 'relaying') return '';
-    const helpUrl = this.context.config.policy.help_url;
+    const help = helpUrl(this.context.config);
     switch (reason) {
       case 'revoked':
         return err(APP_PASSWORD_REVOKED, 'AUTH');
       case 'two-factor-enabled':
-        return err(twoFactorEnabledFarewell(helpUrl), 'AUTH');
+        return err(twoFactorEnabledFarewell(help), 'AUTH');
       case 'app-password-required':
-        return err(appPasswordRequiredFarewell(helpUrl), 'AUTH');
+        return err(appPasswordRequiredFarewell(help), 'AUTH');
       case 'blocked':
         return err(ACCOUNT_BLOCKED, 'AUTH');
       case 'shutdown':
@@ -188,7 +188,7 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser, Command> {
   protected answerLogin(outcome: Exclude<LoginOutcome, { kind: 'logged-in' | 'abandoned' }>): void {
     switch (outcome.kind) {
       case 'refused':
-        return this.write(err(loginFailedAlert(this.context.config.policy.help_url), 'AUTH'));
+        return this.write(err(loginFailedAlert(helpUrl(this.context.config)), 'AUTH'));
       case 'temporary':
         return this.write(err(TEMPORARY_FAILURE, 'SYS/TEMP'));
       case 'in-use':

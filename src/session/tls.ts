@@ -20,6 +20,9 @@ export interface ServerTls {
   context: tls.SecureContext;
   minVersion: tls.SecureVersion;
   certFile: string;
+  /** The PEM pair itself, for servers that take it rather than a context (the self-service page's HTTPS). */
+  cert: Buffer;
+  key: Buffer;
 }
 
 /** ALPN ids a mail client may announce (RFC 7301 registry); anything else is refused (ALPACA). */
@@ -51,7 +54,7 @@ export async function loadServerTls(config: Config, log: Logger): Promise<Server
   assertKeyMatchesCert(cert, key, certFile, keyFile);
   const minVersion = config.tls.min_version;
   try {
-    return { context: tls.createSecureContext({ cert, key, minVersion }), minVersion, certFile };
+    return { context: tls.createSecureContext({ cert, key, minVersion }), minVersion, certFile, cert, key };
   } catch (err) {
     throw new TlsSetupError(`TLS certificate ${certFile} or key ${keyFile} is unusable: ${(err as Error).message}`);
   }

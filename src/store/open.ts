@@ -8,6 +8,7 @@ import type { Config } from '../config/schema.js';
 import { configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { PasswordHasher } from './hasher.js';
+import { loadKey } from './secret-box.js';
 import { storeFootprint } from './sqlite/footprint.js';
 import { backupDatabase, checkDatabase } from './sqlite/maintenance.js';
 import { storeOptionsFromConfig, type StoreOptions } from './sqlite/repositories.js';
@@ -81,4 +82,13 @@ export function backupStore(config: Config, file: string, options: { force?: boo
 export function checkStore(config: Config): CheckResult & { file: string } {
   const file = configPath(config.store.path);
   return { file, ...checkDatabase(file, config.store.busy_timeout_ms) };
+}
+
+/**
+ * The store's key (store.key_file), for secrets derived from it outside the
+ * store (the page's cookie-signing key). Read after the store is open, which
+ * creates the key on a first start.
+ */
+export function readStoreKey(config: Config): Buffer {
+  return loadKey(configPath(config.store.key_file));
 }

@@ -60,6 +60,8 @@ export interface TotpStore {
   status(username: string): Promise<TotpState>;
   /** A new secret, pending until confirmed. */
   enroll(username: string): Promise<Enrolment>;
+  /** The enrolment waiting for its first code (the same secret again), or null when none is. */
+  pending(username: string): Promise<Enrolment | null>;
   /**
    * Turns two-step verification on if `code` is valid for the pending secret
    * (and spends it), and makes the account's recovery codes (shown once).

@@ -145,8 +145,11 @@ export type VerifyResult =
   | { ok: true; account: Account; appPassword: AppPasswordInfo }
   | { ok: false; reason: VerifyFailureReason; account: Account | null };
 
+/** Where a login came in: a mail protocol, or the self-service page. */
+export type Channel = Scope | 'web';
+
 export interface LoginContext {
-  protocol: Scope;
+  protocol: Channel;
   clientIp: string | null;
   /** "name/version" from the client's ID command, when it sent one. */
   client?: string | null;

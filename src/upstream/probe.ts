@@ -4,6 +4,7 @@
  * the greeting and asks no more on implicit TLS). Best effort: a failure only
  * means the greeting lists mailgate's own capabilities until the first login.
  */
+import { FIXED_LIMITS } from '../config/limits.js';
 import { connectUpstream, type UpstreamTarget } from './connect.js';
 import { ResponseReader } from './response-reader.js';
 
@@ -24,7 +25,7 @@ export async function probeImapCapabilities(target: UpstreamTarget, timeoutMs: n
   } finally {
     reader.detach();
     socket.end('mg2 LOGOUT\r\n');
-    setTimeout(() => socket.destroy(), 1000).unref();
+    setTimeout(() => socket.destroy(), FIXED_LIMITS.upstream_logout_grace_ms).unref();
   }
 }
 
@@ -41,6 +42,6 @@ export async function probePop3Capabilities(target: UpstreamTarget, timeoutMs: n
   } finally {
     reader.detach();
     socket.end('QUIT\r\n');
-    setTimeout(() => socket.destroy(), 1000).unref();
+    setTimeout(() => socket.destroy(), FIXED_LIMITS.upstream_logout_grace_ms).unref();
   }
 }

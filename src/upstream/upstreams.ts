@@ -4,6 +4,7 @@
  * the gateway's own pre-login answers), learnt by a probe at start-up and
  * refreshed by every login dialogue.
  */
+import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log/logger.js';
@@ -15,9 +16,12 @@ import { probeImapCapabilities, probePop3Capabilities } from './probe.js';
 
 export type UpstreamProtocol = 'imap' | 'pop3';
 
+
 /** What logging in upstream needs; the login service depends on this, not on sockets. */
 export interface UpstreamLogin {
   login(protocol: UpstreamProtocol, credentials: UpstreamCredentials, origin: ClientOrigin, clientLeft: AbortSignal): Promise<UpstreamLoginResult>;
+  /** Ends an IMAP session logged in only to prove a password (the self-service page). */
+  logout(session: Extract<UpstreamLoginResult, { ok: true }>): void;
 }
 
 export class Upstreams implements UpstreamLogin {
@@ -43,6 +47,13 @@ export class Upstreams implements UpstreamLogin {
       return loginImapUpstream({ ...common, onGreetingCapabilities: (caps) => (this.capabilities.imap = caps) });
     }
     return loginPop3Upstream({ ...common, onCapabilities: (caps) => (this.capabilities.pop3 = caps) });
+  }
+
+  logout(session: Extract<UpstreamLoginResult, { ok: true }>): void {
+    const { socket } = session;
+    // A private tag, as every command mailgate sends upstream; the answer is not needed.
+    if (socket.writable) socket.end('mgz LOGOUT\r\n');
+    setTimeout(() => socket.destroy(), FIXED_LIMITS.upstream_logout_grace_ms).unref();
   }
 
   /** Learns the capabilities of the upstreams in use, best effort, so the first greeting can list them. */

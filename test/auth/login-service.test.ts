@@ -61,6 +61,7 @@ function build(overrides: Record<string, unknown> = {}): void {
       upstreamCalls.push(credentials);
       return upstreamAnswer(credentials);
     },
+    logout: (session) => void session.socket.destroy(),
   };
   service = new LoginService({
     store: t.api,

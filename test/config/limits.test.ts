@@ -45,6 +45,8 @@ function defaultsByKey(): Map<string, unknown[]> {
   for (const section of ['store', 'auth', 'timeouts', 'limits']) {
     for (const [key, value] of Object.entries(config[section]!)) byKey.set(key, [...(byKey.get(key) ?? []), value]);
   }
+  // The page's keys are named web_<key> there ([web] listen is not [[listen]]).
+  for (const [key, value] of Object.entries(config.web!)) byKey.set(`web_${key}`, [...(byKey.get(`web_${key}`) ?? []), value]);
   return byKey;
 }
 

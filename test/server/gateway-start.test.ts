@@ -47,6 +47,7 @@ async function configWithTakenPort(free: number) {
       ],
       upstream: { imap: { port: await freePort() }, pop3: { port: await freePort() } },
       timeouts: { upstream_connect_seconds: 1 },
+      web: { listen: '' },
     },
     'test',
   );

@@ -57,6 +57,14 @@ export function unprivilegedUser(): CliUser | null {
   return { uid: Number(uid), gid: Number(gid) };
 }
 
+/**
+ * The self-service page listens on 127.0.0.1:8443 by default: test configs
+ * turn it off (test files run side by side) unless they configure it.
+ */
+export function pageOffUnlessConfigured(toml: string): string {
+  return /^\[web\]/m.test(toml) ? '' : '[web]\nlisten = ""\n';
+}
+
 /** Writes a config file for the CLI with cheap argon2 settings and store paths inside `dir`. */
 export function writeCliConfig(dir: string, extra = ''): string {
   const file = path.join(dir, 'mailgate.toml');
@@ -72,7 +80,7 @@ argon2_memory_kib = 1024
 argon2_iterations = 1
 max_app_passwords = 3
 ${extra}
-`,
+${pageOffUnlessConfigured(extra)}`,
   );
   return file;
 }

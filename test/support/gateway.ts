@@ -95,6 +95,8 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
       // The test Dovecot refuses fast; timing is evened out from measured refusals only.
       policy: { help_url: 'https://mail.example.test/app-passwords', expected_upstream_refusal_ms: 0 },
       timeouts: { upstream_connect_seconds: 3, upstream_response_seconds: 5 },
+      // The page listens on 127.0.0.1:8443 by default; tests that want it ask for port 0.
+      web: { listen: '' },
       // Brute-force penalties off by default so functional tests can fail
       // logins freely from 127.0.0.1; the attack suite turns them back on.
       limits: {

@@ -5,7 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { DovecotHandle } from './dovecot.js';
-import { BIN, ROOT } from './cli.js';
+import { BIN, pageOffUnlessConfigured, ROOT } from './cli.js';
 import { waitUntil } from './timing.js';
 
 export type LogLine = Record<string, unknown>;
@@ -56,7 +56,8 @@ ca = ${JSON.stringify(dc.caCert)}
 
 [upstream.login]
 master_user = ${JSON.stringify(dc.master.name)}
-${extra}`;
+${extra}
+${pageOffUnlessConfigured(extra)}`;
 }
 
 /**

@@ -76,7 +76,7 @@ export class SqliteLogins {
   }
 
   /** Checks an app password, then records the outcome (for the CLI and tests). */
-  async verify(username: string, password: string, context: LoginContext): Promise<VerifyResult> {
+  async verify(username: string, password: string, context: LoginContext & { protocol: Scope }): Promise<VerifyResult> {
     const result = await this.check(username, password, context.protocol);
     if (result.ok) this.recordSuccess({ account: result.account, appPassword: result.appPassword, username: result.account.username, context });
     else this.recordFailure(result.account?.username ?? username, result.reason, context);

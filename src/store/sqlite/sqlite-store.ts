@@ -177,6 +177,7 @@ export class SqliteStore implements Store {
     return {
       status: (username) => this.read((r) => r.totp.status(username)),
       enroll: (username) => this.write((r) => r.totp.enroll(username)),
+      pending: (username) => this.read((r) => r.totp.pending(username)),
       confirm: (username, code, options) =>
         this.write((r) => {
           const { account, recoveryCodes, webSessionsEnded } = r.totp.confirm(username, code, options);

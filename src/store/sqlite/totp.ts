@@ -66,9 +66,22 @@ export class TotpService {
           .prepare("UPDATE accounts SET totp_state = 'pending', totp_secret = ?, totp_last_step = NULL WHERE id = ?")
           .run(sealed, account.id);
         this.audit.record('totp-enrolled', { username: account.username });
-        return { secret, uri: generateURI({ issuer: this.issuer, label: account.username, secret }) };
+        return this.enrolment(account.username, secret);
       })
       .immediate();
+  }
+
+  /** The enrolment in progress (to show its QR code again after a wrong code), or null when there is none. */
+  pending(username: string): Enrolment | null {
+    const account = this.accounts.get(username);
+    if (account.totpState !== 'pending') return null;
+    const row = this.db.prepare('SELECT totp_secret FROM accounts WHERE id = ?').get(account.id) as { totp_secret: Buffer | null } | undefined;
+    if (!row?.totp_secret) return null;
+    return this.enrolment(account.username, open(this.key, row.totp_secret, account.username).toString('ascii'));
+  }
+
+  private enrolment(username: string, secret: string): Enrolment {
+    return { secret, uri: generateURI({ issuer: this.issuer, label: username, secret }) };
   }
 
   /**
