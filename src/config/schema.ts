@@ -235,6 +235,11 @@ export function webPageUrl(config: Pick<Config, 'web'>, hostname: () => string =
   return `${tls ? 'https' : 'http'}://${host}:${listen.slice(at + 1)}/`;
 }
 
+/** The page sessions' timeouts, in milliseconds ([web] session_idle_minutes, session_max_hours). */
+export function webSessionLimits(config: Pick<Config, 'web'>): { idleMs: number; maxMs: number } {
+  return { idleMs: config.web.session_idle_minutes * 60_000, maxMs: config.web.session_max_hours * 3_600_000 };
+}
+
 /** The link in failed-login messages: `policy.help_url`, or the self-service page, or none. */
 export function helpUrl(config: Pick<Config, 'web' | 'policy'>): string {
   return config.policy.help_url || webPageUrl(config) || '';

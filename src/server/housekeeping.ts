@@ -5,7 +5,7 @@
  * database without bound.
  */
 import { FIXED_LIMITS } from '../config/limits.js';
-import type { Config } from '../config/schema.js';
+import { webSessionLimits, type Config } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import type { Store } from '../store/store.js';
 import { errorMessage } from '../errors.js';
@@ -40,8 +40,8 @@ export class Housekeeping {
       const removed = await this.store.prune({
         penaltiesOlderThanMs: penaltyAge,
         auditMaxAgeMs: store.audit_retention_days * DAY_MS,
-        // A page session is over after session_max_hours whatever happened: its row can go.
-        webSessionMaxMs: this.config.web.session_max_hours * 3_600_000,
+        // A page session past either timeout is over: its row can go.
+        webSessions: webSessionLimits(this.config),
       });
       if (removed.penalties + removed.audit + removed.webSessions > 0) this.log.debug(removed, 'housekeeping removed old rows');
       return removed;

@@ -27,6 +27,7 @@ import type {
   TotpState,
   VerifyResult,
   WebSessionInfo,
+  WebSessionLimits,
   WebSessionRecord,
 } from './types.js';
 
@@ -85,12 +86,12 @@ export interface RecoveryCodeStore {
 /** The self-service page's sessions, shared by every node through the store. */
 export interface WebSessionStore {
   /** The session, or null when there is none or it has expired (idle or absolute timeout). */
-  get(idHash: string, limits: { idleMs: number; maxMs: number }): Promise<WebSessionRecord | null>;
+  get(idHash: string, limits: WebSessionLimits): Promise<WebSessionRecord | null>;
   /** Creates or updates it. */
   save(record: WebSessionRecord): Promise<void>;
   destroy(idHash: string): Promise<void>;
-  /** The account's sessions, newest first. */
-  list(username: string): Promise<WebSessionInfo[]>;
+  /** The account's sessions (those still within `limits`, when given), newest first. */
+  list(username: string, limits?: WebSessionLimits): Promise<WebSessionInfo[]>;
   /** Ends every session of the account (but `except`); how many. */
   endAll(username: string, options?: { except?: string }): Promise<number>;
 }
@@ -191,9 +192,9 @@ export interface Store {
 
   /**
    * Drops failure counters past their window and block, audit events past
-   * `auditMaxAgeMs` (0: keep), and page sessions past `webSessionMaxMs`.
+   * `auditMaxAgeMs` (0: keep), and page sessions past either timeout.
    */
-  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number; webSessionMaxMs?: number }): Promise<{ penalties: number; audit: number; webSessions: number }>;
+  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number; webSessions?: WebSessionLimits }): Promise<{ penalties: number; audit: number; webSessions: number }>;
 
   /** Closes the store; calls after it reject. */
   close(): Promise<void>;

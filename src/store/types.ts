@@ -186,6 +186,12 @@ export const ACTIVITY_EVENTS: readonly AuditEvent[] = [
 ];
 
 /** A session of the self-service page, as the store keeps it (only a hash of its id). */
+/** When a page session ends by itself: unused this long, or this long after it began. */
+export interface WebSessionLimits {
+  idleMs: number;
+  maxMs: number;
+}
+
 export interface WebSessionRecord {
   /** SHA-256 of the session id, hex: the id itself is never stored. */
   idHash: string;

@@ -21,6 +21,7 @@ import fastifyCsrf from '@fastify/csrf-protection';
 import fastifyFormbody from '@fastify/formbody';
 import fastifyHelmet from '@fastify/helmet';
 import fastifySession from '@fastify/session';
+import { webSessionLimits } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
 import { page, type WebContext } from './context.js';
 import { PageSessionStore } from './session-store.js';
@@ -74,6 +75,8 @@ export async function buildWebApp(ctx: WebContext, options: WebAppOptions): Prom
     },
     strictTransportSecurity: options.secure ? { maxAge: 31_536_000, includeSubDomains: false } : false,
     referrerPolicy: { policy: 'no-referrer' },
+    // Never in a frame (older browsers that ignore frame-ancestors read this).
+    frameguard: { action: 'deny' },
     crossOriginEmbedderPolicy: false,
   });
   // Forms only: a JSON or text body is none of the page's (415), so no second way in skips the form rules.
@@ -87,10 +90,7 @@ export async function buildWebApp(ctx: WebContext, options: WebAppOptions): Prom
     cookie: { path: '/', secure: options.secure, httpOnly: true, sameSite: 'strict' },
     saveUninitialized: false,
     rolling: true,
-    store: new PageSessionStore(ctx.store, {
-      idleMs: ctx.config.web.session_idle_minutes * 60_000,
-      maxMs: ctx.config.web.session_max_hours * 3_600_000,
-    }, ctx.now),
+    store: new PageSessionStore(ctx.store, webSessionLimits(ctx.config), ctx.now),
   });
   await app.register(fastifyCsrf, { sessionPlugin: '@fastify/session', getToken: (request) => (request.body as { _csrf?: string } | undefined)?._csrf });
   app.addHook('onRequest', sameOrigin(options.origin));

@@ -166,7 +166,7 @@ describe('WebSessionStore', () => {
     await t.api.writable();
   });
 
-  it('prune drops sessions, live or ended, created more than webSessionMaxMs ago', async () => {
+  it('prune drops sessions, live or ended, created more than maxMs ago', async () => {
     const old = await saved();
     const ended = await saved();
     await t.api.webSessions.destroy(ended.idHash);
@@ -174,9 +174,26 @@ describe('WebSessionStore', () => {
     const recent = await saved();
     expect(await t.api.prune({ penaltiesOlderThanMs: 0, auditMaxAgeMs: 0 })).toEqual({ penalties: 0, audit: 0, webSessions: 0 });
     clock.advance(1);
-    expect(await t.api.prune({ penaltiesOlderThanMs: 0, auditMaxAgeMs: 0, webSessionMaxMs: LIMITS.maxMs })).toEqual({ penalties: 0, audit: 0, webSessions: 2 });
+    expect(await t.api.prune({ penaltiesOlderThanMs: 0, auditMaxAgeMs: 0, webSessions: LIMITS })).toEqual({ penalties: 0, audit: 0, webSessions: 2 });
     expect(await t.api.webSessions.get(recent.idHash, LIMITS)).not.toBeNull();
     expect(await t.api.webSessions.get(old.idHash, LIMITS)).toBeNull();
     expect(liveRows()).toBe(1);
+  });
+
+  it('prune drops sessions unused for longer than idleMs (page views that never signed in), and list shows only live ones', async () => {
+    // Catches: anonymous sessions (a CSRF secret per page view) piling up for hours under a flood.
+    const account = await t.api.accounts.add('erin');
+    const viewed = await saved({ accountId: null, passwordAt: null });
+    const busy = await saved({ accountId: account.id });
+    clock.advance(LIMITS.idleMs - 1);
+    await t.api.webSessions.save({ ...busy, lastSeenAt: clock.now() });
+    clock.advance(2);
+    expect(await t.api.webSessions.list('erin', LIMITS)).toHaveLength(1);
+    expect(await t.api.prune({ penaltiesOlderThanMs: 0, auditMaxAgeMs: 0, webSessions: LIMITS })).toEqual({ penalties: 0, audit: 0, webSessions: 1 });
+    expect(await t.api.webSessions.get(viewed.idHash, LIMITS)).toBeNull();
+    expect(await t.api.webSessions.get(busy.idHash, LIMITS)).not.toBeNull();
+    clock.advance(LIMITS.idleMs + 1);
+    expect(await t.api.webSessions.list('erin', LIMITS)).toEqual([]);
+    expect(await t.api.webSessions.list('erin')).toHaveLength(1);
   });
 });

@@ -207,6 +207,49 @@ describe('the session cookie', () => {
   });
 });
 
+describe('headers', () => {
+  it('a strict CSP without inline script, HSTS, no referrer, no sniffing, no framing, no caching, on every kind of answer', async () => {
+    const { client } = await signedInWithAppPassword('erin', '127.0.0.29');
+    const answers = {
+      'sign-in page': await request(gw, 'GET', '/'),
+      'security page': await client.get('/'),
+      'create form': await client.get('/app-passwords/new'),
+      'not found': await client.get('/no-such-page'),
+      'refused POST': await client.post('/app-passwords/remove', {}, { csrf: null }),
+      'bad form': await client.post('/app-passwords', { name: 'x', imap: 'on', extra: '1' }),
+    };
+    for (const [what, answer] of Object.entries(answers)) {
+      const h = answer.headers;
+      expect(h['content-security-policy'], what).toBe(
+        "default-src 'none';script-src 'self';style-src 'self';img-src 'self';connect-src 'self';form-action 'self';frame-ancestors 'none';base-uri 'none'",
+      );
+      expect(h['strict-transport-security'], what).toBe('max-age=31536000');
+      expect(h['referrer-policy'], what).toBe('no-referrer');
+      expect(h['x-content-type-options'], what).toBe('nosniff');
+      expect(h['x-frame-options'], what).toBe('DENY');
+      expect(h['x-powered-by'], what).toBeUndefined();
+      if (h['content-type']?.toString().startsWith('text/html')) {
+        expect(h['cache-control'], what).toBe('no-store');
+        // Every script is a file of this site: nothing inline for the CSP to have to allow.
+        expect(answer.body.match(/<script\b[^>]*>/g) ?? [], what).toEqual(['<script src="/assets/page.js" defer>']);
+        expect(answer.body, what).not.toMatch(/\son[a-z]+=|style=/i);
+      }
+    }
+  });
+
+  it('"Confirm it\'s you" only ever leads to a path on the page', async () => {
+    const client = new PageClient(gw, '127.0.0.30');
+    await client.signIn('erin', 'erin-upstream-pw');
+    clock.advance(11 * 60_000);
+    for (const next of ['//evil.example/', 'https://evil.example/', '/\\evil.example', 'javascript:alert(1)']) {
+      await client.get('/app-passwords/new');
+      const answer = await client.post('/reauth', { password: 'erin-upstream-pw', next });
+      expect(answer.status, next).toBe(303);
+      expect(answer.headers.location, next).toBe('/');
+    }
+  });
+});
+
 describe('signing in is guarded like a mail login', () => {
   it('wrong passwords are delayed, counted with IMAP\'s, and block the account; then the mail server is not asked', async () => {
     // Catches: the page as a side door for guessing (its own counters, or none).

@@ -1,6 +1,7 @@
 /** `mailgate web ...`: the self-service page, as the administrator sees it. */
 import { Command } from 'commander';
 import type { WebSessionInfo } from '../../store/types.js';
+import { webSessionLimits } from '../../config/schema.js';
 import { globalOptions, withStore } from '../context.js';
 import { isoTime, printable, printJson, printLine, printTable, shortTime } from '../output.js';
 
@@ -24,7 +25,7 @@ export function webCommand(): Command {
     .option('--revoke-all', 'end every page session of the account (it must sign in again)')
     .option('--json', 'print JSON')
     .action((user: string, opts: { revokeAll?: boolean }, cmd: Command) =>
-      withStore(cmd, async (store) => {
+      withStore(cmd, async (store, { config }) => {
         const account = await store.accounts.get(user);
         const json = globalOptions(cmd).json;
         if (opts.revokeAll) {
@@ -32,7 +33,7 @@ export function webCommand(): Command {
           if (json) return printJson({ username: account.username, ended });
           return printLine(`ended ${ended} page session${ended === 1 ? '' : 's'} of ${account.username}`);
         }
-        const sessions = await store.webSessions.list(account.username);
+        const sessions = await store.webSessions.list(account.username, webSessionLimits(config));
         if (json) return printJson(sessions.map(toJson));
         if (sessions.length === 0) return printLine(`no page sessions for ${account.username}`);
         printTable(

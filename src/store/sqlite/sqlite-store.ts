@@ -31,7 +31,7 @@ import type {
   TotpStore,
   WebSessionStore,
 } from '../store.js';
-import type { CachedLogin, LoginContext, PenaltyKind, PenaltyRules, Scope } from '../types.js';
+import type { CachedLogin, LoginContext, PenaltyKind, PenaltyRules, Scope, WebSessionLimits } from '../types.js';
 import { Checkpointer } from './checkpointer.js';
 import type { SqliteRepositories, StoreOptions } from './repositories.js';
 import { StoreHandle } from './store-handle.js';
@@ -128,11 +128,11 @@ export class SqliteStore implements Store {
     return this.read((r) => `${this.handle.generation}:${r.dataVersion()}`);
   }
 
-  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number; webSessionMaxMs?: number }): Promise<{ penalties: number; audit: number; webSessions: number }> {
+  prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number; webSessions?: WebSessionLimits }): Promise<{ penalties: number; audit: number; webSessions: number }> {
     return this.write((r) => ({
       penalties: r.penalties.prune(options.penaltiesOlderThanMs),
       audit: options.auditMaxAgeMs > 0 ? r.audit.prune(options.auditMaxAgeMs) : 0,
-      webSessions: options.webSessionMaxMs === undefined ? 0 : r.webSessions.prune(options.webSessionMaxMs),
+      webSessions: options.webSessions === undefined ? 0 : r.webSessions.prune(options.webSessions),
     }));
   }
 
@@ -217,7 +217,7 @@ export class SqliteStore implements Store {
       get: (idHash, limits) => this.write((r) => r.webSessions.get(idHash, limits)),
       save: (record) => this.write((r) => r.webSessions.save(record)),
       destroy: (idHash) => this.write((r) => r.webSessions.destroy(idHash)),
-      list: (username) => this.read((r) => r.webSessions.list(r.accounts.get(username))),
+      list: (username, limits) => this.read((r) => r.webSessions.list(r.accounts.get(username), limits)),
       endAll: (username, options) =>
         this.write((r) => {
           const account = r.accounts.get(username);

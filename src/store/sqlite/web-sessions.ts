@@ -10,7 +10,7 @@
  * ended session back, the end-all-others after turning on two-step
  * verification included. Saving over an ended row changes nothing.
  */
-import type { Account, Clock, WebSessionInfo, WebSessionRecord } from '../types.js';
+import type { Account, Clock, WebSessionInfo, WebSessionLimits, WebSessionRecord } from '../types.js';
 import type { AuditLog } from './audit.js';
 import type { Db } from './database.js';
 
@@ -36,7 +36,7 @@ export class WebSessionRepository {
   private readonly endOfAccount;
   private readonly detachOfAccount;
   private readonly byAccount;
-  private readonly deleteCreatedBefore;
+  private readonly deleteExpired;
 
   constructor(
     private readonly db: Db,
@@ -61,11 +61,11 @@ export class WebSessionRepository {
     this.byAccount = db.prepare(
       'SELECT * FROM web_sessions WHERE account_id = ? AND ended_at IS NULL ORDER BY created_at DESC, last_seen_at DESC',
     );
-    this.deleteCreatedBefore = db.prepare('DELETE FROM web_sessions WHERE created_at < ?');
+    this.deleteExpired = db.prepare('DELETE FROM web_sessions WHERE created_at < @createdBefore OR last_seen_at < @seenBefore');
   }
 
   /** The live session, or null; one past its idle or absolute timeout is ended on the way. */
-  get(idHash: string, limits: { idleMs: number; maxMs: number }): WebSessionRecord | null {
+  get(idHash: string, limits: WebSessionLimits): WebSessionRecord | null {
     const row = this.select.get(idHash) as Row | undefined;
     if (!row) return null;
     const now = this.now();
@@ -115,9 +115,11 @@ export class WebSessionRepository {
     this.endOne.run({ idHash, now: this.now() });
   }
 
-  /** The account's live sessions, newest first, without their hashes. */
-  list(account: Account): WebSessionInfo[] {
-    return (this.byAccount.all(account.id) as Row[]).map((row) => ({
+  /** The account's live sessions (within `limits`, when given), newest first, without their hashes. */
+  list(account: Account, limits?: WebSessionLimits): WebSessionInfo[] {
+    const now = this.now();
+    const live = (row: Row) => !limits || (now - row.last_seen_at <= limits.idleMs && now - row.created_at <= limits.maxMs);
+    return (this.byAccount.all(account.id) as Row[]).filter(live).map((row) => ({
       createdAt: row.created_at,
       lastSeenAt: row.last_seen_at,
       passwordAt: row.password_at,
@@ -151,8 +153,14 @@ export class WebSessionRepository {
     return ended;
   }
 
-  /** Drops sessions, live or ended, created more than `maxMs` ago: past the absolute timeout, all ended. */
-  prune(maxMs: number): number {
-    return this.deleteCreatedBefore.run(this.now() - maxMs).changes;
+  /**
+   * Drops sessions, live or ended, past either timeout: all over, and no
+   * request of theirs can still be in flight. Visitors who only looked at the
+   * sign-in form leave a session (its CSRF secret) too; they go after the
+   * idle timeout, so a flood of page views cannot grow the table for long.
+   */
+  prune(limits: WebSessionLimits): number {
+    const now = this.now();
+    return this.deleteExpired.run({ createdBefore: now - limits.maxMs, seenBefore: now - limits.idleMs }).changes;
   }
 }
