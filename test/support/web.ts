@@ -5,6 +5,7 @@
  * requests a browser would never send (cross-site POSTs, replayed cookies).
  */
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import https from 'node:https';
 import { chromium, type Browser, type BrowserContext, type Page } from 'playwright-core';
 import { generateSync } from 'otplib';
@@ -15,7 +16,7 @@ import { startGateway, type GatewayHandle, type GatewayTestOptions } from './gat
 export const CHROMIUM = process.env.MAILGATE_CHROMIUM ?? '/usr/bin/chromium';
 
 export interface PageGateway extends GatewayHandle {
-  /** https://127.0.0.1:port/ */
+  /** https://127.0.0.1:port/ (http:// with `web.tls = false`) */
   url: string;
 }
 
@@ -28,7 +29,7 @@ export async function startPageGateway(dc: DovecotHandle, options: GatewayTestOp
   });
   const web = gw.gateway.web;
   if (!web) throw new Error('the page did not start');
-  return Object.assign(gw, { url: `https://127.0.0.1:${web.address.port}/` });
+  return Object.assign(gw, { url: `${gw.config.web.tls ? 'https' : 'http'}://127.0.0.1:${web.address.port}/` });
 }
 
 /**
@@ -121,16 +122,16 @@ export interface RequestOptions {
   from?: string;
 }
 
-/** One HTTPS request to the page, trusting the test CA; nothing is followed or remembered. */
+/** One request to the page (HTTPS trusting the test CA, or HTTP); nothing is followed or remembered. */
 export function request(gw: PageGateway, method: string, pathName: string, options: RequestOptions = {}): Promise<HttpAnswer> {
   const url = new URL(pathName, gw.url);
   return new Promise((resolve, reject) => {
-    const req = https.request(
+    const tls = url.protocol === 'https:';
+    const req = (tls ? https : http).request(
       url,
       {
         method,
-        ca: readFileSync(gw.caCert),
-        servername: 'localhost',
+        ...(tls ? { ca: readFileSync(gw.caCert), servername: 'localhost' } : {}),
         ...(options.from ? { localAddress: options.from } : {}),
         agent: false,
         headers: { ...(options.body !== undefined ? { 'content-type': 'application/x-www-form-urlencoded', 'content-length': String(Buffer.byteLength(options.body)) } : {}), ...options.headers },

@@ -11,7 +11,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { assertNoInternalErrors, imapsLogin } from '../support/attack.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
-import { credentialFailure, taggedLine } from '../support/imap-client.js';
+import { credentialFailure, imaps, taggedLine } from '../support/imap-client.js';
 import { freePort } from '../support/ports.js';
 import { enableTotp } from '../support/store.js';
 import { launchChromium, openPage, secretOnPage, sessionCookie, signIn, startPageGateway, SteppingClock, type PageGateway } from '../support/web.js';
@@ -76,9 +76,13 @@ describe('the page', () => {
     expect(await page.getByRole('status').innerText()).toMatch(/"Laptop" is revoked/);
     expect(await page.getByRole('row', { name: /Laptop/ }).count()).toBe(0);
     expect(await page.getByRole('row', { name: /Phone/ }).count()).toBe(1);
-    const { c, answer: phoneAnswer } = await imapsLogin(gw, 'alice', phone);
-    expect(taggedLine(phoneAnswer, 'L1')).toMatch(/^L1 OK /);
+    // A mail program that says its name (IMAP ID before login): the table says which one used it.
+    const c = await imaps(gw);
+    expect(taggedLine(await c.command('i', 'ID ("name" "Thunderbird" "version" "153.0")'), 'i')).toMatch(/^i OK /);
+    expect(taggedLine(await c.command('L1', `LOGIN alice "${phone}"`), 'L1')).toMatch(/^L1 OK /);
     c.destroy();
+    await page.reload();
+    expect(await page.getByRole('row', { name: /Phone/ }).innerText()).toMatch(/from 127\.0\.0\.1 over IMAP with Thunderbird\/153\.0/);
     await context.close();
   });
 
