@@ -109,6 +109,11 @@ describe('the self-service page, in Chromium, in front of Dovecot', () => {
     expect(settings).toContain(String(gw.ports.pop3s));
     expect(settings).toContain('SSL/TLS');
     expect(settings).toContain('alice');
+    // The Copy button (the page's only script, allowed by its CSP) puts it on the clipboard.
+    await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: gw.url.replace(/\/$/, '') });
+    await page.getByRole('button', { name: 'Copy' }).click();
+    await expect.poll(() => page.getByRole('status').innerText()).toBe('Copied');
+    expect(await page.evaluate('navigator.clipboard.readText()')).toBe(shown);
     await page.getByRole('link', { name: 'Done' }).click();
 
     // A real mail client logs in with it, as typed from the page (spaces and all).
