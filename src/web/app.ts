@@ -23,7 +23,7 @@ import fastifyHelmet from '@fastify/helmet';
 import fastifySession from '@fastify/session';
 import type { Logger } from '../log/logger.js';
 import { page, type WebContext } from './context.js';
-import { PageSessionStore } from './session-store.js';
+import { PageSessionStore, sessionLimits } from './session-store.js';
 import type { PageTls } from './server.js';
 import { appPasswordRoutes } from './routes/app-passwords.js';
 import { reauthRoutes } from './routes/security.js';
@@ -87,10 +87,7 @@ export async function buildWebApp(ctx: WebContext, options: WebAppOptions): Prom
     cookie: { path: '/', secure: options.secure, httpOnly: true, sameSite: 'strict' },
     saveUninitialized: false,
     rolling: true,
-    store: new PageSessionStore(ctx.store, {
-      idleMs: ctx.config.web.session_idle_minutes * 60_000,
-      maxMs: ctx.config.web.session_max_hours * 3_600_000,
-    }, ctx.now),
+    store: new PageSessionStore(ctx.store, sessionLimits(ctx.config.web), ctx.now),
   });
   await app.register(fastifyCsrf, { sessionPlugin: '@fastify/session', getToken: (request) => (request.body as { _csrf?: string } | undefined)?._csrf });
   app.addHook('onRequest', sameOrigin(options.origin));

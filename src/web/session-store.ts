@@ -18,8 +18,11 @@ export interface PageSession {
   username?: string;
   /** When the password was last confirmed: sensitive actions need it recent. */
   passwordAt?: number;
-  /** The password was right; the code is still to come. */
-  pending?: { username: string; passwordAt: number };
+  /**
+   * The password was right; the code is still to come. The account's id
+   * makes it one of the account's sessions (ended with them, listed with them).
+   */
+  pending?: { username: string; passwordAt: number; accountId?: number };
   /** Where the session was last used, for the lists of sessions. */
   ip?: string;
   userAgent?: string;
@@ -32,6 +35,11 @@ export interface PageSession {
 declare module 'fastify' {
   // Declaration merging: @fastify/session's Session carries the page's fields.
   interface Session extends PageSession {}
+}
+
+/** The idle and absolute timeouts of the page's sessions, from [web]. */
+export function sessionLimits(web: { session_idle_minutes: number; session_max_hours: number }): { idleMs: number; maxMs: number } {
+  return { idleMs: web.session_idle_minutes * 60_000, maxMs: web.session_max_hours * 3_600_000 };
 }
 
 /** The hash the store keeps instead of the session id. */
@@ -68,7 +76,8 @@ export class PageSessionStore implements SessionStore {
     const now = this.now();
     return {
       idHash: sessionIdHash(sessionId),
-      accountId: session.accountId ?? null,
+      // A half signed-in session is the account's too: it ends when the account's sessions end.
+      accountId: session.accountId ?? session.pending?.accountId ?? null,
       createdAt: session.createdAt ?? now,
       lastSeenAt: now,
       passwordAt: session.passwordAt ?? null,
