@@ -8,7 +8,7 @@ import { PENALTIES_ON } from '../support/attack.js';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { enableTotp } from '../support/store.js';
-import { h1, PageClient, startPageGateway, SteppingClock, type PageGateway } from '../support/web.js';
+import { h1, PageClient, pageError, startPageGateway, SteppingClock, type PageGateway } from '../support/web.js';
 
 const USERS = ['amy', 'ben', 'cat', 'dan', 'eve', 'fay', 'gus', 'hal', 'ida', 'jon', 'kai', 'lou'];
 
@@ -161,5 +161,36 @@ describe('requests in flight while the session ends', () => {
     } finally {
       proxy.fault = { kind: 'pass' };
     }
+  });
+});
+
+describe('refusal timing with a configuration that passes no mail password through', () => {
+  let strict: PageGateway;
+  beforeAll(async () => {
+    // Mail logins are all decided locally; the page still checks passwords upstream (Dovecot's answer: a 500 ms tick).
+    strict = await startPageGateway(dc, {
+      config: { policy: { unknown_users: 'reject', main_password_without_2fa: 'reject', expected_upstream_refusal_ms: 500 }, web: { self_enroll: false } },
+    });
+  });
+  afterAll(async () => {
+    await strict?.stop();
+  });
+
+  it('the first sign-in with a name mailgate does not know takes as long as a wrong password checked upstream', async () => {
+    // Catches: no estimate of the upstream's refusal time for the page, so that until a wrong
+    // password was checked upstream, a name mailgate does not know is refused at once.
+    strict.store.accounts.add('gus');
+    const unknown = new PageClient(strict, '127.0.0.71');
+    await unknown.get('/');
+    let started = performance.now();
+    expect(pageError(await unknown.post('/sign-in', { username: 'nobody-here', password: 'whatever-pw' }))).toMatch(/^Sign-in failed/);
+    const unknownMs = performance.now() - started;
+    const known = new PageClient(strict, '127.0.0.72');
+    await known.get('/');
+    started = performance.now();
+    expect(pageError(await known.post('/sign-in', { username: 'gus', password: 'wrong-pw' }))).toMatch(/^Sign-in failed/);
+    const knownMs = performance.now() - started;
+    expect(knownMs).toBeGreaterThan(300);
+    expect(unknownMs).toBeGreaterThan(300);
   });
 });
