@@ -150,11 +150,13 @@ export class Gateway {
     const policy = new AuthPolicy(store, hasher, config, checks.masterPassword, { cache, onCacheLookup: (result) => metrics.loginCache.inc({ result }) });
     const guard = new AbuseGuard(store, abuseRules(config.limits), log, options.now);
     const repeatedLines = new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst);
+    const passesThrough = config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough';
     const refusalTiming = new RefusalTiming(
-      // Only a configuration that lets passwords through to the upstream has two kinds of refusal to even out.
-      config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough' ? config.policy.expected_upstream_refusal_ms : 0,
-      // The page's sign-in checks passwords upstream too: its refusals are evened out like IMAP's.
-      [...new Set<string>(config.listen.map((l) => l.protocol)), ...(config.web.listen ? ['web'] : [])],
+      config.policy.expected_upstream_refusal_ms,
+      // Only where passwords go to the upstream are there two kinds of refusal to even out: the mail
+      // protocols when the policy passes some through, and the page's sign-in always (it checks every
+      // password upstream, whatever the policy), so its first refusals are evened out like IMAP's.
+      [...(passesThrough ? new Set<string>(config.listen.map((l) => l.protocol)) : []), ...(config.web.listen ? ['web'] : [])],
     );
     const logins = new LoginService({
       store,
