@@ -23,6 +23,8 @@ export const ErrorCodes = {
   DB_UNAVAILABLE: 'E_DB_UNAVAILABLE',
   DB_CHECK_FAILED: 'E_DB_CHECK_FAILED',
   BACKUP_TARGET: 'E_BACKUP_TARGET',
+  /** `store copy`: a target that already holds data. */
+  COPY_TARGET: 'E_COPY_TARGET',
   KEY_FILE: 'E_KEY_FILE',
   HASH_BUSY: 'E_HASH_BUSY',
   ACCOUNT_BLOCKED: 'E_ACCOUNT_BLOCKED',

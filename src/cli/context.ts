@@ -24,7 +24,7 @@ export function loadCommandConfig(command: Command): LoadedConfig {
 /** Opens the store for the duration of `work`, closing it whatever happens. */
 export async function withStore<T>(command: Command, work: (store: Store, loaded: LoadedConfig) => T | Promise<T>): Promise<T> {
   const loaded = loadCommandConfig(command);
-  const { store } = openStore(loaded.config, { role: 'cli', log: silentLogger() });
+  const { store } = await openStore(loaded.config, { role: 'cli', log: silentLogger() });
   try {
     return await work(store, loaded);
   } finally {

@@ -5,6 +5,8 @@ import { appPasswordCommand } from './commands/app-password.js';
 import { blocksCommand } from './commands/blocks.js';
 import { serveCommand } from './commands/serve.js';
 import { storeCommand } from './commands/store.js';
+import { storeCopyCommand } from './commands/store-copy.js';
+import { storeMigrateCommand } from './commands/store-migrate.js';
 import { totpCommand } from './commands/totp.js';
 import { webCommand } from './commands/web.js';
 import { packageVersion } from './version.js';
@@ -19,5 +21,6 @@ export function createProgram(): Command {
   for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand()]) {
     program.addCommand(command);
   }
+  program.commands.find((c) => c.name() === 'store')!.addCommand(storeMigrateCommand()).addCommand(storeCopyCommand());
   return program;
 }

@@ -33,6 +33,9 @@ export const LIMIT_DEFAULTS = {
   /** [store] How long a gateway write waits for the database lock. SQLite calls block the event loop,
    * so every session stalls while it waits: 100 ms is far above a normal commit and short enough to be felt by no one. */
   gateway_busy_timeout_ms: 100,
+  /** [store] PostgreSQL connections per node: a login holds one for a few round trips (under a millisecond on a
+   * LAN), so 10 serve thousands of logins a second, and 10 nodes stay within PostgreSQL's default 100. */
+  pool_size: 10,
   /** [auth] argon2 runs at once; 0 = cores - 1 (at least 1), so a storm leaves a core to the event loop. */
   hash_concurrency: 0,
   /** [auth] Logins waiting for a hashing slot: 64 × ~40 ms is under 3 s of backlog per core; more fail fast. */
@@ -112,6 +115,8 @@ export const LIMIT_MAXIMA = {
   revocation_check_seconds: 5,
   /** [store] A gateway write blocks every session while it waits for the lock; 5 s is the longest freeze tolerated. */
   gateway_busy_timeout_ms: 5000,
+  /** [store] PostgreSQL's own default max_connections is 100: one node cannot usefully hold more than that. */
+  pool_size: 100,
 } as const;
 
 /**
@@ -157,6 +162,13 @@ export const FIXED_LIMITS = {
   /** While the database is unusable, or its writes fail, how often a login may try it again (a reopen or a
    * write probe): once a second recovers fast without hammering a broken file. */
   store_retry_seconds: 1,
+  /** PostgreSQL: how long a connection attempt or a statement may take before it counts as a failure (and
+   * logins fail closed): a database on the LAN answers in milliseconds, and a login must not hang for the
+   * kernel's TCP timeout when the database host vanished. */
+  postgres_timeout_seconds: 5,
+  /** PostgreSQL: the longest wait between attempts to reconnect the connection that LISTENs for other nodes'
+   * changes (it starts at a quarter second and doubles): polling keeps the 5-second revocation promise meanwhile. */
+  postgres_listen_retry_max_seconds: 5,
   /** Refusal durations remembered per protocol and source, to draw the answer time of the other kind from:
    * 32 follows a change in the upstream's speed within a minute of refusals, and costs nothing. */
   refusal_timing_samples: 32,

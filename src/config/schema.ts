@@ -18,11 +18,20 @@ const positiveInt = z.number().int().min(1);
 
 const storeSchema = z
   .strictObject({
+    /** sqlite: one file on this host; postgres: one database shared by every node. */
+    backend: z.enum(['sqlite', 'postgres']).default('sqlite'),
     path: z.string().min(1).default('data/mailgate.db'),
     key_file: z.string().min(1).default('data/mailgate.key'),
+    url: z.string().default(''),
+    password_file: z.string().default(''),
+    pool_size: positiveInt.max(MAX.pool_size).default(L.pool_size),
     busy_timeout_ms: nonNegativeInt.default(5000),
     gateway_busy_timeout_ms: nonNegativeInt.max(MAX.gateway_busy_timeout_ms).default(L.gateway_busy_timeout_ms),
     audit_retention_days: nonNegativeInt.default(365),
+  })
+  .refine((store) => store.backend !== 'postgres' || /^postgres(ql)?:\/\//.test(store.url), {
+    message: 'store.url must be a postgres:// URL when store.backend is "postgres"',
+    path: ['url'],
   })
   .prefault({});
 

@@ -113,7 +113,7 @@ export class Gateway {
       upstreams: new Upstreams({ imap: upstreamTarget(config.upstream.imap, 'imap'), pop3: upstreamTarget(config.upstream.pop3, 'pop3') }, config),
     };
     const hasher = createHasher(config, options.argon2);
-    const opened = openStore(config, { log, role: 'gateway', hasher, ...(options.now ? { now: options.now } : {}), ...(options.argon2 ? { argon2: options.argon2 } : {}) });
+    const opened = await openStore(config, { log, role: 'gateway', hasher, ...(options.now ? { now: options.now } : {}), ...(options.argon2 ? { argon2: options.argon2 } : {}) });
     let gateway: Gateway | null = null;
     try {
       gateway = new Gateway(Gateway.compose(options, checks, opened.store, hasher));

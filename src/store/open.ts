@@ -1,17 +1,25 @@
 /**
  * Opening the store named in the configuration, and the administrator's
  * maintenance of it: the one place that knows which engine is behind the
- * Store interface (SQLite today).
+ * Store interface (`store.backend`: SQLite on one host, PostgreSQL shared by
+ * several nodes).
  */
 import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config } from '../config/schema.js';
+import { ErrorCodes, MailgateError } from '../errors.js';
 import { configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { PasswordHasher } from './hasher.js';
 import { loadKey } from './secret-box.js';
+import { copySqliteToPostgres, type CopyResult } from './copy.js';
+import { safeUrl } from './postgres/database.js';
+import { checkPostgres, migratePostgres } from './postgres/maintenance.js';
+import { PostgresStore } from './postgres/postgres-store.js';
+import { pgOptionsFromConfig } from './postgres/repositories.js';
 import { storeFootprint } from './sqlite/footprint.js';
 import { backupDatabase, checkDatabase } from './sqlite/maintenance.js';
-import { storeOptionsFromConfig, type StoreOptions } from './sqlite/repositories.js';
+import { SCHEMA_VERSION as SQLITE_SCHEMA_VERSION } from './sqlite/migrations.js';
+import { SqliteRepositories, storeOptionsFromConfig, type StoreOptions } from './sqlite/repositories.js';
 import { SqliteStore } from './sqlite/sqlite-store.js';
 import type { Store } from './store.js';
 import type { BackupResult, CheckResult, Clock } from './types.js';
@@ -51,8 +59,22 @@ export function createHasher(config: Config, argon2?: StoreOptions['argon2']): P
   });
 }
 
-export function openStore(config: Config, options: OpenStoreOptions): OpenedStore {
+export async function openStore(config: Config, options: OpenStoreOptions): Promise<OpenedStore> {
   const gateway = options.role === 'gateway';
+  if (config.store.backend === 'postgres') {
+    // Only the gateway listens for other nodes' changes; the CLI's own reach them through the database.
+    const store = await PostgresStore.open(
+      pgOptionsFromConfig(config, {
+        hasher: options.hasher ?? createHasher(config, options.argon2),
+        ...(options.argon2 ? { argon2: options.argon2 } : {}),
+        ...(options.now ? { now: options.now } : {}),
+        ...(options.mustExist ? { mustExist: true } : {}),
+      }),
+      { log: options.log, listen: gateway },
+    );
+    // A shared database is never removed by a failed start of one node.
+    return { store, removeCreated: () => [] };
+  }
   const sqlite = storeOptionsFromConfig(config, {
     // better-sqlite3 is synchronous: a write waiting for a lock blocks the
     // event loop, so the gateway waits far less than the CLI would.
@@ -72,16 +94,45 @@ export function openStore(config: Config, options: OpenStoreOptions): OpenedStor
   }
 }
 
-/** An online, consistent copy of the store in `file` (mode 0600); the live store is never touched. */
+/** An online, consistent copy of the store in `file` (mode 0600); the live store is never touched. SQLite only: PostgreSQL has pg_dump. */
 export function backupStore(config: Config, file: string, options: { force?: boolean } = {}): Promise<BackupResult & { source: string }> {
+  if (config.store.backend === 'postgres') {
+    return Promise.reject(new MailgateError(ErrorCodes.USAGE, 'store backup writes SQLite copies; back up a PostgreSQL store with pg_dump'));
+  }
   const source = configPath(config.store.path);
   return backupDatabase(source, file, { force: options.force ?? false, busyTimeoutMs: config.store.busy_timeout_ms }).then((written) => ({ ...written, source }));
 }
 
-/** The store's own integrity checks, read-only. */
-export function checkStore(config: Config): CheckResult & { file: string } {
+/** The store's own integrity checks, read-only; `file` names the store (a file, or a URL without its password). */
+export async function checkStore(config: Config): Promise<CheckResult & { file: string }> {
+  if (config.store.backend === 'postgres') {
+    return { file: safeUrl(config.store.url), ...(await checkPostgres(pgOptionsFromConfig(config))) };
+  }
   const file = configPath(config.store.path);
   return { file, ...checkDatabase(file, config.store.busy_timeout_ms) };
+}
+
+/**
+ * Applies the migrations the store lacks: on PostgreSQL it makes the schema
+ * in an empty database (recording the key file); an SQLite store must exist.
+ */
+export async function migrateStore(config: Config): Promise<{ store: string; from: number; to: number }> {
+  if (config.store.backend === 'postgres') {
+    return { store: safeUrl(config.store.url), ...(await migratePostgres(pgOptionsFromConfig(config))) };
+  }
+  const file = configPath(config.store.path);
+  const from = checkDatabase(file, config.store.busy_timeout_ms).schemaVersion ?? 0;
+  SqliteRepositories.open(storeOptionsFromConfig(config, { mustExist: true, hasher: createHasher(config) })).close();
+  return { store: file, from, to: Math.max(from, SQLITE_SCHEMA_VERSION) };
+}
+
+/** `store copy`: the configured SQLite store into the empty PostgreSQL store at `url` (same key file), compared afterwards. */
+export function copyStore(config: Config, url: string, options: { passwordFile?: string } = {}): Promise<CopyResult> {
+  if (config.store.backend !== 'sqlite') {
+    return Promise.reject(new MailgateError(ErrorCodes.USAGE, 'store copy reads the SQLite store the configuration names; set store.backend = "sqlite" for the copy'));
+  }
+  const target = pgOptionsFromConfig(config, { url, poolSize: 2, ...(options.passwordFile ? { passwordFile: options.passwordFile } : {}) });
+  return copySqliteToPostgres(configPath(config.store.path), target);
 }
 
 /**

@@ -192,6 +192,11 @@ export interface WebSessionLimits {
   maxMs: number;
 }
 
+/** Whether a page session is past its idle or absolute timeout at `now` (exactly at a limit is still in time). */
+export function webSessionExpired(session: { createdAt: number; lastSeenAt: number }, limits: WebSessionLimits, now: number): boolean {
+  return now - session.lastSeenAt > limits.idleMs || now - session.createdAt > limits.maxMs;
+}
+
 export interface WebSessionRecord {
   /** SHA-256 of the session id, hex: the id itself is never stored. */
   idHash: string;

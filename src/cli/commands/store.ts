@@ -42,11 +42,11 @@ export function storeCommand(): Command {
 
   store
     .command('check')
-    .description("run the store's own integrity checks (SQLite: integrity_check, foreign_key_check); exit 0 only when they pass")
+    .description("run the store's own integrity checks (SQLite: integrity_check, foreign_key_check; PostgreSQL: schema, tables, key file); exit 0 only when they pass")
     .option('--json', 'print JSON')
-    .action((_opts, cmd: Command) => {
+    .action(async (_opts, cmd: Command) => {
       const { config } = loadCommandConfig(cmd);
-      const { file, ...result } = checkStore(config);
+      const { file, ...result } = await checkStore(config);
       const found = problems(result);
       const ok = result.ok && found.length === 0;
       if (globalOptions(cmd).json) printJson({ file, ok, schemaVersion: result.schemaVersion, integrity: result.integrity, foreignKeys: result.foreignKeys });

@@ -3,28 +3,11 @@ import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AuditLog } from './audit.js';
 import { selectIn, type Db } from './database.js';
 import type { WebSessionRepository } from './web-sessions.js';
-import type { Account, Clock, TotpState } from '../types.js';
+import { ACCOUNT_COLUMNS, toAccount, type AccountRow } from '../rows.js';
+import type { Account, Clock } from '../types.js';
 import { normaliseUsername, validateNewUsername } from '../username.js';
 
-interface AccountRow {
-  id: number;
-  username: string;
-  created_at: number;
-  totp_state: TotpState;
-  totp_changed_at: number | null;
-}
-
-const COLUMNS = 'id, username, created_at, totp_state, totp_changed_at';
-
-function toAccount(row: AccountRow): Account {
-  return {
-    id: row.id,
-    username: row.username,
-    createdAt: row.created_at,
-    totpState: row.totp_state,
-    totpChangedAt: row.totp_changed_at,
-  };
-}
+const COLUMNS = ACCOUNT_COLUMNS;
 
 export class AccountRepository {
   private readonly byName;

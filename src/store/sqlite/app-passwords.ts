@@ -6,46 +6,16 @@
  */
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AccountRepository } from './accounts.js';
-import { generateAppPassword, validateName, type GeneratedAppPassword } from '../app-password-format.js';
+import { generateAppPassword, type GeneratedAppPassword } from '../app-password-format.js';
+import { checkCanCreate, checkCodeCanBeChecked, CREATE_ATTEMPTS, newAppPassword } from '../app-password-rules.js';
+import { toAppPasswordInfo, type AppPasswordRow } from '../rows.js';
 import type { AuditLog } from './audit.js';
 import { selectIn, type Db } from './database.js';
 import type { PasswordHasher } from '../hasher.js';
 import type { TotpService } from './totp.js';
-import { SCOPES, appPasswordStatus, type Account, type AppPasswordInfo, type Clock, type Scope, type CreateOptions, type CreatedAppPassword, type AppPasswordCandidate } from '../types.js';
+import type { Account, AppPasswordInfo, Clock, Scope, CreateOptions, CreatedAppPassword, AppPasswordCandidate } from '../types.js';
 
-
-interface AppPasswordRow {
-  id: number;
-  account_id: number;
-  name: string;
-  selector: string;
-  hash: string;
-  scopes: string;
-  created_at: number;
-  expires_at: number | null;
-  revoked_at: number | null;
-  last_used_at: number | null;
-  last_used_ip: string | null;
-  last_used_protocol: string | null;
-  last_used_client: string | null;
-}
-
-
-function toInfo(row: AppPasswordRow): AppPasswordInfo {
-  return {
-    id: row.id,
-    accountId: row.account_id,
-    name: row.name,
-    scopes: row.scopes.split(',').filter((s): s is Scope => (SCOPES as readonly string[]).includes(s)),
-    createdAt: row.created_at,
-    expiresAt: row.expires_at,
-    revokedAt: row.revoked_at,
-    lastUsed:
-      row.last_used_at === null
-        ? null
-        : { at: row.last_used_at, ip: row.last_used_ip, protocol: row.last_used_protocol, client: row.last_used_client },
-  };
-}
+const toInfo = toAppPasswordInfo;
 
 export class AppPasswordRepository {
   private readonly selectByAccount;
@@ -77,18 +47,14 @@ export class AppPasswordRepository {
   }
 
   async create(username: string, options: CreateOptions): Promise<CreatedAppPassword> {
-    const name = validateName(options.name);
-    const scopes = options.scopes && options.scopes.length > 0 ? [...options.scopes] : [...SCOPES];
-    const expiresAt = options.expiresAt ?? null;
+    const { name, scopes, expiresAt } = newAppPassword(options);
     // Check before the (slow) hash so an obviously refused request fails fast;
     // the same checks run again inside the write transaction, which is what counts.
     const account = this.accounts.get(username);
     this.checkCanCreate(account, name);
-    if (options.totpCode !== undefined && account.totpState !== 'enabled') {
-      throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is not on for ${account.username}; a code cannot be checked`);
-    }
+    checkCodeCanBeChecked(account, options);
 
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (let attempt = 0; attempt < CREATE_ATTEMPTS; attempt++) {
       const generated = generateAppPassword();
       const hash = await this.hasher.hash(generated.secret);
       const created = this.insertIfFree(username, name, scopes, expiresAt, generated, hash, options.totpCode);
@@ -130,17 +96,7 @@ export class AppPasswordRepository {
   }
 
   private checkCanCreate(account: Account, name: string): void {
-    const now = this.now();
-    const active = this.listFor(account).filter((p) => appPasswordStatus(p, now) === 'active');
-    if (active.some((p) => p.name === name)) {
-      throw new MailgateError(ErrorCodes.DUPLICATE_NAME, `${account.username} already has an app password named "${name}"`);
-    }
-    if (active.length >= this.maxActive) {
-      throw new MailgateError(
-        ErrorCodes.TOO_MANY_APP_PASSWORDS,
-        `${account.username} already has ${active.length} active app passwords (the limit is ${this.maxActive}); revoke one first`,
-      );
-    }
+    checkCanCreate(account, name, this.listFor(account), this.maxActive, this.now());
   }
 
   list(username: string): AppPasswordInfo[] {

@@ -10,9 +10,10 @@
  * `recovery-code-used` how many are left.
  */
 import type { Db } from './database.js';
+import { AUDIT_COLUMNS } from '../rows.js';
 import { ACTIVITY_EVENTS, type Account, type Clock, type AuditEvent, type AuditEntry, type AuditRow } from '../types.js';
 
-const COLUMNS = 'id, at, event, username, app_password_id AS appPasswordId, ip, protocol, detail';
+const COLUMNS = AUDIT_COLUMNS;
 
 export class AuditLog {
   private readonly insert;

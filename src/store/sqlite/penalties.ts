@@ -10,29 +10,12 @@
  * an address repeating one guess forever is still stopped.
  */
 import { selectIn, type Db } from './database.js';
+import { countedPenalty, currentPenalty } from '../penalty-counting.js';
+import { toPenaltyState, type PenaltyRow } from '../rows.js';
 import type { Clock, PenaltyKind, PenaltyState, PenaltyRules } from '../types.js';
 
-interface Row {
-  kind: PenaltyKind;
-  key: string;
-  failures: number;
-  repeats: number;
-  window_start: number;
-  last_failure: number;
-  blocked_until: number | null;
-}
-
-function toState(row: Row): PenaltyState {
-  return {
-    kind: row.kind,
-    key: row.key,
-    failures: row.failures,
-    repeats: row.repeats,
-    windowStart: row.window_start,
-    lastFailure: row.last_failure,
-    blockedUntil: row.blocked_until,
-  };
-}
+type Row = PenaltyRow;
+const toState = toPenaltyState;
 
 export class PenaltyRepository {
   private readonly select;
@@ -54,13 +37,7 @@ export class PenaltyRepository {
   /** The counter as it stands now: an expired window counts as no failures. */
   get(kind: PenaltyKind, key: string, windowMs: number): PenaltyState {
     const row = this.select.get(kind, key) as Row | undefined;
-    const now = this.now();
-    if (!row) return { kind, key, failures: 0, repeats: 0, windowStart: now, lastFailure: 0, blockedUntil: null };
-    const state = toState(row);
-    if (now - state.windowStart >= windowMs) {
-      return { ...state, failures: 0, repeats: 0, windowStart: now, blockedUntil: state.blockedUntil !== null && state.blockedUntil > now ? state.blockedUntil : null };
-    }
-    return state;
+    return currentPenalty(row ? toState(row) : null, kind, key, windowMs, this.now());
   }
 
   /** Counts one failure; starts a block when the window's count reaches the threshold. */
@@ -76,15 +53,9 @@ export class PenaltyRepository {
   private count(kind: PenaltyKind, key: string, rules: PenaltyRules, field: 'failures' | 'repeats'): { state: PenaltyState; blockStarted: boolean } {
     return this.db
       .transaction(() => {
-        const now = this.now();
-        const current = this.get(kind, key, rules.windowMs);
-        const next: PenaltyState = { ...current, kind, key, [field]: current[field] + 1, lastFailure: now };
-        const threshold = field === 'failures' ? rules.blockAfter : rules.repeatBlockAfter;
-        const free = current.blockedUntil === null || current.blockedUntil <= now;
-        const startsBlock = threshold !== undefined && next[field] >= threshold && free;
-        if (startsBlock) next.blockedUntil = now + rules.blockMs;
-        this.upsert.run(next);
-        return { state: next, blockStarted: startsBlock };
+        const counted = countedPenalty(this.get(kind, key, rules.windowMs), field, rules, this.now());
+        this.upsert.run(counted.state);
+        return counted;
       })
       .immediate();
   }

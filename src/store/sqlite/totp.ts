@@ -1,16 +1,14 @@
 /**
  * Two-step verification (TOTP, RFC 6238) for accounts.
  *
- * Defaults every authenticator app understands: SHA-1, 6 digits, 30 s steps,
- * and one step of clock drift either way. A code is accepted at most once: the
- * last accepted time step is stored and only later steps pass, and the update
- * is conditional so two processes cannot both accept the same code.
+ * The codes themselves are totp-codes.ts's. A code is accepted at most once:
+ * the last accepted time step is stored and only later steps pass, and the
+ * update is conditional so two processes cannot both accept the same code.
  *
  * Turning it on or off changes what the account's sessions were signed in
  * with, so the same commit ends its page sessions (but the one making the
  * change) and makes or deletes its recovery codes.
  */
-import { generateSecret, generateURI, verifySync } from 'otplib';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AccountRepository } from './accounts.js';
 import type { AuditLog } from './audit.js';
@@ -18,6 +16,7 @@ import type { Db } from './database.js';
 import type { RecoveryCodeRepository } from './recovery-codes.js';
 import type { WebSessionRepository } from './web-sessions.js';
 import { open, seal } from '../secret-box.js';
+import { acceptedStep, looksLikeTotpCode, newTotpSecret, totpEnrolment } from '../totp-codes.js';
 import type { Account, Clock, TotpState, Enrolment } from '../types.js';
 
 /** What turning two-step verification on or off did. */
@@ -31,10 +30,6 @@ export interface TotpOptions {
   /** The hash of the page session making the change: it stays signed in. */
   keepWebSession?: string;
 }
-
-const PERIOD_SECONDS = 30;
-/** ±1 step: epochTolerance is in seconds. */
-const TOLERANCE_SECONDS = PERIOD_SECONDS;
 
 export class TotpService {
   constructor(
@@ -60,7 +55,7 @@ export class TotpService {
         if (account.totpState === 'enabled') {
           throw new MailgateError(ErrorCodes.TOTP_STATE, `two-step verification is already on for ${account.username}; disable it first`);
         }
-        const secret = generateSecret({ length: 20 });
+        const secret = newTotpSecret();
         const sealed = seal(this.key, Buffer.from(secret, 'ascii'), account.username);
         this.db
           .prepare("UPDATE accounts SET totp_state = 'pending', totp_secret = ?, totp_last_step = NULL WHERE id = ?")
@@ -81,7 +76,7 @@ export class TotpService {
   }
 
   private enrolment(username: string, secret: string): Enrolment {
-    return { secret, uri: generateURI({ issuer: this.issuer, label: username, secret }) };
+    return totpEnrolment(this.issuer, username, secret);
   }
 
   /**
@@ -164,22 +159,14 @@ export class TotpService {
 
   /** Validates and consumes a code; returns the accepted time step or null. */
   private acceptCode(account: Account, code: string): number | null {
-    if (!/^\d{6}$/.test(code.trim())) return null;
+    if (!looksLikeTotpCode(code)) return null;
     const row = this.db.prepare('SELECT totp_secret, totp_last_step FROM accounts WHERE id = ?').get(account.id) as
       | { totp_secret: Buffer | null; totp_last_step: number | null }
       | undefined;
     if (!row?.totp_secret) return null;
     const secret = open(this.key, row.totp_secret, account.username).toString('ascii');
-    const epoch = Math.floor(this.now() / 1000);
-    const result = verifySync({
-      secret,
-      token: code.trim(),
-      epoch,
-      epochTolerance: TOLERANCE_SECONDS,
-      ...(row.totp_last_step === null ? {} : { afterTimeStep: row.totp_last_step }),
-    });
-    if (!result.valid) return null;
-    const step = Math.floor(epoch / PERIOD_SECONDS) + result.delta;
+    const step = acceptedStep(secret, code, this.now(), row.totp_last_step);
+    if (step === null) return null;
     const consumed = this.db
       .prepare('UPDATE accounts SET totp_last_step = ? WHERE id = ? AND (totp_last_step IS NULL OR totp_last_step < ?)')
       .run(step, account.id, step);

@@ -10,20 +10,12 @@
  * ended session back, the end-all-others after turning on two-step
  * verification included. Saving over an ended row changes nothing.
  */
-import type { Account, Clock, WebSessionInfo, WebSessionLimits, WebSessionRecord } from '../types.js';
+import { toWebSessionRecord, type WebSessionRow } from '../rows.js';
+import { webSessionExpired, type Account, type Clock, type WebSessionInfo, type WebSessionLimits, type WebSessionRecord } from '../types.js';
 import type { AuditLog } from './audit.js';
 import type { Db } from './database.js';
 
-interface Row {
-  id_hash: string;
-  account_id: number | null;
-  created_at: number;
-  last_seen_at: number;
-  password_at: number | null;
-  ip: string | null;
-  user_agent: string | null;
-  data: string;
-}
+type Row = WebSessionRow;
 
 /** What is left of an ended session: the hash that keeps it ended, nothing about its user. */
 const END = "ended_at = @now, data = '{}', ip = NULL, user_agent = NULL, password_at = NULL";
@@ -68,21 +60,13 @@ export class WebSessionRepository {
   get(idHash: string, limits: WebSessionLimits): WebSessionRecord | null {
     const row = this.select.get(idHash) as Row | undefined;
     if (!row) return null;
+    const record = toWebSessionRecord(row);
     const now = this.now();
-    if (now - row.last_seen_at > limits.idleMs || now - row.created_at > limits.maxMs) {
+    if (webSessionExpired(record, limits, now)) {
       this.endOne.run({ idHash, now });
       return null;
     }
-    return {
-      idHash: row.id_hash,
-      accountId: row.account_id,
-      createdAt: row.created_at,
-      lastSeenAt: row.last_seen_at,
-      passwordAt: row.password_at,
-      ip: row.ip,
-      userAgent: row.user_agent,
-      data: row.data,
-    };
+    return record;
   }
 
   /**
@@ -118,7 +102,7 @@ export class WebSessionRepository {
   /** The account's live sessions (within `limits`, when given), newest first, without their hashes. */
   list(account: Account, limits?: WebSessionLimits): WebSessionInfo[] {
     const now = this.now();
-    const live = (row: Row) => !limits || (now - row.last_seen_at <= limits.idleMs && now - row.created_at <= limits.maxMs);
+    const live = (row: Row) => !limits || !webSessionExpired({ createdAt: row.created_at, lastSeenAt: row.last_seen_at }, limits, now);
     return (this.byAccount.all(account.id) as Row[]).filter(live).map((row) => ({
       createdAt: row.created_at,
       lastSeenAt: row.last_seen_at,

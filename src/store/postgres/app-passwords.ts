@@ -1,0 +1,128 @@
+/**
+ * App passwords on PostgreSQL: only the argon2id hash is stored, with the
+ * selector in clear (app-password-format.ts). The rules of a create are
+ * app-password-rules.ts's, checked again inside the transaction under the
+ * account's row lock, so two nodes cannot together pass the limit.
+ */
+import { ErrorCodes, MailgateError } from '../../errors.js';
+import { generateAppPassword, type GeneratedAppPassword } from '../app-password-format.js';
+import { checkCanCreate, checkCodeCanBeChecked, CREATE_ATTEMPTS, newAppPassword, type NewAppPassword } from '../app-password-rules.js';
+import type { PasswordHasher } from '../hasher.js';
+import { toAppPasswordInfo, type AppPasswordRow } from '../rows.js';
+import type { Account, AppPasswordCandidate, AppPasswordInfo, Clock, CreatedAppPassword, CreateOptions } from '../types.js';
+import type { PgAccounts } from './accounts.js';
+import type { PgAudit } from './audit.js';
+import type { PgDatabase, Sql, Tx } from './database.js';
+import type { PgTotp } from './totp.js';
+
+export class PgAppPasswords {
+  constructor(
+    private readonly db: PgDatabase,
+    private readonly accounts: PgAccounts,
+    private readonly audit: PgAudit,
+    private readonly hasher: PasswordHasher,
+    private readonly totp: PgTotp,
+    private readonly now: Clock,
+    private readonly maxActive: number,
+  ) {}
+
+  /** Checks, hashes (outside any transaction: it takes milliseconds), then inserts under the account's lock. */
+  async create(username: string, options: CreateOptions): Promise<CreatedAppPassword> {
+    const wanted = newAppPassword(options);
+    const account = await this.accounts.get(this.db.sql, username);
+    await this.checkCanCreate(this.db.sql, account, wanted.name);
+    checkCodeCanBeChecked(account, options);
+    for (let attempt = 0; attempt < CREATE_ATTEMPTS; attempt++) {
+      const generated = generateAppPassword();
+      const hash = await this.hasher.hash(generated.secret);
+      const created = await this.db.transaction((tx) => this.insertIfFree(tx, username, wanted, generated, hash, options.totpCode));
+      if (created) return created;
+    }
+    throw new Error('could not find a free app-password selector');
+  }
+
+  private async insertIfFree(tx: Tx, username: string, wanted: NewAppPassword, generated: GeneratedAppPassword, hash: string, totpCode: string | undefined): Promise<CreatedAppPassword | null> {
+    const account = await this.accounts.lock(tx, username);
+    await this.checkCanCreate(tx, account, wanted.name);
+    const clash = await this.findCandidate(tx, account.id, generated.selector);
+    if (clash && clash.info.revokedAt === null) return null;
+    // Last, so that only a create that will happen spends the code.
+    if (totpCode !== undefined) await this.totp.consume(tx, account, totpCode);
+    const row = await tx.one<AppPasswordRow>(
+      'INSERT INTO app_passwords (account_id, name, selector, hash, scopes, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *',
+      [account.id, wanted.name, generated.selector, hash, wanted.scopes.join(','), this.now(), wanted.expiresAt],
+    );
+    const info = toAppPasswordInfo(row!);
+    await this.audit.record(tx, 'created', { username: account.username, appPasswordId: info.id, detail: wanted.scopes.join(',') });
+    return { info, password: generated.display };
+  }
+
+  private async checkCanCreate(sql: Sql, account: Account, name: string): Promise<void> {
+    checkCanCreate(account, name, await this.listFor(sql, account), this.maxActive, this.now());
+  }
+
+  async list(sql: Sql, username: string): Promise<AppPasswordInfo[]> {
+    return this.listFor(sql, await this.accounts.get(sql, username));
+  }
+
+  private async listFor(sql: Sql, account: Account): Promise<AppPasswordInfo[]> {
+    return (await sql.rows<AppPasswordRow>('SELECT * FROM app_passwords WHERE account_id = $1 ORDER BY id', [account.id])).map(toAppPasswordInfo);
+  }
+
+  /** Revokes one by a conditional update: revoked once, whichever node asks. */
+  async revoke(tx: Tx, username: string, id: number): Promise<AppPasswordInfo> {
+    const account = await this.accounts.get(tx, username);
+    const row = await tx.one<AppPasswordRow>('UPDATE app_passwords SET revoked_at = $1 WHERE id = $2 AND account_id = $3 AND revoked_at IS NULL RETURNING *', [
+      this.now(),
+      id,
+      account.id,
+    ]);
+    if (!row) {
+      // An id of another account is "unknown" here: nothing reveals or touches it.
+      const exists = await tx.one('SELECT 1 FROM app_passwords WHERE id = $1 AND account_id = $2', [id, account.id]);
+      throw new MailgateError(
+        ErrorCodes.UNKNOWN_APP_PASSWORD,
+        exists ? `app password ${id} of ${account.username} is already revoked` : `${account.username} has no app password ${id}`,
+      );
+    }
+    await this.audit.record(tx, 'revoked', { username: account.username, appPasswordId: id });
+    return toAppPasswordInfo(row);
+  }
+
+  async revokeAll(tx: Tx, username: string): Promise<number> {
+    const account = await this.accounts.get(tx, username);
+    const changes = await tx.run('UPDATE app_passwords SET revoked_at = $1 WHERE account_id = $2 AND revoked_at IS NULL', [this.now(), account.id]);
+    await this.audit.record(tx, 'revoked-all', { username: account.username, detail: String(changes) });
+    return changes;
+  }
+
+  /** The row a login's selector points at, preferring a live one. */
+  async findCandidate(sql: Sql, accountId: number, selector: string): Promise<AppPasswordCandidate | null> {
+    const row = await sql.one<AppPasswordRow>(
+      'SELECT * FROM app_passwords WHERE account_id = $1 AND selector = $2 ORDER BY revoked_at IS NOT NULL, id DESC LIMIT 1',
+      [accountId, selector],
+    );
+    return row ? { info: toAppPasswordInfo(row), hash: row.hash } : null;
+  }
+
+  async findById(sql: Sql, id: number): Promise<AppPasswordInfo | null> {
+    const row = await sql.one<AppPasswordRow>('SELECT * FROM app_passwords WHERE id = $1', [id]);
+    return row ? toAppPasswordInfo(row) : null;
+  }
+
+  async findByIds(sql: Sql, ids: readonly number[]): Promise<Map<number, AppPasswordInfo>> {
+    if (ids.length === 0) return new Map();
+    const rows = await sql.rows<AppPasswordRow>('SELECT * FROM app_passwords WHERE id = ANY($1::bigint[])', [[...new Set(ids)]]);
+    return new Map(rows.map((row) => [row.id, toAppPasswordInfo(row)]));
+  }
+
+  async recordUse(tx: Tx, id: number, use: { ip: string | null; protocol: string; client?: string | null }): Promise<void> {
+    await tx.run('UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3, last_used_client = $4 WHERE id = $5', [
+      this.now(),
+      use.ip,
+      use.protocol,
+      use.client ?? null,
+      id,
+    ]);
+  }
+}

@@ -1,0 +1,45 @@
+/** The audit trail on PostgreSQL: the same events and columns as SQLite's (sqlite/audit.ts says what they hold). */
+import { AUDIT_COLUMNS } from '../rows.js';
+import { ACTIVITY_EVENTS, type Account, type AuditEntry, type AuditEvent, type AuditRow, type Clock } from '../types.js';
+import type { Sql } from './database.js';
+
+export class PgAudit {
+  constructor(private readonly now: Clock) {}
+
+  async record(sql: Sql, event: AuditEvent, entry: AuditEntry = {}): Promise<void> {
+    await sql.run('INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)', [
+      this.now(),
+      event,
+      entry.username ?? null,
+      entry.appPasswordId ?? null,
+      entry.ip ?? null,
+      entry.protocol ?? null,
+      entry.detail ?? null,
+    ]);
+  }
+
+  /** Drops events older than `maxAgeMs`; returns how many. */
+  prune(sql: Sql, maxAgeMs: number): Promise<number> {
+    return sql.run('DELETE FROM audit WHERE at < $1', [this.now() - maxAgeMs]);
+  }
+
+  list(sql: Sql, options: { username?: string; limit?: number } = {}): Promise<AuditRow[]> {
+    return sql.rows<AuditRow>(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE ($1::text IS NULL OR username = $1) ORDER BY id DESC LIMIT $2`, [
+      options.username ?? null,
+      options.limit ?? 100,
+    ]);
+  }
+
+  /** The account's recent events worth showing its owner, newest first (sqlite/audit.ts says which rows are its). */
+  activity(sql: Sql, account: Account, limit: number): Promise<AuditRow[]> {
+    return sql.rows<AuditRow>(
+      `SELECT ${AUDIT_COLUMNS} FROM audit WHERE username = $1 AND at >= $2 AND event = ANY($3::text[]) ORDER BY id DESC LIMIT $4`,
+      [account.username, account.createdAt, ACTIVITY_EVENTS, Math.max(0, Math.floor(limit))],
+    );
+  }
+
+  /** Whether a login with this app password from this address is in the trail. */
+  async loginSeenFrom(sql: Sql, appPasswordId: number, ip: string): Promise<boolean> {
+    return (await sql.one("SELECT 1 FROM audit WHERE app_password_id = $1 AND ip = $2 AND event = 'login-ok' LIMIT 1", [appPasswordId, ip])) !== undefined;
+  }
+}

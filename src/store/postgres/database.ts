@@ -1,0 +1,166 @@
+/**
+ * Reaching PostgreSQL: the pool, how statements run (reads on the pool,
+ * writes in one transaction on one connection), and the notification that
+ * travels with every change other nodes must hear of.
+ *
+ * Every transaction that makes a change that may end sessions (what SQLite's
+ * store announces through onChange) also, before its COMMIT:
+ *  - bumps this node's row of `store_changes`, whose sum over the other nodes
+ *    is the foreign-change token the revocation watcher polls, and
+ *  - sends `NOTIFY mailgate_changes` with the change as JSON, delivered to
+ *    the other nodes' LISTEN connections when (and only if) it commits.
+ */
+import { readFileSync } from 'node:fs';
+import pg from 'pg';
+import { FIXED_LIMITS } from '../../config/limits.js';
+import { ErrorCodes, errorMessage, MailgateError } from '../../errors.js';
+import type { StoreChange } from '../store.js';
+
+/** The channel every node LISTENs on. */
+export const CHANNEL = 'mailgate_changes';
+
+/** BIGINT (ids, Unix milliseconds, counts) as JavaScript numbers: every value mailgate stores is below 2^53. */
+const INT8_OID = 20;
+const TYPES: pg.CustomTypesConfig = {
+  getTypeParser: ((oid: number, format?: 'text' | 'binary') =>
+    oid === INT8_OID ? (value: string) => Number(value) : pg.types.getTypeParser(oid, format ?? 'text')) as pg.CustomTypesConfig['getTypeParser'],
+};
+
+export interface PostgresOptions {
+  url: string;
+  /** A file holding the password, when the URL has none; else libpq's PGPASSWORD. */
+  passwordFile?: string;
+  poolSize: number;
+}
+
+/** What the store's statements run on: the pool (reads) or a transaction's connection. */
+export interface Sql {
+  rows<T>(text: string, params?: readonly unknown[]): Promise<T[]>;
+  one<T>(text: string, params?: readonly unknown[]): Promise<T | undefined>;
+  /** Rows changed. */
+  run(text: string, params?: readonly unknown[]): Promise<number>;
+}
+
+/** Inside a write: statements, and the changes to announce once it commits. */
+export interface Tx extends Sql {
+  changed(change: StoreChange): void;
+}
+
+/** A notification as it travels between nodes: the change, and who made it (so a node ignores its own). */
+export interface ChangeMessage extends StoreChange {
+  node: string;
+}
+
+/** The settings of every connection to the store: the URL, the password, the timeouts. */
+export function connectionConfig(options: Pick<PostgresOptions, 'url' | 'passwordFile'>): pg.ClientConfig {
+  const timeoutMs = FIXED_LIMITS.postgres_timeout_seconds * 1000;
+  return {
+    connectionString: options.url,
+    ...(options.passwordFile ? { password: readPassword(options.passwordFile) } : {}),
+    connectionTimeoutMillis: timeoutMs,
+    query_timeout: timeoutMs,
+    keepAlive: true,
+    application_name: 'mailgate',
+    types: TYPES,
+  };
+}
+
+function readPassword(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').replace(/\r?\n$/, '');
+  } catch (err) {
+    throw new MailgateError(ErrorCodes.DB_UNAVAILABLE, `cannot read store.password_file ${file}: ${errorMessage(err)}`);
+  }
+}
+
+/** The URL without its password, for messages and logs. */
+export function safeUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password) parsed.password = '***';
+    return parsed.toString();
+  } catch {
+    return 'the configured store.url';
+  }
+}
+
+export function sqlOver(client: pg.Pool | pg.PoolClient | pg.Client): Sql {
+  return {
+    rows: async <T>(text: string, params?: readonly unknown[]) => (await client.query(text, params as unknown[] | undefined)).rows as T[],
+    one: async <T>(text: string, params?: readonly unknown[]) => (await client.query(text, params as unknown[] | undefined)).rows[0] as T | undefined,
+    run: async (text: string, params?: readonly unknown[]) => (await client.query(text, params as unknown[] | undefined)).rowCount ?? 0,
+  };
+}
+
+export class PgDatabase {
+  readonly pool: pg.Pool;
+  /** Reads, on whichever pooled connection is free. */
+  readonly sql: Sql;
+
+  constructor(
+    readonly options: PostgresOptions,
+    /** This store's name among the nodes: its notifications carry it, its change counter is keyed by it. */
+    readonly node: string,
+    onIdleError: (err: Error) => void,
+    private readonly onCommitted: (changes: StoreChange[]) => void = () => undefined,
+  ) {
+    this.pool = new pg.Pool({ ...connectionConfig(options), max: options.poolSize });
+    // A pooled connection that dies while idle (the server restarted) is
+    // dropped by the pool; without a listener the error would end the process.
+    this.pool.on('error', onIdleError);
+    this.sql = sqlOver(this.pool);
+  }
+
+  /**
+   * Runs `work` in one transaction on one connection: all or nothing. The
+   * changes it reports are counted and notified in the same commit, then
+   * handed to `onCommitted` (this process's own listeners).
+   */
+  async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
+    const client = await this.pool.connect();
+    const changes: StoreChange[] = [];
+    const tx: Tx = { ...sqlOver(client), changed: (change) => void changes.push(change) };
+    let broken = false;
+    try {
+      await client.query('BEGIN');
+      const result = await work(tx);
+      if (changes.length > 0) await this.announceIn(tx, changes);
+      await client.query('COMMIT');
+      this.onCommitted(changes);
+      return result;
+    } catch (err) {
+      try {
+        await client.query('ROLLBACK');
+      } catch {
+        // The connection itself failed: it must not go back to the pool.
+        broken = true;
+      }
+      throw err;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** The change counter and the notifications, inside the transaction that made the changes. */
+  private async announceIn(tx: Sql, changes: StoreChange[]): Promise<void> {
+    await tx.run(
+      `INSERT INTO store_changes (node, n, at) VALUES ($1, $2, $3)
+       ON CONFLICT (node) DO UPDATE SET n = store_changes.n + excluded.n, at = excluded.at`,
+      [this.node, changes.length, Date.now()],
+    );
+    for (const change of changes) {
+      const message: ChangeMessage = { node: this.node, ...change };
+      await tx.run('SELECT pg_notify($1, $2)', [CHANNEL, JSON.stringify(message)]);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
+
+/** An error of the database or the connection, as opposed to a refusal decided by the store (a MailgateError). */
+export function isDatabaseError(err: unknown): boolean {
+  if (err instanceof MailgateError) return err.code === ErrorCodes.DB_UNAVAILABLE;
+  return err instanceof Error;
+}
