@@ -16,29 +16,9 @@ import {
   recoveryCodeDigest,
 } from '../../src/store/recovery-code-format.js';
 import { deriveKey, loadOrCreateKey } from '../../src/store/secret-box.js';
-import { makeTestStore, manualClock, type TestStore } from '../support/store.js';
+import { ENGINES, makeEngineStore, manualClock, useEngine, type EngineStore } from '../support/store.js';
 
-let t: TestStore;
-const clock = manualClock();
 const CODE_SHAPE = /^[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}-[a-z2-7]{4}$/;
-
-beforeEach(async () => {
-  clock.set(Date.UTC(2026, 10, 25, 12, 0, 0));
-  t = await makeTestStore({ now: clock.now });
-  await t.api.accounts.add('alice');
-  await t.api.accounts.add('bob');
-});
-afterEach(() => t.cleanup());
-
-/** Turns two-step verification on through the interface; the recovery codes it made. */
-async function turnOn(user: string): Promise<string[]> {
-  const { secret } = await t.api.totp.enroll(user);
-  const { account, recoveryCodes } = await t.api.totp.confirm(user, generateSync({ secret, epoch: clock.now() / 1000 }));
-  expect(account.totpState).toBe('enabled');
-  return recoveryCodes;
-}
-
-const rows = () => t.store.db.prepare('SELECT account_id, code_hash, used_at FROM recovery_codes ORDER BY id').all() as Array<{ account_id: number; code_hash: string; used_at: number | null }>;
 
 describe('recovery code format', () => {
   it('generates distinct 80-bit codes over the lower-case base32 alphabet, shown in four groups', () => {
@@ -69,7 +49,29 @@ describe('recovery code format', () => {
   });
 });
 
-describe('RecoveryCodeStore', () => {
+describe.each(ENGINES)('RecoveryCodeStore (%s)', (engine) => {
+  useEngine(engine);
+  let t: EngineStore;
+  const clock = manualClock();
+
+  beforeEach(async () => {
+    clock.set(Date.UTC(2026, 10, 25, 12, 0, 0));
+    t = await makeEngineStore(engine, { now: clock.now });
+    await t.api.accounts.add('alice');
+    await t.api.accounts.add('bob');
+  });
+  afterEach(() => t.cleanup());
+
+  /** Turns two-step verification on through the interface; the recovery codes it made. */
+  async function turnOn(user: string): Promise<string[]> {
+    const { secret } = await t.api.totp.enroll(user);
+    const { account, recoveryCodes } = await t.api.totp.confirm(user, generateSync({ secret, epoch: clock.now() / 1000 }));
+    expect(account.totpState).toBe('enabled');
+    return recoveryCodes;
+  }
+
+  const rows = () => t.rows<{ account_id: number; code_hash: string; used_at: number | null }>('SELECT account_id, code_hash, used_at FROM recovery_codes ORDER BY id');
+
   it('turning two-step verification on makes ten codes, shown once, audited', async () => {
     const codes = await turnOn('alice');
     expect(codes).toHaveLength(RECOVERY_CODE_COUNT);
@@ -100,15 +102,20 @@ describe('RecoveryCodeStore', () => {
     expect(await t.api.recoveryCodes.remaining('bob')).toBe(10);
     const used = (await t.api.audit.list({ username: 'alice' })).filter((r) => r.event === 'recovery-code-used');
     expect(used.map((r) => r.detail)).toEqual(['7', '8', '9']);
-    expect(rows().filter((r) => r.used_at !== null)).toHaveLength(3);
+    expect((await rows()).filter((r) => r.used_at !== null)).toHaveLength(3);
   });
 
   it('a code spent through one connection is refused through another (the guard is in the database)', async () => {
-    const [code] = await turnOn('alice');
-    const other = t.reopen({ now: clock.now });
-    expect(other.recoveryCodes.consume('alice', code!)).toBe(true);
+    const codes = await turnOn('alice');
+    const code = codes[0];
+    const other = await t.open({ now: clock.now });
+    expect(await other.recoveryCodes.consume('alice', code!)).toBe(true);
     expect(await t.api.recoveryCodes.consume('alice', code!)).toBe(false);
-    expect(other.recoveryCodes.consume('alice', code!)).toBe(false);
+    expect(await other.recoveryCodes.consume('alice', code!)).toBe(false);
+    // Two at once, one on each: exactly one spends it.
+    const next = codes[1]!;
+    const both = await Promise.all([t.api.recoveryCodes.consume('alice', next), other.recoveryCodes.consume('alice', next)]);
+    expect(both.filter(Boolean)).toHaveLength(1);
   });
 
   it('regenerate replaces every code (the old ones stop working), audited; refused without two-step verification', async () => {
@@ -120,7 +127,7 @@ describe('RecoveryCodeStore', () => {
     expect(fresh).toHaveLength(10);
     expect(fresh.filter((c) => old.includes(c))).toEqual([]);
     expect(await t.api.recoveryCodes.remaining('alice')).toBe(10);
-    expect(rows()).toHaveLength(10);
+    expect(await rows()).toHaveLength(10);
     for (const code of old) expect(await t.api.recoveryCodes.consume('alice', code)).toBe(false);
     expect(await t.api.recoveryCodes.consume('alice', fresh[9]!)).toBe(true);
     const events = (await t.api.audit.list({ username: 'alice' })).map((r) => r.event).filter((e) => e.startsWith('recovery'));
@@ -130,7 +137,7 @@ describe('RecoveryCodeStore', () => {
   it('turning two-step verification off deletes the codes; turning it on again makes new ones', async () => {
     const codes = await turnOn('alice');
     await t.api.totp.disable('alice');
-    expect(rows()).toEqual([]);
+    expect(await rows()).toEqual([]);
     expect(await t.api.recoveryCodes.remaining('alice')).toBe(0);
     expect(await t.api.recoveryCodes.consume('alice', codes[0]!)).toBe(false);
     clock.advance(60_000);
@@ -143,14 +150,14 @@ describe('RecoveryCodeStore', () => {
   it('removing the account removes its codes', async () => {
     await turnOn('alice');
     await t.api.accounts.remove('alice');
-    expect(rows()).toEqual([]);
+    expect(await rows()).toEqual([]);
   });
 
   it('keeps HMAC-SHA-256 under a subkey of the key file, bound to the account: not the code, not a plain hash', async () => {
     const codes = await turnOn('alice');
     const canonical = codes.map((c) => canonicalRecoveryCode(c)!);
-    const stored = rows().map((r) => r.code_hash);
-    const key = loadOrCreateKey(t.options.keyFile);
+    const stored = (await rows()).map((r) => r.code_hash);
+    const key = loadOrCreateKey(t.keyFile);
     const subkey = deriveKey(key, 'mailgate recovery codes');
     expect(subkey.equals(key)).toBe(false);
     expect(stored.sort()).toEqual(canonical.map((c) => recoveryCodeDigest(subkey, 'alice', c)).sort());
@@ -165,8 +172,13 @@ describe('RecoveryCodeStore', () => {
     const codes = await turnOn('alice');
     const otherKey = path.join(t.dir, 'other.key');
     loadOrCreateKey(otherKey);
-    const other = t.reopen({ keyFile: otherKey, now: clock.now });
-    for (const code of codes) expect(other.recoveryCodes.consume('alice', code)).toBe(false);
+    if (engine === 'postgres') {
+      // A PostgreSQL node with another key file is refused before it checks anything.
+      await expect(t.open({ keyFile: otherKey, now: clock.now })).rejects.toMatchObject({ code: ErrorCodes.KEY_FILE });
+    } else {
+      const other = await t.open({ keyFile: otherKey, now: clock.now });
+      for (const code of codes) expect(await other.recoveryCodes.consume('alice', code)).toBe(false);
+    }
     expect(await t.api.recoveryCodes.remaining('alice')).toBe(10);
   });
 });
