@@ -55,14 +55,24 @@ export interface ChangeMessage extends StoreChange {
 export function connectionConfig(options: Pick<PostgresOptions, 'url' | 'passwordFile'>): pg.ClientConfig {
   const timeoutMs = FIXED_LIMITS.postgres_timeout_seconds * 1000;
   return {
-    connectionString: options.url,
-    ...(options.passwordFile ? { password: readPassword(options.passwordFile) } : {}),
+    connectionString: options.passwordFile ? withPassword(options.url, readPassword(options.passwordFile)) : options.url,
     connectionTimeoutMillis: timeoutMs,
     query_timeout: timeoutMs,
     keepAlive: true,
     application_name: 'mailgate',
     types: TYPES,
   };
+}
+
+/** The URL with the password in it: node-postgres takes every field of a connection string over the separate ones. */
+function withPassword(url: string, password: string): string {
+  try {
+    const parsed = new URL(url);
+    if (!parsed.password) parsed.password = encodeURIComponent(password);
+    return parsed.toString();
+  } catch {
+    return url;
+  }
 }
 
 function readPassword(file: string): string {
