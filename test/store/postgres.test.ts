@@ -107,6 +107,17 @@ describe('nodes on one PostgreSQL store', () => {
     expect(heardByB).toHaveLength(count);
   });
 
+  it('failures counted on two nodes at once add up, and start one block', async () => {
+    // Catches: a read-then-write counter without a row lock, where concurrent failures overwrite each other.
+    const t = await store();
+    const b = await t.open();
+    const rules = { windowMs: 600_000, blockAfter: 20, blockMs: 600_000 };
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? b : t.api).penalties.recordFailure('account', 'mallory', rules)));
+    expect(results.filter((r) => r.blockStarted)).toHaveLength(1);
+    expect(await t.api.penalties.get('account', 'mallory', rules.windowMs)).toMatchObject({ failures: 20 });
+    expect((await b.penalties.activeBlocks()).map((s) => s.key)).toEqual(['mallory']);
+  });
+
   it('a change that rolls back is not heard by anyone', async () => {
     const t = await store();
     const b = await t.open();

@@ -70,11 +70,11 @@ describe.each(ENGINES)('TOTP (%s)', (engine) => {
     // The replay guard is in the database, so another process (node) refuses it too.
     const other = await t.open({ now: clock.now });
     expect(await other.totp.verify('alice', code)).toBe(false);
-    // Two at once, one on each: exactly one accepts the next code.
+    // Many at once, on both: exactly one accepts the next code.
     clock.advance(30_000);
     const next = codeAt(e.secret, clock.now());
-    const both = await Promise.all([store.totp.verify('alice', next), other.totp.verify('alice', next)]);
-    expect(both.filter(Boolean)).toHaveLength(1);
+    const all = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 ? other : store).totp.verify('alice', next)));
+    expect(all.filter(Boolean)).toHaveLength(1);
   });
 
   it('refuses wrong codes and non-codes', async () => {
