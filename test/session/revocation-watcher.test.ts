@@ -1,16 +1,15 @@
 /**
- * The revocation watcher on its own, over a real store and stand-in
- * sessions: which logged-in sessions it ends, with which farewell, and when
- * it looks at all.
+ * The revocation watcher on its own, over a real store (each engine) and
+ * stand-in sessions: which logged-in sessions it ends, with which farewell,
+ * and when it looks at all.
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { silentLogger } from '../../src/log/logger.js';
 import { SessionRegistry, type SessionAuth, type TerminationReason, type TrackedSession } from '../../src/session/registry.js';
 import { RevocationWatcher } from '../../src/session/revocation-watcher.js';
-import { enableTotp, makeTestStore, type TestStore } from '../support/store.js';
+import { enableTotpVia, ENGINES, makeEngineStore, useEngine, type EngineStore } from '../support/store.js';
 import { waitUntil } from '../support/timing.js';
 
-let t: TestStore;
 let registry: SessionRegistry;
 
 class FakeSession implements TrackedSession {
@@ -35,12 +34,16 @@ function passthrough(id: string, username: string): FakeSession {
   return session;
 }
 
+describe.each(ENGINES)('the revocation watcher (%s)', (engine) => {
+useEngine(engine);
+let t: EngineStore;
+
 function watcher(policy: 'passthrough' | 'reject' = 'passthrough'): RevocationWatcher {
   return new RevocationWatcher(t.api, registry, silentLogger(), 1000, { main_password_without_2fa: policy });
 }
 
 beforeEach(async () => {
-  t = await makeTestStore();
+  t = await makeEngineStore(engine);
   registry = new SessionRegistry();
 });
 afterEach(async () => {
@@ -56,11 +59,11 @@ describe('sessions passed through for names mailgate did not know', () => {
     const dave = passthrough('s2', 'dave');
     await w.tick();
     expect(carol.ended).toBeNull();
-    t.store.accounts.add('carol');
+    await t.api.accounts.add('carol');
     w.changed();
     await w.tick();
     expect(carol.ended).toBeNull(); // added without 2FA, main passwords allowed: nothing changes
-    enableTotp(t.store, 'carol');
+    await enableTotpVia(t.api, 'carol');
     w.changed();
     await w.tick();
     expect(carol.ended).toBe('two-factor-enabled');
@@ -70,7 +73,7 @@ describe('sessions passed through for names mailgate did not know', () => {
   it('are ended once the name is added while main passwords need 2FA-less accounts to use app passwords', async () => {
     const w = watcher('reject');
     const erin = passthrough('s3', 'erin');
-    t.store.accounts.add('erin');
+    await t.api.accounts.add('erin');
     w.changed();
     await w.tick();
     expect(erin.ended).toBe('app-password-required');
@@ -83,7 +86,7 @@ describe('sessions passed through for names mailgate did not know', () => {
     const frank = passthrough('s4', 'Frank');
     const other = passthrough('s5', 'gina');
     await w.tick();
-    t.store.penalties.recordFailure('account', 'frank', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
+    await t.api.penalties.recordFailure('account', 'frank', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
     w.changed();
     await w.tick();
     expect(frank.ended).toBe('blocked');
@@ -103,8 +106,9 @@ describe('when it looks', () => {
       // A long-gone login: it is not "fresh" any more, so only a change makes the watcher look.
       henry.auth.loginAt = 0;
       await w.tick();
-      // Committed on the same connection, without the store's announcement: invisible to the token.
-      t.store.penalties.recordFailure('account', 'henry', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
+      // Committed without the store's announcement (SQLite: on the same connection): invisible to the token.
+      const now = Date.now();
+      await t.rows('INSERT INTO penalties (kind, key, failures, repeats, window_start, last_failure, blocked_until) VALUES (?, ?, 1, 0, ?, ?, ?)', ['account', 'henry', now, now, now + 60_000]);
       await w.tick();
       expect(henry.ended).toBeNull();
       // Any change made through the store is announced, and the watcher looks at once (no tick).
@@ -121,10 +125,11 @@ describe('when it looks', () => {
     const ivan = passthrough('s7', 'ivan');
     ivan.auth.loginAt = 0;
     await w.tick();
-    const other = t.reopen();
-    other.accounts.add('ivan');
-    enableTotp(other, 'ivan');
+    const other = await t.open();
+    await other.accounts.add('ivan');
+    await enableTotpVia(other, 'ivan');
     await w.tick();
     expect(ivan.ended).toBe('two-factor-enabled');
   });
+});
 });

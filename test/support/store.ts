@@ -113,7 +113,7 @@ export interface EngineStore {
   keyFile: string;
   /** Another store over the same data: another process (SQLite), another node (PostgreSQL). */
   open(overrides?: EngineOverrides): Promise<Store>;
-  /** Raw rows, straight from the database (`?` placeholders on both engines). */
+  /** Raw SQL straight on the database (`?` placeholders on both engines): the rows, if it returns any. SQLite: on the store's own connection. */
   rows<T = Record<string, unknown>>(sql: string, params?: unknown[]): Promise<T[]>;
   /** Makes every later audit insert of `event` fail inside its transaction (as a full disk would); returns the undo. */
   failAuditOf(event: string | null): Promise<() => Promise<void>>;
@@ -164,7 +164,12 @@ async function sqliteEngineStore(overrides: EngineOverrides): Promise<EngineStor
       stores.push(store);
       return store;
     },
-    rows: async <T>(sql: string, params: unknown[] = []) => t.store.db.prepare(sql).all(...params) as T[],
+    rows: async <T>(sql: string, params: unknown[] = []) => {
+      const statement = t.store.db.prepare(sql);
+      if (statement.reader) return statement.all(...params) as T[];
+      statement.run(...params);
+      return [];
+    },
     async failAuditOf(event) {
       const when = event === null ? '' : `WHEN NEW.event = '${event}'`;
       t.store.db.exec(`CREATE TEMP TRIGGER fail_audit BEFORE INSERT ON audit ${when} BEGIN SELECT RAISE(ABORT, 'audit refused'); END`);
