@@ -118,6 +118,8 @@ export class PostgresStore implements Store {
         for (const change of changes) store.announce(change);
       },
     });
+    const { from, to } = store.r.migrated;
+    if (from !== to) settings.log.warn({ url: safeUrl(options.url), from, to }, from === 0 ? 'created the store schema in the database' : 'migrated the store schema');
     if (settings.listen) {
       store.listener = new ChangeListener(options, store.node, settings.log, {
         change: (change) => store.announce(change),

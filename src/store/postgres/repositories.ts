@@ -48,6 +48,8 @@ export class PgRepositories {
   readonly appPasswords: PgAppPasswords;
   readonly logins: PgLogins;
   readonly penalties: PgPenalties;
+  /** The schema versions before and after this open's migration (equal when there was nothing to do). */
+  migrated = { from: 0, to: 0 };
 
   private constructor(
     readonly db: PgDatabase,
@@ -77,7 +79,7 @@ export class PgRepositories {
   ): Promise<PgRepositories> {
     const db = new PgDatabase(options, node, events.onIdleError, events.onCommitted);
     try {
-      await migrate(db.pool, { url: options.url, ...(options.mustExist ? { mustExist: true } : {}) });
+      const migrated = await migrate(db.pool, { url: options.url, ...(options.mustExist ? { mustExist: true } : {}) });
       const key = await checkedKey(db.sql, options);
       const hasher =
         options.hasher ??
@@ -86,7 +88,9 @@ export class PgRepositories {
           ...(options.hashConcurrency === undefined ? {} : { concurrency: options.hashConcurrency }),
           ...(options.hashQueue === undefined ? {} : { maxQueue: options.hashQueue }),
         });
-      return new PgRepositories(db, key, hasher, options);
+      const repositories = new PgRepositories(db, key, hasher, options);
+      repositories.migrated = migrated;
+      return repositories;
     } catch (err) {
       await db.close().catch(() => undefined);
       if (err instanceof MailgateError) throw err;
