@@ -38,6 +38,8 @@ export class RevocationWatcher {
   /** This process changed something the sessions depend on: check at the next opportunity. */
   private dirty = false;
   private soon: NodeJS.Immediate | null = null;
+  /** Sessions told to close: one stays registered until its socket has closed, and a pass right after must not end it twice. */
+  private readonly ending = new WeakSet<TrackedSession>();
 
   constructor(
     private readonly store: Store,
@@ -83,7 +85,7 @@ export class RevocationWatcher {
   }
 
   private async pass(): Promise<void> {
-    const sessions = [...this.registry.authenticated()];
+    const sessions = [...this.registry.authenticated()].filter((s) => !this.ending.has(s));
     try {
       const token = await this.store.foreignChangeToken();
       const now = this.now();
@@ -111,6 +113,7 @@ export class RevocationWatcher {
       const reason = session.auth.accountId === null ? this.passthroughReason(session.auth, current) : this.reasonToClose(session.auth, current, now);
       if (reason) {
         this.log.info({ session: session.id, user: session.auth.username, appPasswordId: session.auth.appPasswordId, reason }, 'closing a session whose credentials are no longer valid');
+        this.ending.add(session);
         session.terminate(farewellFor(reason));
         continue;
       }

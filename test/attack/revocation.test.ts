@@ -5,7 +5,8 @@
  * an app password revoked (one, or --all), its account removed, its expiry
  * reached, or two-step verification turned on for an account whose session
  * logged in with the upstream password. Real Dovecot behind a real mailgate;
- * timeouts.revocation_check_seconds = 1.
+ * timeouts.revocation_check_seconds = 1. The store is reached only through
+ * the Store interface, so MAILGATE_TEST_STORE=postgres runs it on PostgreSQL.
  */
 import { readFileSync } from 'node:fs';
 import { ImapFlow } from 'imapflow';
@@ -29,7 +30,7 @@ let cli: string;
 beforeAll(async () => {
   dc = await startDovecot({ users: USERS.map((name) => ({ name, password: `${name}-upstream-pw` })) });
   gw = await startGateway(dc, { config: { timeouts: { revocation_check_seconds: 1 } } });
-  for (const user of USERS) gw.store.accounts.add(user);
+  for (const user of USERS) await gw.admin.accounts.add(user);
   cli = cliConfigFor(gw);
 });
 
@@ -39,7 +40,7 @@ afterAll(async () => {
 });
 
 async function appPassword(user: string, name: string, expiresAt: number | null = null): Promise<{ id: number; password: string }> {
-  const created = await gw.store.appPasswords.create(user, { name, expiresAt });
+  const created = await gw.admin.appPasswords.create(user, { name, expiresAt });
   return { id: created.info.id, password: created.password };
 }
 

@@ -120,6 +120,21 @@ describe('when it looks', () => {
     }
   });
 
+  it('tells a session to close once, though it stays registered until its socket has closed', async () => {
+    // Catches: a pass right after the one that ended a session (a second change, a poll) ending it again:
+    // a second farewell and a second "closing a session" line.
+    const w = watcher();
+    const jane = passthrough('s8', 'jane');
+    let told = 0;
+    jane.terminate = () => void (told += 1);
+    await t.api.penalties.recordFailure('account', 'jane', { windowMs: 60_000, blockAfter: 1, blockMs: 60_000 });
+    w.changed();
+    await w.tick();
+    w.changed();
+    await w.tick();
+    expect(told).toBe(1);
+  });
+
   it('notices commits of another connection (another process) by itself', async () => {
     const w = watcher();
     const ivan = passthrough('s7', 'ivan');

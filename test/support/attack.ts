@@ -33,6 +33,8 @@ export function cliConfigFor(gw: GatewayHandle, extra = ''): string {
   writeFileSync(
     file,
     `[store]
+backend = ${JSON.stringify(gw.config.store.backend)}
+url = ${JSON.stringify(gw.config.store.url)}
 path = ${JSON.stringify(gw.config.store.path)}
 key_file = ${JSON.stringify(gw.config.store.key_file)}
 busy_timeout_ms = 2000

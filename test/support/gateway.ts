@@ -10,20 +10,30 @@
  * database, as an administrator's tool in another process would have (the
  * gateway sees its commits as foreign ones); `handle.gateway.store` is the
  * gateway's own Store, for changes made "in the gateway's process".
+ * `handle.admin` is the Store interface as another process (SQLite) or
+ * another node (PostgreSQL) sees the store, on either engine.
+ *
+ * The engine: `options.store`, else MAILGATE_TEST_STORE (`postgres` runs
+ * the gateway on a PostgreSQL of its own, started and stopped with it;
+ * `handle.store`, SQLite's synchronous connection, is then unavailable).
  */
 import { statSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import path from 'node:path';
 import { parseConfig } from '../../src/config/load.js';
 import type { Config } from '../../src/config/schema.js';
-import { createLogger } from '../../src/log/logger.js';
+import { createLogger, silentLogger } from '../../src/log/logger.js';
 import { Gateway } from '../../src/server/gateway.js';
 import type { PasswordHasher } from '../../src/store/hasher.js';
 import { SqliteRepositories, storeOptionsFromConfig } from '../../src/store/sqlite/repositories.js';
-import type { SqliteStore } from '../../src/store/sqlite/sqlite-store.js';
+import { PostgresStore } from '../../src/store/postgres/postgres-store.js';
+import { pgOptionsFromConfig } from '../../src/store/postgres/repositories.js';
+import { SqliteStore } from '../../src/store/sqlite/sqlite-store.js';
+import type { Store } from '../../src/store/store.js';
 import type { Clock } from '../../src/store/types.js';
 import type { DovecotHandle } from './dovecot.js';
-import { FAST_ARGON2 } from './store.js';
+import { startPostgres } from './postgres.js';
+import { FAST_ARGON2, type Engine } from './store.js';
 import { waitUntil } from './timing.js';
 import { makeTempDir, removeTempDir } from './tmp.js';
 
@@ -31,8 +41,12 @@ export type LogLine = Record<string, unknown>;
 
 export interface GatewayHandle {
   gateway: Gateway;
-  /** A second connection to the gateway's database (reopened if the file was replaced). */
+  /** A second connection to the gateway's database (reopened if the file was replaced); SQLite only. */
   readonly store: SqliteRepositories;
+  /** The store through the Store interface, as another process or node sees it (either engine). */
+  readonly admin: Store;
+  /** The engine the gateway runs on. */
+  engine: Engine;
   /** The gateway's argon2 hasher (its counters tell how many verifications ran). */
   readonly hasher: PasswordHasher;
   /** The gateway's own SQLite connection, for tests that inject faults into it. */
@@ -59,6 +73,8 @@ export interface GatewayTestOptions {
   argon2?: { memoryKib: number; iterations: number; parallelism: number };
   /** The gateway's environment; default: MAILGATE_MASTER_PASSWORD set to the Dovecot master password. */
   env?: NodeJS.ProcessEnv;
+  /** The store's engine; default MAILGATE_TEST_STORE, else sqlite. */
+  store?: Engine;
 }
 
 function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
@@ -75,9 +91,12 @@ function merge(base: Record<string, unknown>, extra: Record<string, unknown>): R
 
 export async function startGateway(dovecot: DovecotHandle, options: GatewayTestOptions = {}): Promise<GatewayHandle> {
   const dir = await makeTempDir('gw');
+  const engine: Engine = options.store ?? (process.env.MAILGATE_TEST_STORE === 'postgres' ? 'postgres' : 'sqlite');
+  const postgres = engine === 'postgres' ? await startPostgres() : null;
+  const postgresStore = postgres ? { backend: 'postgres', url: await postgres.createDatabase() } : {};
   const raw = merge(
     {
-      store: { path: path.join(dir, 'mailgate.db'), key_file: path.join(dir, 'mailgate.key') },
+      store: { path: path.join(dir, 'mailgate.db'), key_file: path.join(dir, 'mailgate.key'), ...postgresStore },
       auth: { argon2_memory_kib: FAST_ARGON2.memoryKib, argon2_iterations: FAST_ARGON2.iterations },
       log: { level: 'debug' },
       tls: { cert: dovecot.pki.serverCert, key: dovecot.pki.serverKey, self_signed: false },
@@ -130,6 +149,7 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
       env: options.env ?? { MAILGATE_MASTER_PASSWORD: dovecot.master.password },
     });
   } catch (err) {
+    await postgres?.stop();
     await removeTempDir(dir);
     throw err;
   }
@@ -137,10 +157,19 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
     gateway.listeners.find((l) => l.config.protocol === protocol && l.config.tls === tls)?.port ?? 0;
   // The gateway's own hasher: app passwords made here get the gateway's argon2 cost.
   const admin = adminConnection(config, gateway.services.hasher, options.now);
+  const overrides = { hasher: gateway.services.hasher, ...(options.now ? { now: options.now } : {}) };
+  let otherProcess: Store | null =
+    engine === 'postgres' ? await PostgresStore.open(pgOptionsFromConfig(config, { ...overrides, poolSize: 2 }), { log: silentLogger() }) : null;
   return {
     gateway,
+    engine,
     get store() {
+      if (engine !== 'sqlite') throw new Error('handle.store is SQLite\'s synchronous connection; on PostgreSQL use handle.admin');
       return admin.get();
+    },
+    get admin() {
+      otherProcess ??= SqliteStore.open({ ...storeOptionsFromConfig(config), ...overrides, mustExist: true }, { log: silentLogger() });
+      return otherProcess;
     },
     hasher: gateway.services.hasher,
     gatewayConnection: () => (gateway.store as SqliteStore).currentConnection(),
@@ -157,7 +186,9 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
     logText: () => chunks.join(''),
     async stop() {
       admin.close();
+      await otherProcess?.close();
       await gateway.stop(0);
+      await postgres?.stop();
       await removeTempDir(dir);
     },
   };
