@@ -30,7 +30,7 @@ const storeSchema = z
     audit_retention_days: nonNegativeInt.default(365),
   })
   .refine((store) => store.backend !== 'postgres' || /^postgres(ql)?:\/\//.test(store.url), {
-    message: 'store.url must be a postgres:// URL when store.backend is "postgres"',
+    message: 'a postgres:// URL is needed when store.backend is "postgres"',
     path: ['url'],
   })
   .prefault({});

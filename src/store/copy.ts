@@ -54,7 +54,7 @@ export interface CopyResult {
 /** Copies the SQLite store at `sourcePath` into the empty PostgreSQL store of `target`, then compares them. */
 export async function copySqliteToPostgres(sourcePath: string, target: PgStoreOptions): Promise<CopyResult> {
   const source = openExistingReadOnly(sourcePath);
-  const db = new PgDatabase(target, 'store copy', () => undefined);
+  const db = new PgDatabase({ ...target, unboundedStatements: true }, 'store copy', () => undefined);
   try {
     const version = source.pragma('user_version', { simple: true }) as number;
     if (version !== SQLITE_SCHEMA_VERSION) {

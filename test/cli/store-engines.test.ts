@@ -40,6 +40,14 @@ describe('mailgate store migrate on SQLite', () => {
   });
 });
 
+it('a postgres backend without a postgres:// URL is a configuration error naming the key', async () => {
+  const file = path.join(dir, 'mailgate.toml');
+  writeFileSync(file, '[store]\nbackend = "postgres"\n');
+  const result = await runCli(['--config', file, 'account', 'list']);
+  expect(result.code).toBe(2);
+  expect(result.stderr).toMatch(/store\.url: a postgres:\/\/ URL is needed when store\.backend is "postgres"/);
+});
+
 describe('store commands on PostgreSQL', () => {
   let pg: PostgresHandle;
   beforeAll(async () => {

@@ -31,6 +31,8 @@ export interface PostgresOptions {
   /** A file holding the password, when the URL has none; else libpq's PGPASSWORD. */
   passwordFile?: string;
   poolSize: number;
+  /** Statements may run as long as they need (the administrator's copy of a large store); the store's own are bounded. */
+  unboundedStatements?: boolean;
 }
 
 /** What the store's statements run on: the pool (reads) or a transaction's connection. */
@@ -52,12 +54,12 @@ export interface ChangeMessage extends StoreChange {
 }
 
 /** The settings of every connection to the store: the URL, the password, the timeouts. */
-export function connectionConfig(options: Pick<PostgresOptions, 'url' | 'passwordFile'>): pg.ClientConfig {
+export function connectionConfig(options: Pick<PostgresOptions, 'url' | 'passwordFile' | 'unboundedStatements'>): pg.ClientConfig {
   const timeoutMs = FIXED_LIMITS.postgres_timeout_seconds * 1000;
   return {
     connectionString: options.passwordFile ? withPassword(options.url, readPassword(options.passwordFile)) : options.url,
     connectionTimeoutMillis: timeoutMs,
-    query_timeout: timeoutMs,
+    ...(options.unboundedStatements ? {} : { query_timeout: timeoutMs }),
     keepAlive: true,
     application_name: 'mailgate',
     types: TYPES,
