@@ -109,12 +109,17 @@ function issued(issuer: X509Certificate, subject: X509Certificate): boolean {
   return subject.checkIssued(issuer) && subject.verify(issuer.publicKey);
 }
 
+/** Signed by its own key. Not checkIssued: OpenSSL's check wants a CA's key usage, which a self-signed leaf lacks. */
+function selfSigned(certificate: X509Certificate): boolean {
+  return certificate.subject === certificate.issuer && certificate.verify(certificate.publicKey);
+}
+
 /** The certificate whose issuer is missing, or null when the chain is complete. */
 export function chainGap(chain: readonly X509Certificate[]): X509Certificate | null {
   let current = chain[0]!;
   const seen = new Set<X509Certificate>([current]);
   for (;;) {
-    if (issued(current, current) || bundledRoots().some((root) => issued(root, current))) return null;
+    if (selfSigned(current) || bundledRoots().some((root) => issued(root, current))) return null;
     const next = chain.find((candidate) => !seen.has(candidate) && issued(candidate, current));
     if (!next) return current;
     seen.add(next);

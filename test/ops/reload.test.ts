@@ -16,7 +16,7 @@
  */
 import { execFile } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { copyFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
@@ -320,6 +320,24 @@ describe('SNI', () => {
     expect(await servedSerial(gw.port('imap'), 'imap.example.org')).toBe(bare(org2.serial));
     expect(await servedSerial(page, 'imap.example.org')).toBe(bare(org2.serial));
     expect(await servedSerial(page)).toBe(bare(mail.serial));
+  });
+});
+
+describe('certificate checks at start', () => {
+  it('refuses to start, in one line, with a chain it cannot complete; nothing is created', async () => {
+    const other = await issueServerCert(dc.pki, dir, 'start-leaf');
+    const leafOnly = path.join(dir, 'start-leaf-only.crt');
+    writeFileSync(leafOnly, /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/.exec(readFileSync(other.cert, 'utf8'))![0]);
+    const fresh = await makeTempDir('reload-start');
+    try {
+      const file = writeCliConfig(fresh, toml('', `[tls]\ncert = ${JSON.stringify(leafOnly)}\nkey = ${JSON.stringify(other.key)}\nself_signed = false\n`));
+      const result = await runCli(['--config', file, 'serve'], { env: { MAILGATE_MASTER_PASSWORD: dc.master.password } });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/^mailgate: tls\.cert .*start-leaf-only\.crt: the certificate chain is incomplete: [^\n]+\n$/);
+      expect(existsSync(path.join(fresh, 'data'))).toBe(false);
+    } finally {
+      await removeTempDir(fresh);
+    }
   });
 });
 
