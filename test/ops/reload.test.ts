@@ -141,11 +141,13 @@ describe('SIGHUP', () => {
   it('serves a replaced certificate to new connections; an IMAP session in IDLE from before keeps working', async () => {
     copyFileSync(dc.pki.serverCert, certFile);
     copyFileSync(dc.pki.serverKey, keyFile);
-    writeConfig();
+    writeConfig('[web]\nlisten = "127.0.0.1:0"\n');
     const gw = await start();
     const port = gw.port('imap');
+    const page = (await gw.waitForLog('self-service page listening')).port as number;
     const oldSerial = bare(serialOf(dc.pki.serverCert));
     expect(await servedSerial(port, 'localhost')).toBe(oldSerial);
+    expect(await servedSerial(page)).toBe(oldSerial);
 
     // A mail program idling on its inbox.
     const { client: idler, answer } = await login(port);
@@ -166,6 +168,9 @@ describe('SIGHUP', () => {
     expect(await servedSerial(port, 'localhost')).toBe(bare(renewed.serial));
     expect(await servedSerial(port)).toBe(bare(renewed.serial));
     expect(await opensslSerial(port)).toBe(bare(renewed.serial));
+    // The self-service page too, with and without SNI.
+    expect(await servedSerial(page)).toBe(bare(renewed.serial));
+    expect(await servedSerial(page, 'localhost')).toBe(bare(renewed.serial));
     // The 'TLS certificate' line says which certificate is served now.
     expect(gw.logs().filter((l) => l.msg === 'TLS certificate').at(-1)).toMatchObject({ cert: certFile, serial: renewed.serial });
 
