@@ -18,8 +18,8 @@ const positiveInt = z.number().int().min(1);
 
 const storeSchema = z
   .strictObject({
-    path: z.string().min(1).default('data/mailgate.db'),
-    key_file: z.string().min(1).default('data/mailgate.key'),
+    path: z.string().min(1).default('../data/mailgate.db'),
+    key_file: z.string().min(1).default('../data/mailgate.key'),
     busy_timeout_ms: nonNegativeInt.default(5000),
     gateway_busy_timeout_ms: nonNegativeInt.max(MAX.gateway_busy_timeout_ms).default(L.gateway_busy_timeout_ms),
     audit_retention_days: nonNegativeInt.default(365),
@@ -55,8 +55,8 @@ const logSchema = z
 
 const tlsSchema = z
   .strictObject({
-    cert: z.string().min(1).default('certs/mailgate.crt'),
-    key: z.string().min(1).default('certs/mailgate.key'),
+    cert: z.string().min(1).default('../certs/mailgate.crt'),
+    key: z.string().min(1).default('../certs/mailgate.key'),
     self_signed: z.boolean().default(true),
     min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
   })
