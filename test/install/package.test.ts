@@ -35,11 +35,17 @@ let tarball = '';
 /**
  * The environment of a nested npm: without the npm_* variables of an outer
  * `npm test` (npm_config_local_prefix and friends would point it back at this
- * checkout), with the local prebuild.
+ * checkout), without this checkout's node_modules/.bin on PATH (`npx vitest`
+ * puts it there: its tsc would build a clone that has none), with the local
+ * prebuild.
  */
 function npmEnv(): NodeJS.ProcessEnv {
   const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !/^npm_/i.test(key)));
-  return { ...env, npm_config_better_sqlite3_local_prebuilds: prebuilds, npm_config_fund: 'false', npm_config_audit: 'false', npm_config_update_notifier: 'false' };
+  const PATH = (process.env.PATH ?? '')
+    .split(path.delimiter)
+    .filter((entry) => !entry.split(path.sep).includes('node_modules'))
+    .join(path.delimiter);
+  return { ...env, PATH, npm_config_better_sqlite3_local_prebuilds: prebuilds, npm_config_fund: 'false', npm_config_audit: 'false', npm_config_update_notifier: 'false' };
 }
 
 async function npm(args: string[], cwd: string): Promise<string> {
