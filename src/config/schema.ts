@@ -18,8 +18,8 @@ const positiveInt = z.number().int().min(1);
 
 const storeSchema = z
   .strictObject({
-    path: z.string().min(1).default('data/mailgate.db'),
-    key_file: z.string().min(1).default('data/mailgate.key'),
+    path: z.string().min(1).default('../data/mailgate.db'),
+    key_file: z.string().min(1).default('../data/mailgate.key'),
     busy_timeout_ms: nonNegativeInt.default(5000),
     gateway_busy_timeout_ms: nonNegativeInt.max(MAX.gateway_busy_timeout_ms).default(L.gateway_busy_timeout_ms),
     audit_retention_days: nonNegativeInt.default(365),
@@ -65,8 +65,9 @@ const certificateSchema = z.strictObject({
   names: z.array(serverName).default([]),
 });
 
-const DEFAULT_TLS_CERT = 'certs/mailgate.crt';
-const DEFAULT_TLS_KEY = 'certs/mailgate.key';
+// Relative to the configuration file's folder, like every path (config/ is next to certs/ in a checkout).
+const DEFAULT_TLS_CERT = '../certs/mailgate.crt';
+const DEFAULT_TLS_KEY = '../certs/mailgate.key';
 
 /**
  * One certificate (`cert`, `key`), or several chosen by SNI name

@@ -58,7 +58,7 @@ describe('[tls] certificates', () => {
   };
 
   it('serves [tls] cert and key alone when there is no [[tls.certificates]]', () => {
-    expect(serverCertificates(defaults.tls)).toEqual([{ cert: 'certs/mailgate.crt', key: 'certs/mailgate.key', names: [] }]);
+    expect(serverCertificates(defaults.tls)).toEqual([{ cert: '../certs/mailgate.crt', key: '../certs/mailgate.key', names: [] }]);
     const set = parseConfigText('[tls]\ncert = "a.crt"\nkey = "a.key"\n', 't');
     expect(serverCertificates(set.tls)).toEqual([{ cert: 'a.crt', key: 'a.key', names: [] }]);
   });
