@@ -33,6 +33,8 @@ import type { Clock } from '../store/types.js';
 import { upstreamTarget } from '../upstream/connect.js';
 import { Upstreams, type UpstreamProtocol } from '../upstream/upstreams.js';
 import { mailServers, WebServer, type PageTls } from '../web/server.js';
+import { fileLimit, RAISE_FILE_LIMIT_ADVICE } from './file-limits.js';
+import { HealthMonitor } from './health.js';
 import { Housekeeping } from './housekeeping.js';
 import { Metrics } from './metrics.js';
 
@@ -43,6 +45,8 @@ export interface GatewayOptions {
   /** Tests: cheaper argon2 than the configuration's, and a clock they control. */
   argon2?: { memoryKib: number; iterations: number; parallelism: number };
   now?: Clock;
+  /** Tests: the readiness checks' pace, faster than health_check_interval_seconds. */
+  healthIntervalMs?: number;
 }
 
 export interface BoundListener {
@@ -58,6 +62,8 @@ export interface GatewayServices extends SessionContext {
   policy: AuthPolicy;
   guard: AbuseGuard;
   metrics: Metrics;
+  /** The readiness checks behind /readyz (run while the metrics listener is on). */
+  health: HealthMonitor;
   upstreams: Upstreams;
   repeatedLines: RepeatedLines;
   /** The clock of the store, the caches and the page (tests pass one they move). */
@@ -134,10 +140,22 @@ export class Gateway {
   private static compose(options: GatewayOptions, checks: StartChecks, store: Store, hasher: PasswordHasher): GatewayServices {
     const { config, log } = options;
     if (!checks.masterPassword) {
-      log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
+      log.warn(
+        'no master password configured: app-password logins will fail; put the password of the master user (upstream.login.master_user) in a file named by upstream.login.master_password_file (mode 0600), or in MAILGATE_MASTER_PASSWORD',
+      );
     }
     const registry = new SessionRegistry();
-    const metrics = new Metrics({ sessions: () => registry.counts(), argon2: () => hasher.stats });
+    const health = new HealthMonitor({
+      store,
+      upstreams: checks.upstreams,
+      protocols: [...new Set(config.listen.map((l) => l.protocol))],
+      masterUser: config.upstream.login.master_user,
+      masterPassword: checks.masterPassword,
+      probeAccount: config.upstream.login.probe_account,
+      log,
+      ...(options.healthIntervalMs ? { intervalMs: options.healthIntervalMs } : {}),
+    });
+    const metrics = new Metrics({ sessions: () => registry.counts(), argon2: () => hasher.stats, health });
     const cache = new LoginCache(
       {
         ttlMs: config.auth.login_cache_ttl_seconds * 1000,
@@ -174,6 +192,7 @@ export class Gateway {
       policy,
       guard,
       metrics,
+      health,
       repeatedLines,
       logins,
       registry,
@@ -204,6 +223,7 @@ export class Gateway {
       this.metricsAddress = await metrics.listen(address, log).catch((err: unknown) => {
         throw listenError(err, 'metrics.listen', address);
       });
+      this.services.health.start();
     }
   }
 
@@ -298,8 +318,11 @@ export class Gateway {
 
   private async shutdown(graceMs: number): Promise<void> {
     const { registry, log } = this.services;
+    // Load balancers see it first, and send no new clients while the rest shuts down.
+    this.services.metrics.markStopping();
     this.revocations.stop();
     this.housekeeping.stop();
+    const health = this.services.health.stop();
     // close() stops listening at once, but its callback only fires when every
     // connection has ended: waiting for it would hold the grace period (and
     // the shutdown) hostage to any client that stays connected.
@@ -316,6 +339,7 @@ export class Gateway {
       await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => setTimeout(resolve, 3000).unref())]);
     }
     await web;
+    await health;
     this.services.repeatedLines.flush();
     await this.services.metrics.close();
     // Closing the store runs its last checkpoint: every write is on disk.
@@ -351,24 +375,16 @@ function listenError(err: unknown, key: string, address: string): Error {
  * so at start-up (Linux only; elsewhere the check is skipped).
  */
 function warnIfFewFileDescriptors(config: Config, log: Logger): void {
-  let limits: string;
-  try {
-    limits = readFileSync('/proc/self/limits', 'utf8');
-  } catch {
-    return;
-  }
-  const soft = /^Max open files\s+(\d+|unlimited)/m.exec(limits)?.[1];
-  if (!soft || soft === 'unlimited') return;
-  const needed = 2 * config.limits.max_connections + 100;
-  if (Number(soft) < needed) {
-    log.warn(
-      { openFileLimit: Number(soft), needed, maxSessions: Math.floor((Number(soft) - 100) / 2) },
-      'the open-file limit is too low for limits.max_connections (two sockets per session); raise it (systemd LimitNOFILE, ulimit -n)',
-    );
-  }
+  const limit = fileLimit(config);
+  if (!limit || limit.ok) return;
+  log.warn(
+    { openFileLimit: limit.soft, needed: limit.needed, maxSessions: limit.maxSessions },
+    `the open-file limit is too low for limits.max_connections (two sockets per session); ${RAISE_FILE_LIMIT_ADVICE}`,
+  );
 }
 
-function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | null {
+/** The master password: from upstream.login.master_password_file, else MAILGATE_MASTER_PASSWORD; null without either. */
+export function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | null {
   const file = config.upstream.login.master_password_file;
   if (file) {
     let text: string;

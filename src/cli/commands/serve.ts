@@ -1,13 +1,13 @@
 /** `mailgate serve`: run the gateway until SIGTERM or SIGINT. */
-import { Command } from 'commander';
-import { createLogger } from '../../log/logger.js';
+import { Command, Option } from 'commander';
+import { createLogger, resolveLogFormat } from '../../log/logger.js';
 import { Gateway } from '../../server/gateway.js';
 import { loadCommandConfig } from '../context.js';
 
 export function serveCommand(): Command {
-  return new Command('serve').description('run the IMAP/POP3 gateway').action(async (_opts, cmd: Command) => {
+  return new Command('serve').description('run the IMAP/POP3 gateway').addOption(logFormatOption()).action(async (opts: { logFormat?: LogFormatChoice }, cmd: Command) => {
     const { config, file } = loadCommandConfig(cmd);
-    const log = createLogger({ level: config.log.level });
+    const log = createLogger({ level: config.log.level, format: resolveLogFormat(opts.logFormat ?? config.log.format) });
     log.info({ config: file ?? '(built-in defaults)' }, 'starting mailgate');
 
     // One client must never take the process down. Sessions handle their own
@@ -30,4 +30,11 @@ export function serveCommand(): Command {
     });
     log.flush();
   });
+}
+
+type LogFormatChoice = 'json' | 'pretty' | 'auto';
+
+/** `--log-format`: overrides `[log] format` for this run. */
+function logFormatOption(): Option {
+  return new Option('--log-format <format>', 'JSON lines, or one readable line per event (default: [log] format; auto: pretty at a terminal)').choices(['json', 'pretty', 'auto']);
 }
