@@ -178,6 +178,6 @@ describe('mailgate serve', () => {
     const config = await writeConfig('self_signed = false');
     const result = await runCli(['serve', '--config', config]);
     expect(result.code).toBe(1);
-    expect(result.stderr).toMatch(/^mailgate: TLS certificate .*mailgate\.crt is missing and tls\.self_signed is false\n$/);
+    expect(result.stderr).toMatch(/^mailgate: tls\.cert .*mailgate\.crt is missing and tls\.self_signed is false; point it at the file, or set tls\.self_signed = true for a generated test certificate\n$/);
   });
 });
