@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
+import { imaps } from '../support/imap-client.js';
 import { waitUntil } from '../support/timing.js';
 
 interface Answer {
@@ -202,6 +203,26 @@ describe('health endpoints', () => {
       expect(body.checks.master_login_imap).toMatchObject({ state: 'skipped', detail: expect.stringMatching(/probe_account is not set/) });
       expect(await sample('mailgate_master_login_up{protocol="imap"}', other)).toBeUndefined();
     } finally {
+      await other.stop();
+    }
+  });
+
+  it('shutting down: both endpoints say 503 "stopping" while sessions finish', async () => {
+    // Catches: a load balancer that keeps sending clients to a gateway that no longer accepts them.
+    const other = await startGateway(dc, { config: { metrics: { listen: '127.0.0.1:0' } }, healthIntervalMs: INTERVAL_MS });
+    const client = await imaps(other);
+    try {
+      await waitForReadiness(200, 'store', 'ok', other);
+      // An open session holds the shutdown in its grace period.
+      const stopping = other.gateway.stop(2_000);
+      expect(await get(other, '/healthz')).toEqual({ status: 503, body: expect.stringMatching(/"status": "stopping"/) });
+      const ready = await readiness(other);
+      expect(ready.status).toBe(503);
+      expect(ready.body.status).toBe('stopping');
+      expect(await sample('mailgate_ready', other)).toBe(0);
+      await stopping;
+    } finally {
+      client.destroy();
       await other.stop();
     }
   });
