@@ -5,7 +5,7 @@
  * 0 only when every line is a ✓.
  */
 import { Command } from 'commander';
-import { ConfigError } from '../../config/load.js';
+import { ConfigError, type LoadedConfig } from '../../config/load.js';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import { runChecks, type Finding } from '../../server/checks.js';
 import { globalOptions, loadCommandConfig } from '../context.js';
@@ -27,7 +27,7 @@ export function checkCommand(): Command {
 
 /** The configuration first: when it does not load, nothing else can be checked. */
 async function checklist(cmd: Command, account: string | undefined): Promise<Finding[]> {
-  let loaded;
+  let loaded: LoadedConfig;
   try {
     loaded = loadCommandConfig(cmd);
   } catch (err) {
