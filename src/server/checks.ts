@@ -8,7 +8,7 @@
 import { accessSync, constants, readFileSync, statSync, type Stats } from 'node:fs';
 import { FIXED_LIMITS } from '../config/limits.js';
 import { configPath } from '../config/load.js';
-import type { Config } from '../config/schema.js';
+import { serverCertificates, type Config } from '../config/schema.js';
 import { errorMessage } from '../errors.js';
 import { readStoreKey, storeSchemaVersion } from '../store/open.js';
 import { upstreamTarget } from '../upstream/connect.js';
@@ -46,31 +46,42 @@ export async function runChecks(config: Config, options: CheckOptions): Promise<
   return findings;
 }
 
+/** Each configured certificate ([tls], or every [[tls.certificates]] entry, the default first). */
 function certificate(config: Config, now: number): Finding[] {
-  const certFile = configPath(config.tls.cert);
-  const keyFile = configPath(config.tls.key);
+  const entries = serverCertificates(config.tls);
+  const keyOf = (index: number) => (config.tls.certificates.length > 0 ? `tls.certificates[${index}]` : 'tls');
+  const publicHost = config.web.public_url ? new URL(config.web.public_url).hostname.replace(/^\[|\]$/g, '') : '';
+  return entries.flatMap((entry, index) => {
+    const key = keyOf(index);
+    const names = entry.names.map((host) => ({ key: `${key}.names`, host }));
+    // The page is served with the default certificate (or the one SNI picks for its host).
+    if (index === 0 && publicHost && !entries.some((e) => e.names.includes(publicHost.toLowerCase()))) names.push({ key: 'web.public_url', host: publicHost });
+    return oneCertificate(config, key, configPath(entry.cert), configPath(entry.key), names, now);
+  });
+}
+
+function oneCertificate(config: Config, key: string, certFile: string, keyFile: string, names: { key: string; host: string }[], now: number): Finding[] {
   const missing = [certFile, keyFile].filter((file) => statOf(file) === null);
   if (missing.length > 0) {
-    const generated = config.tls.self_signed && missing.length === 2;
+    const generated = key === 'tls' && config.tls.self_signed && missing.length === 2;
     return [
       {
-        check: 'tls.cert',
+        check: `${key}.cert`,
         ok: false,
         message: `${missing.join(' and ')} ${missing.length === 1 ? 'does' : 'do'} not exist${generated ? ': serve would generate a self-signed certificate, which mail programs warn about' : ''}`,
-        advice: 'set tls.cert and tls.key in [tls] to your certificate (full chain) and its key',
+        advice: `set ${key}.cert and ${key}.key to your certificate (full chain) and its key`,
       },
     ];
   }
   let cert: Buffer;
-  let key: Buffer;
+  let privateKey: Buffer;
   try {
     cert = readFileSync(certFile);
-    key = readFileSync(keyFile);
+    privateKey = readFileSync(keyFile);
   } catch (err) {
-    return [{ check: 'tls.cert', ok: false, message: `cannot read the certificate or key: ${errorMessage(err)}`, advice: 'let the user mailgate runs as read tls.cert and tls.key' }];
+    return [{ check: `${key}.cert`, ok: false, message: `cannot read the certificate or key: ${errorMessage(err)}`, advice: `let the user mailgate runs as read ${key}.cert and ${key}.key` }];
   }
-  const publicHost = config.web.public_url ? new URL(config.web.public_url).hostname.replace(/^\[|\]$/g, '') : '';
-  return inspectCertificate({ certFile, keyFile, cert, key, names: publicHost ? [{ key: 'web.public_url', host: publicHost }] : [], now });
+  return inspectCertificate({ key, certFile, keyFile, cert, privateKey, names, now });
 }
 
 function store(config: Config): Finding[] {

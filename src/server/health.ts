@@ -37,15 +37,19 @@ export interface Readiness {
 
 export interface HealthOptions {
   store: Pick<Store, 'probeWrites'>;
-  upstreams: Pick<Upstreams, 'reachable' | 'masterLogin'>;
-  /** The upstreams the listeners use. */
+  /** The upstreams the listeners use (listeners change only with a restart). */
   protocols: readonly UpstreamProtocol[];
-  masterUser: string;
-  masterPassword: Buffer | null;
-  probeAccount: string;
   log: Logger;
   /** Tests: a faster pace than health_check_interval_seconds. */
   intervalMs?: number;
+}
+
+/** What the checks log in with; a reload hands in new ones (configure). */
+export interface HealthTargets {
+  upstreams: Pick<Upstreams, 'reachable' | 'masterLogin'>;
+  masterUser: string;
+  masterPassword: Buffer | null;
+  probeAccount: string;
 }
 
 interface Result {
@@ -62,22 +66,37 @@ export class HealthMonitor {
   private readonly stopped = new AbortController();
   private timer: NodeJS.Timeout | null = null;
   private round: Promise<void> | null = null;
+  private targets: HealthTargets | null = null;
 
   constructor(private readonly options: HealthOptions) {
     this.intervalMs = options.intervalMs ?? FIXED_LIMITS.health_check_interval_seconds * 1000;
     this.results.set('store', pending());
     for (const protocol of options.protocols) {
       this.results.set(`upstream_${protocol}`, pending());
+      this.results.set(`master_login_${protocol}`, pending());
+    }
+  }
+
+  /**
+   * The upstreams and the master credentials to check with, at start and
+   * after each reload; the next round uses them. A probe account set or
+   * removed by a reload starts that check afresh.
+   */
+  configure(targets: HealthTargets): void {
+    const before = this.targets;
+    this.targets = targets;
+    if (before && before.probeAccount === targets.probeAccount) return;
+    for (const protocol of this.options.protocols) {
       this.results.set(
         `master_login_${protocol}`,
-        options.probeAccount ? pending() : { state: 'skipped', detail: 'upstream.login.probe_account is not set: the master login is not checked', at: null },
+        targets.probeAccount ? pending() : { state: 'skipped', detail: 'upstream.login.probe_account is not set: the master login is not checked', at: null },
       );
     }
   }
 
-  /** Runs the checks now, then every interval, until stop(). */
+  /** Runs the checks now, then every interval, until stop(). configure() first. */
   start(): void {
-    if (this.round || this.stopped.signal.aborted) return;
+    if (this.round || this.stopped.signal.aborted || !this.targets) return;
     this.next();
   }
 
@@ -114,10 +133,11 @@ export class HealthMonitor {
   /** One round of every check, at once. */
   async runOnce(): Promise<void> {
     const { protocols } = this.options;
+    const targets = this.targets!;
     await Promise.all([
       this.check('store', () => this.store()),
-      ...protocols.map((protocol) => this.check(`upstream_${protocol}`, () => this.upstream(protocol))),
-      ...(this.options.probeAccount ? protocols.map((protocol) => this.check(`master_login_${protocol}`, () => this.masterLogin(protocol))) : []),
+      ...protocols.map((protocol) => this.check(`upstream_${protocol}`, () => this.upstream(targets, protocol))),
+      ...(targets.probeAccount ? protocols.map((protocol) => this.check(`master_login_${protocol}`, () => this.masterLogin(targets, protocol), targets)) : []),
     ]);
   }
 
@@ -134,16 +154,16 @@ export class HealthMonitor {
     return 'writes work';
   }
 
-  private async upstream(protocol: UpstreamProtocol): Promise<string> {
-    const report = await this.options.upstreams.reachable(protocol, this.timeoutMs, this.stopped.signal);
+  private async upstream(targets: HealthTargets, protocol: UpstreamProtocol): Promise<string> {
+    const report = await targets.upstreams.reachable(protocol, this.timeoutMs, this.stopped.signal);
     const tls = report.certificate ? `${report.tls}, certificate ${report.certificate.verified ? 'verified' : 'not verified (verify = false)'}` : 'no TLS';
     return `reachable (${tls})`;
   }
 
-  private async masterLogin(protocol: UpstreamProtocol): Promise<string> {
-    const { masterPassword, masterUser, probeAccount } = this.options;
+  private async masterLogin(targets: HealthTargets, protocol: UpstreamProtocol): Promise<string> {
+    const { masterPassword, masterUser, probeAccount } = targets;
     if (!masterPassword) throw new Error('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD)');
-    const result = await this.options.upstreams.masterLogin(protocol, probeAccount, masterPassword, this.timeoutMs, this.stopped.signal);
+    const result = await targets.upstreams.masterLogin(protocol, probeAccount, masterPassword, this.timeoutMs, this.stopped.signal);
     if (result.ok) return `logged in as ${masterUser} for ${probeAccount}`;
     if (result.kind === 'no-such-account') {
       throw new Error(`the mail server does not know upstream.login.probe_account "${probeAccount}"; set it to an account that exists`);
@@ -151,8 +171,12 @@ export class HealthMonitor {
     throw new Error(result.reason);
   }
 
-  /** Runs one check and records its result; a change of state is logged once. */
-  private async check(name: string, run: () => Promise<string>): Promise<void> {
+  /**
+   * Runs one check and records its result; a change of state is logged once.
+   * A master login that ran with targets a reload has since replaced (another
+   * probe account) is not recorded.
+   */
+  private async check(name: string, run: () => Promise<string>, targets?: HealthTargets): Promise<void> {
     let next: Result;
     try {
       next = { state: 'ok', detail: await run(), at: Date.now() };
@@ -161,6 +185,7 @@ export class HealthMonitor {
     }
     // A round cut short by stop() says nothing about the check.
     if (this.stopped.signal.aborted) return;
+    if (targets && this.targets?.probeAccount !== targets.probeAccount) return;
     const before = this.results.get(name)!;
     this.results.set(name, next);
     if (next.state === 'failing' && (before.state !== 'failing' || before.detail !== next.detail)) {

@@ -16,6 +16,7 @@ import { makeTempDir, removeTempDir } from '../support/tmp.js';
 let dc: DovecotHandle;
 let dir: string;
 let fullchain: string;
+let leafOnly: string;
 let passwordFile: string;
 
 interface Setup {
@@ -91,9 +92,10 @@ function expectOneFailure(result: CliResult, line: RegExp): void {
 beforeAll(async () => {
   dc = await startDovecot();
   dir = await makeTempDir('cli-check');
-  // The server certificate followed by its CA: a complete chain, as fullchain.pem is.
-  fullchain = path.join(dir, 'fullchain.pem');
-  writeFileSync(fullchain, Buffer.concat([readFileSync(dc.pki.serverCert), readFileSync(dc.pki.caCert)]));
+  // The test PKI's server certificate is the leaf followed by its CA: a complete chain, as fullchain.pem is.
+  fullchain = dc.pki.serverCert;
+  leafOnly = path.join(dir, 'leaf.pem');
+  writeFileSync(leafOnly, /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\n/.exec(readFileSync(fullchain, 'latin1'))![0]);
   passwordFile = path.join(dir, 'master-password');
   writeFileSync(passwordFile, `${dc.master.password}\n`, { mode: 0o600 });
   // The store, made the supported way.
@@ -117,10 +119,10 @@ describe('mailgate check', () => {
     const expected = [
       /^✓ configuration .*good\.toml is valid$/,
       /^✓ tls\.key .* is the private key of the certificate$/,
-      /^✓ the chain is complete \(2 certificates, ending in its root\)$/,
-      /^✓ the certificate is valid until \d{4}-\d\d-\d\d \(\d+ days\)$/,
-      /^✓ issued by /,
-      /^✓ names: localhost, 127\.0\.0\.1, (::1|0:0:0:0:0:0:0:1)$/,
+      /^✓ the chain of tls\.cert is complete \(2 certificates\)$/,
+      /^✓ tls\.cert is valid until \d{4}-\d\d-\d\d \(\d+ days\)$/,
+      /^✓ tls\.cert is issued by /,
+      /^✓ tls\.cert names: localhost, 127\.0\.0\.1, (::1|0:0:0:0:0:0:0:1)$/,
       /^✓ the database .*mailgate\.db: present, readable, mode 0600$/,
       /^✓ the key file .*mailgate\.key: present, readable, mode 0600$/,
       /^✓ schema version \d+ \(this mailgate's\)$/,
@@ -181,7 +183,7 @@ describe('mailgate check', () => {
 
   it('a chain without its issuer fails the chain line', async () => {
     // Catches: a chain check that accepts any certificate (mail programs cannot fill in a missing intermediate).
-    expectOneFailure(await check(writeConfig('leaf-only', { cert: dc.pki.serverCert })), /^✗ the chain in tls\.cert .*server\.crt is incomplete: .* — use the full chain/);
+    expectOneFailure(await check(writeConfig('leaf-only', { cert: leafOnly })), /^✗ the chain in tls\.cert .*leaf\.pem is incomplete: .* — use the full chain/);
   });
 
   it('a store file others may read fails its line, with the chmod to run', async () => {

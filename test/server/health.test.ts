@@ -185,6 +185,26 @@ describe('health endpoints', () => {
     await waitForReadiness(200, 'master_login_pop3', 'ok');
   });
 
+  it('a reload hands the checks the new probe account, or none', async () => {
+    // Catches: readiness checks that keep the start's settings after a SIGHUP.
+    await waitForReadiness(200, 'master_login_imap', 'ok');
+    const withAccount = (account: string) => {
+      const next = structuredClone(gw.config);
+      next.upstream.login.probe_account = account;
+      return next;
+    };
+    try {
+      await gw.gateway.reload(withAccount(''));
+      const skipped = await waitForReadiness(200, 'master_login_imap', 'skipped');
+      expect(skipped.checks.master_login_pop3!.state).toBe('skipped');
+      await gw.gateway.reload(withAccount('bob'));
+      await waitForReadiness(200, 'master_login_pop3', 'ok', gw, /for bob$/);
+    } finally {
+      await gw.gateway.reload(withAccount('alice'));
+    }
+    await waitForReadiness(200, 'master_login_imap', 'ok', gw, /for alice$/);
+  });
+
   it('argon2 verifications are a counter, and every mailgate metric is typed', async () => {
     // Catches: a total exported as a gauge (rate() on it is meaningless to Prometheus).
     const { body } = await get(gw, '/metrics');
