@@ -3,6 +3,7 @@ import { Command } from 'commander';
 import { accountCommand } from './commands/account.js';
 import { appPasswordCommand } from './commands/app-password.js';
 import { blocksCommand } from './commands/blocks.js';
+import { checkCommand } from './commands/check.js';
 import { serveCommand } from './commands/serve.js';
 import { storeCommand } from './commands/store.js';
 import { totpCommand } from './commands/totp.js';
@@ -17,7 +18,7 @@ export function createProgram(): Command {
     .option('-c, --config <file>', `configuration file (default: $MAILGATE_CONFIG, else ${defaultConfigPath()})`)
     .showSuggestionAfterError(true);
 
-  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand()]) {
+  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand(), checkCommand()]) {
     program.addCommand(command);
   }
   return program;
