@@ -4,8 +4,9 @@
 # python3 for imaplib/poplib, fetchmail, the sqlite3 shell as an outside
 # reader of the store), fail2ban, whose fail2ban-regex checks the shipped
 # filter, Debian's chromium, the real browser of the self-service page's
-# tests (playwright-core drives it; nothing is downloaded), PostgreSQL (the
-# shared store of several nodes; the tests run their own server from
+# tests (playwright-core drives it; nothing is downloaded), systemd's
+# systemd-analyze, which checks the shipped unit, PostgreSQL (the shared
+# store of several nodes; the tests run their own server from
 # /usr/lib/postgresql/*/bin in a temporary folder, not the package's
 # cluster) and HAProxy (the load balancer in front of several nodes).
 # Debian/Ubuntu only; safe to re-run.
@@ -22,6 +23,7 @@ command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
 [ -x "${MAILGATE_CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v make >/dev/null 2>&1 || need+=(make)

@@ -17,8 +17,8 @@ import { checkPostgres, migratePostgres } from './postgres/maintenance.js';
 import { PostgresStore } from './postgres/postgres-store.js';
 import { pgOptionsFromConfig } from './postgres/repositories.js';
 import { storeFootprint } from './sqlite/footprint.js';
-import { backupDatabase, checkDatabase } from './sqlite/maintenance.js';
-import { SCHEMA_VERSION as SQLITE_SCHEMA_VERSION } from './sqlite/migrations.js';
+import { backupDatabase, checkDatabase, databaseSchemaVersion } from './sqlite/maintenance.js';
+import { SCHEMA_VERSION } from './sqlite/migrations.js';
 import { SqliteRepositories, storeOptionsFromConfig, type StoreOptions } from './sqlite/repositories.js';
 import { SqliteStore } from './sqlite/sqlite-store.js';
 import type { Store } from './store.js';
@@ -87,6 +87,8 @@ export async function openStore(config: Config, options: OpenStoreOptions): Prom
   const footprint = storeFootprint(sqlite);
   try {
     const store = SqliteStore.open(sqlite, { log: options.log, ...(gateway ? { checkpointIntervalMs: FIXED_LIMITS.checkpoint_interval_seconds * 1000 } : {}) });
+    // Root creating a store in the service user's folder: the files are the service user's (chown by path, never open).
+    footprint.adoptFolderOwner();
     return { store, removeCreated: () => footprint.removeCreated() };
   } catch (err) {
     footprint.removeCreated();
@@ -121,9 +123,9 @@ export async function migrateStore(config: Config): Promise<{ store: string; fro
     return { store: safeUrl(config.store.url), ...(await migratePostgres(pgOptionsFromConfig(config))) };
   }
   const file = configPath(config.store.path);
-  const from = checkDatabase(file, config.store.busy_timeout_ms).schemaVersion ?? 0;
+  const from = databaseSchemaVersion(file, config.store.busy_timeout_ms);
   SqliteRepositories.open(storeOptionsFromConfig(config, { mustExist: true, hasher: createHasher(config) })).close();
-  return { store: file, from, to: Math.max(from, SQLITE_SCHEMA_VERSION) };
+  return { store: file, from, to: Math.max(from, SCHEMA_VERSION) };
 }
 
 /** `store copy`: the configured SQLite store into the empty PostgreSQL store at `url` (same key file), compared afterwards. */
@@ -133,6 +135,17 @@ export function copyStore(config: Config, url: string, options: { passwordFile?:
   }
   const target = pgOptionsFromConfig(config, { url, poolSize: 2, ...(options.passwordFile ? { passwordFile: options.passwordFile } : {}) });
   return copySqliteToPostgres(configPath(config.store.path), target);
+}
+
+/**
+ * The schema version of the existing SQLite store, asked of SQLite
+ * read-only (never a new store, never a migration), and the version this
+ * mailgate writes: older ones are migrated at start, newer ones refused.
+ * (A PostgreSQL store says the same through checkStore.)
+ */
+export function storeSchemaVersion(config: Config): { file: string; version: number; current: number } {
+  const file = configPath(config.store.path);
+  return { file, version: databaseSchemaVersion(file, config.store.busy_timeout_ms), current: SCHEMA_VERSION };
 }
 
 /**

@@ -75,6 +75,8 @@ export interface GatewayTestOptions {
   env?: NodeJS.ProcessEnv;
   /** The store's engine; default MAILGATE_TEST_STORE, else sqlite. */
   store?: Engine;
+  /** The readiness checks' pace (they run while `metrics.listen` is set). */
+  healthIntervalMs?: number;
 }
 
 function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
@@ -146,6 +148,7 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
       log,
       argon2: options.argon2 ?? FAST_ARGON2,
       ...(options.now ? { now: options.now } : {}),
+      ...(options.healthIntervalMs ? { healthIntervalMs: options.healthIntervalMs } : {}),
       env: options.env ?? { MAILGATE_MASTER_PASSWORD: dovecot.master.password },
     });
   } catch (err) {

@@ -160,6 +160,12 @@ export class PostgresStore implements Store {
     return this.probing;
   }
 
+  /** The write probe now (the readiness check): a failure refuses logins as a failed write does, a success ends that. */
+  async probeWrites(): Promise<void> {
+    if (this.closed) throw this.closedError();
+    await this.probe();
+  }
+
   onChange(listener: (change: StoreChange) => void): () => void {
     this.changes.on('change', listener);
     return () => this.changes.off('change', listener);
