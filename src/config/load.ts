@@ -41,6 +41,7 @@ export function defaultConfigPath(root: string = PACKAGE_ROOT): string {
 export const PATH_KEYS: readonly string[] = [
   'store.path',
   'store.key_file',
+  'store.password_file',
   'tls.cert',
   'tls.key',
   'tls.certificates[].cert',

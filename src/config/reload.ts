@@ -34,8 +34,12 @@ export const RESTART_KEYS: readonly string[] = [
   // The log's destination stream is chosen at start.
   'log.format',
   'metrics.listen',
+  'store.backend',
   'store.path',
   'store.key_file',
+  'store.url',
+  'store.password_file',
+  'store.pool_size',
   'store.busy_timeout_ms',
   'store.gateway_busy_timeout_ms',
   'auth.argon2_memory_kib',

@@ -83,6 +83,20 @@ describe('store commands on PostgreSQL', () => {
     expect(JSON.parse(wrong.stdout)).toMatchObject({ ok: false, schemaVersion: 4, integrity: [`the key file ${otherKey} is not the one this store was made with`] });
   });
 
+  it('mailgate check looks at the PostgreSQL store (reached, schema, key file), read-only', async () => {
+    const url = await pg.createDatabase();
+    const config = postgresConfig(url);
+    const storeFinding = async () => {
+      const result = await runCli(['--config', config, 'check', '--json']);
+      return (JSON.parse(result.stdout) as { checks: Array<{ check: string; ok: boolean; message: string; advice: string | null }> }).checks.find((c) => c.check === 'store.url')!;
+    };
+    expect(await storeFinding()).toMatchObject({ ok: false, advice: expect.stringMatching(/mailgate store migrate/) });
+    // Read-only: the check made no schema.
+    expect(await pg.admin(new URL(url).pathname.slice(1), "SELECT to_regclass('schema_migrations') AS t")).toEqual([{ t: null }]);
+    await runCli(['--config', config, 'store', 'migrate']);
+    expect(await storeFinding()).toMatchObject({ ok: true, message: expect.stringMatching(/schema version 4, tables and key file as this mailgate expects/) });
+  });
+
   it('store backup is refused with the tool to use instead; the password never shows', async () => {
     const url = await pg.createDatabase();
     const backup = await runCli(['--config', postgresConfig(url), 'store', 'backup', path.join(dir, 'copy.db')]);
