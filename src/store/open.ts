@@ -9,6 +9,7 @@ import { configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
 import { PasswordHasher } from './hasher.js';
 import { loadKey } from './secret-box.js';
+import type { SchemaUpgrade } from './sqlite/database.js';
 import { storeFootprint } from './sqlite/footprint.js';
 import { backupDatabase, checkDatabase } from './sqlite/maintenance.js';
 import { storeOptionsFromConfig, type StoreOptions } from './sqlite/repositories.js';
@@ -61,6 +62,15 @@ export function openStore(config: Config, options: OpenStoreOptions): OpenedStor
     ...(options.argon2 ? { argon2: options.argon2 } : {}),
     ...(options.now ? { now: options.now } : {}),
     ...(options.mustExist ? { mustExist: true } : {}),
+    // Only the gateway upgrades an older store: it is what an upgrade restarts, and a CLI
+    // of the new version must not change the schema under a gateway still running the old one.
+    ...(gateway
+      ? {
+          upgrade: true,
+          onUpgrade: ({ from, to, backup }: SchemaUpgrade) =>
+            options.log.info({ path: configPath(config.store.path), from, to, backup }, `upgraded the store from schema version ${from} to ${to}; the store as it was is in ${backup}`),
+        }
+      : {}),
   });
   const footprint = storeFootprint(sqlite);
   try {
