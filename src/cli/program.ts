@@ -2,8 +2,10 @@
 import { Command } from 'commander';
 import { accountCommand } from './commands/account.js';
 import { appPasswordCommand } from './commands/app-password.js';
+import { auditCommand } from './commands/audit.js';
 import { blocksCommand } from './commands/blocks.js';
 import { serveCommand } from './commands/serve.js';
+import { kickCommand, whoCommand } from './commands/sessions.js';
 import { storeCommand } from './commands/store.js';
 import { totpCommand } from './commands/totp.js';
 import { webCommand } from './commands/web.js';
@@ -19,5 +21,6 @@ export function createProgram(): Command {
   for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand()]) {
     program.addCommand(command);
   }
+  for (const command of [auditCommand(), whoCommand(), kickCommand()]) program.addCommand(command);
   return program;
 }

@@ -187,6 +187,12 @@ export const FIXED_LIMITS = {
   /** A client's ID name and version in the log, in characters each: "Thunderbird" and "153.0.1" fit many
    * times over, and a 1 KiB value repeated on every session line would not. */
   imap_id_log_max_chars: 64,
+  /** One request on the control socket (`mailgate who`, `kick`): a short JSON line with at most a username
+   * (256 bytes); 4 KiB holds any of them, and bounds what a local client can make the gateway buffer. */
+  control_request_bytes: 4096,
+  /** How long a control-socket connection may take to send its request, and the CLI waits for the answer:
+   * both sides are on one host and answer in milliseconds; a client that stalls is dropped. */
+  control_timeout_seconds: 5,
 } as const;
 
 /** A whole pre-login IMAP command: room for a full line and a full literal, twice over. */

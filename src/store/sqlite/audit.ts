@@ -10,7 +10,7 @@
  * `recovery-code-used` how many are left.
  */
 import type { Db } from './database.js';
-import { ACTIVITY_EVENTS, type Account, type Clock, type AuditEvent, type AuditEntry, type AuditRow } from '../types.js';
+import { ACTIVITY_EVENTS, type Account, type AuditListOptions, type AuditListRow, type Clock, type AuditEvent, type AuditEntry, type AuditRow } from '../types.js';
 
 const COLUMNS = 'id, at, event, username, app_password_id AS appPasswordId, ip, protocol, detail';
 
@@ -29,7 +29,15 @@ export class AuditLog {
       'INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
     this.deleteBefore = db.prepare('DELETE FROM audit WHERE at < ?');
-    this.recent = db.prepare(`SELECT ${COLUMNS} FROM audit WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?`);
+    // The app password's name, when it still exists and is the one the row meant: an id
+    // can be taken again by a later app password, which was created after the event.
+    this.recent = db.prepare(
+      `SELECT audit.id, audit.at, audit.event, audit.username, audit.app_password_id AS appPasswordId, audit.ip, audit.protocol, audit.detail,
+              app_passwords.name AS appPasswordName
+         FROM audit LEFT JOIN app_passwords ON app_passwords.id = audit.app_password_id AND app_passwords.created_at <= audit.at
+        WHERE (? IS NULL OR audit.username = ?) AND audit.at >= ?
+        ORDER BY audit.id DESC LIMIT ?`,
+    );
     // Walks audit_by_username backwards from the newest row of the name.
     this.ofAccount = db.prepare(
       `SELECT ${COLUMNS} FROM audit
@@ -56,9 +64,10 @@ export class AuditLog {
     return this.deleteBefore.run(this.now() - maxAgeMs).changes;
   }
 
-  list(options: { username?: string; limit?: number } = {}): AuditRow[] {
+  /** Newest first: of one account (its normalised name) or all, since a time, at most `limit` (default 100). */
+  list(options: AuditListOptions = {}): AuditListRow[] {
     const username = options.username ?? null;
-    return this.recent.all(username, username, options.limit ?? 100) as AuditRow[];
+    return this.recent.all(username, username, options.since ?? 0, options.limit ?? 100) as AuditListRow[];
   }
 
   /**
