@@ -36,7 +36,7 @@ export class AuditLog {
               app_passwords.name AS appPasswordName
          FROM audit LEFT JOIN app_passwords ON app_passwords.id = audit.app_password_id AND app_passwords.created_at <= audit.at
         WHERE (? IS NULL OR audit.username = ?) AND audit.at >= ?
-        ORDER BY audit.id DESC LIMIT ?`,
+        ORDER BY audit.at DESC, audit.id DESC LIMIT ?`,
     );
     // Walks audit_by_username backwards from the newest row of the name.
     this.ofAccount = db.prepare(
