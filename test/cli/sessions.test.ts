@@ -144,7 +144,7 @@ describe('mailgate who and kick', () => {
     // A user without sessions: said so, nothing closed.
     expect(await cliOk('kick', 'carol')).toBe('carol has no open sessions\n');
     bob.destroy();
-  });
+  }, 60_000);
 
   it('the socket is 0600 and another user cannot use it; without a gateway, who says so and exits 1', async () => {
     // Catches: a control socket any local user could open to list or kick sessions, and a who that
@@ -194,5 +194,5 @@ describe('mailgate who and kick', () => {
     // The first one's socket is still there and still answers.
     expect(statSync(socketPath).ino).toBe(inode);
     expect(await cliOk('who')).toBe('no logged-in sessions\n');
-  });
+  }, 60_000);
 });

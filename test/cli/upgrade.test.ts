@@ -165,7 +165,7 @@ describe('upgrading the store', () => {
     gateway = await startServe(config, { MAILGATE_MASTER_PASSWORD: dc.master.password });
     expect(gateway.logs().some((l) => String(l.msg).startsWith('upgraded the store'))).toBe(false);
     expect(readdirSync(path.dirname(dbFile)).filter((n) => n.includes('.bak-'))).toEqual([path.basename(backup)]);
-  });
+  }, 60_000);
 
   it('a store newer than this mailgate: the CLI and serve exit 1 with one line, and leave it as it is', async () => {
     // Catches: an older mailgate that opens (and writes to) a schema it does not know, or a refusal
