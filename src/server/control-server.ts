@@ -8,7 +8,7 @@
  * start; one that still answers belongs to a running gateway, and this one
  * refuses to start rather than take it over. The file is removed at shutdown.
  */
-import { chmodSync, lstatSync, statSync, unlinkSync } from 'node:fs';
+import { chmodSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { FIXED_LIMITS } from '../config/limits.js';
 import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
@@ -27,8 +27,6 @@ export class ControlServer {
   private constructor(
     private readonly server: net.Server,
     readonly path: string,
-    /** dev:ino of the socket this gateway made: only that file is removed at shutdown. */
-    private readonly identity: string,
   ) {}
 
   static async start(file: string, registry: SessionRegistry, log: Logger): Promise<ControlServer> {
@@ -38,19 +36,15 @@ export class ControlServer {
     await clearStale(file, log);
     const server = net.createServer((socket) => converse(socket, registry, log));
     await listenPrivately(server, file);
-    const st = statSync(file);
     log.info({ path: file }, 'control socket listening');
-    return new ControlServer(server, file, `${st.dev}:${st.ino}`);
+    return new ControlServer(server, file);
   }
 
-  /** Stops answering and removes the socket file (unless another process has put its own there since). */
+  /**
+   * Stops answering. Closing the listening socket removes its file (libuv
+   * unlinks the path it bound); one left by a crash is cleared at the next start.
+   */
   close(): Promise<void> {
-    try {
-      const st = statSync(this.path);
-      if (`${st.dev}:${st.ino}` === this.identity) unlinkSync(this.path);
-    } catch {
-      // Already gone: nothing to remove.
-    }
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 }
