@@ -4,8 +4,9 @@
 # python3 for imaplib/poplib, fetchmail, the sqlite3 shell as an outside
 # reader of the store), fail2ban, whose fail2ban-regex checks the shipped
 # filter, and Debian's chromium, the real browser of the self-service page's
-# tests (playwright-core drives it; nothing is downloaded). Debian/Ubuntu
-# only; safe to re-run.
+# tests (playwright-core drives it; nothing is downloaded), and systemd's
+# systemd-analyze, which checks the shipped unit. Debian/Ubuntu only; safe to
+# re-run.
 set -euo pipefail
 
 need=()
@@ -19,6 +20,7 @@ command -v fetchmail >/dev/null 2>&1 || need+=(fetchmail)
 command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
 command -v fail2ban-regex >/dev/null 2>&1 || need+=(fail2ban)
 [ -x "${MAILGATE_CHROMIUM:-/usr/bin/chromium}" ] || need+=(chromium)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v make >/dev/null 2>&1 || need+=(make)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 

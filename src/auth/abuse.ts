@@ -76,10 +76,19 @@ export class AbuseGuard {
 
   constructor(
     private readonly store: Store,
-    private readonly rules: AbuseRules,
+    private rules: AbuseRules,
     private readonly log: Logger,
     private readonly now: Clock = Date.now,
   ) {}
+
+  /**
+   * New rules from a reload, for the attempts that follow. The guard itself
+   * is kept: its per-client slots in use and the fingerprints of passwords
+   * already counted must outlive a reload.
+   */
+  useRules(rules: AbuseRules): void {
+    this.rules = rules;
+  }
 
   /**
    * Waits for a credential-check slot for this client, then says whether the

@@ -9,13 +9,14 @@ import { kickCommand, whoCommand } from './commands/sessions.js';
 import { storeCommand } from './commands/store.js';
 import { totpCommand } from './commands/totp.js';
 import { webCommand } from './commands/web.js';
+import { defaultConfigPath } from '../config/load.js';
 import { packageVersion } from './version.js';
 
 export function createProgram(): Command {
   const program = new Command('mailgate')
     .description('IMAP/POP3 authentication gateway with app passwords and two-step verification')
     .version(packageVersion(), '-V, --version')
-    .option('-c, --config <file>', 'configuration file (default: $MAILGATE_CONFIG or config/mailgate.toml)')
+    .option('-c, --config <file>', `configuration file (default: $MAILGATE_CONFIG, else ${defaultConfigPath()})`)
     .showSuggestionAfterError(true);
 
   for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand()]) {

@@ -184,6 +184,10 @@ export const FIXED_LIMITS = {
   imap_id_max_field_bytes: 30,
   /** ID value: RFC 2971 section 3.3 caps it at 1024 octets. */
   imap_id_max_value_bytes: 1024,
+  /** A certificate that expires within this many days is warned about at start and at every reload: Let's Encrypt
+   * renews 30 days ahead and warns at 20, so a certificate still this close to its end means renewal has failed,
+   * and two weeks leave time to fix it. */
+  certificate_expiry_warning_days: 14,
   /** A client's ID name and version in the log, in characters each: "Thunderbird" and "153.0.1" fit many
    * times over, and a 1 KiB value repeated on every session line would not. */
   imap_id_log_max_chars: 64,

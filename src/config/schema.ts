@@ -18,8 +18,8 @@ const positiveInt = z.number().int().min(1);
 
 const storeSchema = z
   .strictObject({
-    path: z.string().min(1).default('data/mailgate.db'),
-    key_file: z.string().min(1).default('data/mailgate.key'),
+    path: z.string().min(1).default('../data/mailgate.db'),
+    key_file: z.string().min(1).default('../data/mailgate.key'),
     busy_timeout_ms: nonNegativeInt.default(5000),
     gateway_busy_timeout_ms: nonNegativeInt.max(MAX.gateway_busy_timeout_ms).default(L.gateway_busy_timeout_ms),
     audit_retention_days: nonNegativeInt.default(365),
@@ -53,13 +53,57 @@ const logSchema = z
   })
   .prefault({});
 
+/** A name a client may ask for with SNI: a host name, or a wildcard for one label (`*.example.org`). */
+const serverName = z
+  .string()
+  .regex(/^(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i, 'expected a host name like mail.example.com, or *.example.org')
+  .transform((name) => name.toLowerCase());
+
+const certificateSchema = z.strictObject({
+  cert: z.string().min(1),
+  key: z.string().min(1),
+  names: z.array(serverName).default([]),
+});
+
+// Relative to the configuration file's folder, like every path (config/ is next to certs/ in a checkout).
+const DEFAULT_TLS_CERT = '../certs/mailgate.crt';
+const DEFAULT_TLS_KEY = '../certs/mailgate.key';
+
+/**
+ * One certificate (`cert`, `key`), or several chosen by SNI name
+ * (`[[tls.certificates]]`, the first the default). Both forms at once would
+ * leave it unclear which pair is the default, so that is refused; `cert` and
+ * `key` are optional here only to tell "left at the default" from "set".
+ */
 const tlsSchema = z
   .strictObject({
-    cert: z.string().min(1).default('certs/mailgate.crt'),
-    key: z.string().min(1).default('certs/mailgate.key'),
+    cert: z.string().min(1).optional(),
+    key: z.string().min(1).optional(),
+    certificates: z.array(certificateSchema).default([]),
     self_signed: z.boolean().default(true),
     min_version: z.enum(['TLSv1.2', 'TLSv1.3']).default('TLSv1.2'),
   })
+  .superRefine((tls, ctx) => {
+    if (tls.certificates.length === 0) return;
+    for (const key of ['cert', 'key'] as const) {
+      if (tls[key] !== undefined) {
+        ctx.addIssue({ code: 'custom', path: [key], message: 'not allowed with [[tls.certificates]]: move the pair into the first [[tls.certificates]] entry (the default certificate)' });
+        return;
+      }
+    }
+    const owner = new Map<string, number>();
+    tls.certificates.forEach((entry, index) => {
+      if (index > 0 && entry.names.length === 0) {
+        ctx.addIssue({ code: 'custom', path: ['certificates', index, 'names'], message: 'only the first certificate (the default) may have no names: give this one the names it is for' });
+      }
+      for (const name of entry.names) {
+        const first = owner.get(name);
+        if (first !== undefined) ctx.addIssue({ code: 'custom', path: ['certificates', index, 'names'], message: `${name} is already a name of tls.certificates[${first}]` });
+        else owner.set(name, index);
+      }
+    });
+  })
+  .transform((tls) => ({ ...tls, cert: tls.cert ?? DEFAULT_TLS_CERT, key: tls.key ?? DEFAULT_TLS_KEY }))
   .prefault({});
 
 const listenSchema = z.strictObject({
@@ -251,6 +295,17 @@ export function webSessionLimits(config: Pick<Config, 'web'>): { idleMs: number;
 /** The link in failed-login messages: `policy.help_url`, or the self-service page, or none. */
 export function helpUrl(config: Pick<Config, 'web' | 'policy'>): string {
   return config.policy.help_url || webPageUrl(config) || '';
+}
+/** A certificate the gateway serves, and the SNI names it is chosen for (none: only as the default). */
+export interface CertificateConfig {
+  cert: string;
+  key: string;
+  names: string[];
+}
+
+/** The certificates to serve, the default first: `[[tls.certificates]]`, or else `[tls] cert` and `key`. */
+export function serverCertificates(tls: Config['tls']): CertificateConfig[] {
+  return tls.certificates.length > 0 ? tls.certificates : [{ cert: tls.cert, key: tls.key, names: [] }];
 }
 export type ListenConfig = Config['listen'][number];
 export type UpstreamConfig = Config['upstream']['imap'];

@@ -16,6 +16,7 @@ import { RefusalTiming } from '../auth/refusal-timing.js';
 import { FIXED_LIMITS } from '../config/limits.js';
 import type { Config, ListenConfig } from '../config/schema.js';
 import { ConfigError, configPath } from '../config/load.js';
+import { reconcile } from '../config/reload.js';
 import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
 import type { Logger } from '../log/logger.js';
 import { RepeatedLines } from '../log/repeated-lines.js';
@@ -25,7 +26,8 @@ import { isTrusted, readProxyHeader, trustedProxies, type ProxiedOrigin } from '
 import { SessionRegistry, type TrackedSession } from '../session/registry.js';
 import { RevocationWatcher } from '../session/revocation-watcher.js';
 import type { Session, SessionContext } from '../session/session.js';
-import { loadServerTls, type ServerTls } from '../session/tls.js';
+import { logCertificates, type CertificateSet } from '../session/certificates.js';
+import { loadServerCertificates, ServerTls } from '../session/tls.js';
 import type { PasswordHasher } from '../store/hasher.js';
 import { createHasher, openStore, readStoreKey } from '../store/open.js';
 import type { Store } from '../store/store.js';
@@ -62,21 +64,43 @@ export interface GatewayServices extends SessionContext {
   metrics: Metrics;
   upstreams: Upstreams;
   repeatedLines: RepeatedLines;
+  cache: LoginCache;
+  refusalTiming: RefusalTiming;
   /** The clock of the store, the caches and the page (tests pass one they move). */
   now: Clock;
 }
 
-/** What Gateway.start checks before the store is opened. */
-interface StartChecks {
+/** What lives as long as the process: a reload keeps these, and builds the rest anew around them. */
+type Lasting = Pick<GatewayServices, 'log' | 'store' | 'hasher' | 'registry' | 'metrics' | 'repeatedLines' | 'guard' | 'serverTls' | 'now'>;
+
+/**
+ * What the configuration points at outside itself (the master password
+ * file, the certificates, the upstreams' CA files), read before anything
+ * changes: a start that fails here creates no store, a reload that fails
+ * here changes nothing.
+ */
+interface Loaded {
   masterPassword: Buffer | null;
-  serverTls: ServerTls;
+  certificates: CertificateSet;
   upstreams: Upstreams;
+}
+
+/** What a reload did, as its log lines say it. */
+export interface ReloadResult {
+  /** Keys whose change is in force now. */
+  applied: string[];
+  /** Keys whose change waits for a restart (their running values stay). */
+  needRestart: string[];
+  /** Certificate files now served with another certificate than before. */
+  certificatesChanged: string[];
 }
 
 export class Gateway {
   readonly listeners: BoundListener[] = [];
   private readonly servers: net.Server[] = [];
   private stopping: Promise<void> | null = null;
+  /** Reloads run one after the other (two quick SIGHUPs must not interleave). */
+  private reloading: Promise<unknown> = Promise.resolve();
   readonly revocations: RevocationWatcher;
   readonly housekeeping: Housekeeping;
   metricsAddress: { host: string; port: number } | null = null;
@@ -84,43 +108,66 @@ export class Gateway {
   web: WebServer | null = null;
   /** The control socket (`mailgate who`, `mailgate kick`). */
   control: ControlServer | null = null;
-  private readonly trustedProxies: net.BlockList;
+  private trustedProxies: net.BlockList;
 
-  private constructor(readonly services: GatewayServices) {
-    this.trustedProxies = trustedProxies(services.config.proxy.trusted);
-    this.housekeeping = new Housekeeping(services.store, services.config, services.log);
+  private constructor(
+    private current: GatewayServices,
+    private readonly env: NodeJS.ProcessEnv,
+  ) {
+    this.trustedProxies = trustedProxies(current.config.proxy.trusted);
+    this.housekeeping = new Housekeeping(current.store, current.config, current.log);
     this.revocations = new RevocationWatcher(
-      services.store,
-      services.registry,
-      services.log,
-      services.config.timeouts.revocation_check_seconds * 1000,
-      services.config.policy,
+      current.store,
+      current.registry,
+      current.log,
+      current.config.timeouts.revocation_check_seconds * 1000,
+      current.config.policy,
     );
+  }
+
+  /**
+   * The services in force: new sessions are handed these. A reload replaces
+   * them; a session keeps the ones it started with.
+   */
+  get services(): GatewayServices {
+    return this.current;
   }
 
   /** The store (the tests use it to make changes "in the gateway's own process"). */
   get store(): Store {
-    return this.services.store;
+    return this.current.store;
   }
 
   /**
    * Everything that can fail without the store (the master password file,
-   * the certificate, the upstreams' CA files) is checked before the store is
+   * the certificates, the upstreams' CA files) is checked before the store is
    * opened, so a misconfigured first start creates no store at all; a start
    * that fails later removes the store files it created.
    */
   static async start(options: GatewayOptions): Promise<Gateway> {
     const { config, log } = options;
-    const checks: StartChecks = {
-      masterPassword: readMasterPassword(config, options.env ?? process.env),
-      serverTls: await loadServerTls(config, log),
-      upstreams: new Upstreams({ imap: upstreamTarget(config.upstream.imap, 'imap'), pop3: upstreamTarget(config.upstream.pop3, 'pop3') }, config),
-    };
+    const env = options.env ?? process.env;
+    const loaded = await load(config, log, env);
+    logCertificates(loaded.certificates, log);
     const hasher = createHasher(config, options.argon2);
     const opened = openStore(config, { log, role: 'gateway', hasher, ...(options.now ? { now: options.now } : {}), ...(options.argon2 ? { argon2: options.argon2 } : {}) });
     let gateway: Gateway | null = null;
     try {
-      gateway = new Gateway(Gateway.compose(options, checks, opened.store, hasher));
+      const registry = new SessionRegistry();
+      const serverTls = new ServerTls(loaded.certificates);
+      const lasting: Lasting = {
+        log,
+        store: opened.store,
+        hasher,
+        registry,
+        serverTls,
+        metrics: new Metrics({ sessions: () => registry.counts(), argon2: () => hasher.stats, certificates: () => servedCertificates(serverTls) }),
+        repeatedLines: new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst),
+        guard: new AbuseGuard(opened.store, abuseRules(config.limits), log, options.now),
+        now: options.now ?? Date.now,
+      };
+      if (!loaded.masterPassword) warnNoMasterPassword(log);
+      gateway = new Gateway(compose(config, lasting, loaded, null), env);
       await gateway.open();
       return gateway;
     } catch (err) {
@@ -134,65 +181,52 @@ export class Gateway {
     }
   }
 
-  /** Builds the services, each from the ones before it. */
-  private static compose(options: GatewayOptions, checks: StartChecks, store: Store, hasher: PasswordHasher): GatewayServices {
-    const { config, log } = options;
-    if (!checks.masterPassword) {
-      log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
-    }
-    const registry = new SessionRegistry();
-    const metrics = new Metrics({ sessions: () => registry.counts(), argon2: () => hasher.stats });
-    const cache = new LoginCache(
-      {
-        ttlMs: config.auth.login_cache_ttl_seconds * 1000,
-        maxEntries: config.auth.login_cache_max_entries,
-        negativeTtlMs: config.auth.failed_login_cache_ttl_seconds * 1000,
-        negativeMaxEntries: config.auth.failed_login_cache_max_entries,
-      },
-      options.now,
-    );
-    const policy = new AuthPolicy(store, hasher, config, checks.masterPassword, { cache, onCacheLookup: (result) => metrics.loginCache.inc({ result }) });
-    const guard = new AbuseGuard(store, abuseRules(config.limits), log, options.now);
-    const repeatedLines = new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst);
-    const refusalTiming = new RefusalTiming(
-      // Only a configuration that lets passwords through to the upstream has two kinds of refusal to even out.
-      config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough' ? config.policy.expected_upstream_refusal_ms : 0,
-      // The page's sign-in checks passwords upstream too: its refusals are evened out like IMAP's.
-      [...new Set<string>(config.listen.map((l) => l.protocol)), ...(config.web.listen ? ['web'] : [])],
-    );
-    const logins = new LoginService({
-      store,
-      policy,
-      guard,
-      refusalTiming,
-      upstream: checks.upstreams,
-      events: { login: (channel, result) => metrics.logins.inc({ protocol: channel, result }) },
-      log,
-      repeatedLines,
-    });
-    return {
-      config,
-      log,
-      store,
-      hasher,
-      policy,
-      guard,
-      metrics,
-      repeatedLines,
-      logins,
-      registry,
-      serverTls: checks.serverTls,
-      upstreams: checks.upstreams,
-      now: options.now ?? Date.now,
-      admission: (session) => admit(config, registry, metrics, session),
-    };
+  /**
+   * Applies a newly read configuration (SIGHUP). Everything it points at is
+   * read and checked first: a bad certificate, an unreadable master password
+   * or CA file refuses the whole reload (it throws, and nothing changed).
+   * Then the services that depend on the configuration are built anew and
+   * handed to new sessions; open sessions keep the ones they started with,
+   * and a TLS session keeps its certificate. Keys that need a restart keep
+   * their running values (see config/reload.ts).
+   */
+  reload(next: Config): Promise<ReloadResult> {
+    const run = this.reloading.then(() => this.applyReload(next));
+    this.reloading = run.catch(() => undefined);
+    return run;
+  }
+
+  private async applyReload(next: Config): Promise<ReloadResult> {
+    if (this.stopping) throw new Error('the gateway is stopping');
+    const before = this.current;
+    const { config, applied, needRestart } = reconcile(before.config, next);
+    const loaded = await load(config, before.log, this.env);
+    // From here on nothing fails: the new services are built and swapped in.
+    const certificatesChanged = changedCertificates(before.serverTls.set, loaded.certificates);
+    await learnCapabilities(before, config, loaded.upstreams);
+    const log = before.log;
+    // The reload's own lines are written at the old level or the new one, whichever shows more: they say what happened to it.
+    log.level = log.levels.values[config.log.level]! < log.levels.values[log.level]! ? config.log.level : log.level;
+    before.serverTls.replace(loaded.certificates);
+    before.guard.useRules(abuseRules(config.limits));
+    this.current = compose(config, before, loaded, before);
+    this.trustedProxies = trustedProxies(config.proxy.trusted);
+    this.housekeeping.config = config;
+    this.revocations.reconfigure(config.timeouts.revocation_check_seconds * 1000, config.policy);
+    this.web?.reload({ config, logins: this.current.logins, mailServers: mailServers(config, this.listeners) }, pageTls(before.serverTls));
+    logCertificates(loaded.certificates, log);
+    if (!loaded.masterPassword) warnNoMasterPassword(log);
+    log.info({ applied, certificatesChanged, sessions: this.current.registry.size }, 'configuration reloaded');
+    if (needRestart.length > 0) log.warn({ keys: needRestart }, 'configuration changes that need a restart: the running values stay until then');
+    log.level = config.log.level;
+    return { applied, needRestart, certificatesChanged };
   }
 
   /** Learns the upstreams, binds every listener, starts the background work. */
   private async open(): Promise<void> {
-    const { config, log, upstreams, metrics } = this.services;
+    const { config, log, upstreams, metrics } = this.current;
     // First: a gateway already running on this store answers there, and this start stops before binding anything.
-    this.control = await ControlServer.start(controlSocketPath(config), this.services.registry, log);
+    this.control = await ControlServer.start(controlSocketPath(config), this.current.registry, log);
     warnIfFewFileDescriptors(config, log);
     await upstreams.probe(new Set<UpstreamProtocol>(config.listen.map((l) => l.protocol)), log);
     for (const [index, listener] of config.listen.entries()) await this.listen(listener, index);
@@ -200,9 +234,9 @@ export class Gateway {
     this.housekeeping.start();
     if (config.web.listen) {
       this.web = await WebServer.start(
-        { config, log, store: this.services.store, logins: this.services.logins, mailServers: mailServers(config, this.listeners), now: this.services.now },
+        { config, log, store: this.current.store, logins: this.current.logins, mailServers: mailServers(config, this.listeners), now: this.current.now },
         // The page's cookies are signed with a key derived from the store key, so every node sharing the store accepts them.
-        { storeKey: readStoreKey(config), tls: pageTls(this.services.serverTls) },
+        { storeKey: readStoreKey(config), tls: pageTls(this.current.serverTls) },
       );
     }
     if (config.metrics.listen) {
@@ -221,11 +255,11 @@ export class Gateway {
       server.listen({ host: listener.host, port: listener.port }, () => {
         server.removeListener('error', failed);
         // Errors on a listening socket (EMFILE under a flood, say) must not stop the gateway.
-        server.on('error', (err) => this.services.log.error({ err, listener: `${listener.host}:${listener.port}` }, 'listener error'));
+        server.on('error', (err) => this.current.log.error({ err, listener: `${listener.host}:${listener.port}` }, 'listener error'));
         const address = server.address() as net.AddressInfo;
         this.servers.push(server);
         this.listeners.push({ config: listener, host: address.address, port: address.port });
-        this.services.log.info({ protocol: listener.protocol, host: address.address, port: address.port, tls: listener.tls }, 'listening');
+        this.current.log.info({ protocol: listener.protocol, host: address.address, port: address.port, tls: listener.tls }, 'listening');
         resolve();
       });
     });
@@ -249,15 +283,15 @@ export class Gateway {
     }
     const peer = socket.remoteAddress ?? '';
     if (!isTrusted(this.trustedProxies, peer)) {
-      this.services.log.warn({ peer, listener: `${listener.host}:${listener.port}` }, 'refused a connection to a PROXY listener from an untrusted peer');
+      this.current.log.warn({ peer, listener: `${listener.host}:${listener.port}` }, 'refused a connection to a PROXY listener from an untrusted peer');
       socket.destroy();
       return;
     }
     socket.on('error', () => socket.destroy());
-    readProxyHeader(socket, this.services.config.timeouts.tls_handshake_seconds * 1000).then(
+    readProxyHeader(socket, this.current.config.timeouts.tls_handshake_seconds * 1000).then(
       (origin) => this.startSession(socket, listener, origin),
       (err: Error) => {
-        this.services.log.warn({ peer, err: err.message }, 'bad PROXY header');
+        this.current.log.warn({ peer, err: err.message }, 'bad PROXY header');
         socket.destroy();
       },
     );
@@ -270,7 +304,7 @@ export class Gateway {
    * instead, so they cannot hold descriptors for the handshake deadline.
    */
   private overwhelmed(socket: net.Socket, listener: ListenConfig): boolean {
-    const { registry, config, metrics } = this.services;
+    const { registry, config, metrics } = this.current;
     const hardGlobal = config.limits.max_connections + Math.max(10, Math.ceil(config.limits.max_connections / 10));
     // Behind a PROXY balancer the peer is the balancer: the per-IP count waits for the header.
     const hardPerIp = listener.proxy_protocol ? Infinity : 2 * config.limits.max_connections_per_ip;
@@ -288,8 +322,8 @@ export class Gateway {
     if (socket.destroyed) return;
     const session: Session =
       listener.protocol === 'imap'
-        ? new ImapSession(socket, listener, this.services, origin)
-        : new Pop3Session(socket, listener, this.services, origin);
+        ? new ImapSession(socket, listener, this.current, origin)
+        : new Pop3Session(socket, listener, this.current, origin);
     session.start();
   }
 
@@ -297,13 +331,13 @@ export class Gateway {
    * Stops accepting, lets open sessions finish for up to `graceMs`, then ends
    * the rest and closes the store (so every write is committed).
    */
-  stop(graceMs = this.services.config.timeouts.shutdown_grace_seconds * 1000): Promise<void> {
+  stop(graceMs = this.current.config.timeouts.shutdown_grace_seconds * 1000): Promise<void> {
     this.stopping ??= this.shutdown(graceMs);
     return this.stopping;
   }
 
   private async shutdown(graceMs: number): Promise<void> {
-    const { registry, log } = this.services;
+    const { registry, log } = this.current;
     this.revocations.stop();
     this.housekeeping.stop();
     // close() stops listening at once, but its callback only fires when every
@@ -322,12 +356,12 @@ export class Gateway {
       await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => setTimeout(resolve, 3000).unref())]);
     }
     await web;
-    this.services.repeatedLines.flush();
-    await this.services.metrics.close();
+    this.current.repeatedLines.flush();
+    await this.current.metrics.close();
     // Open until the sessions are gone: `mailgate who` shows who is left during the grace period.
     await this.control?.close();
     // Closing the store runs its last checkpoint: every write is on disk.
-    await this.services.store.close();
+    await this.current.store.close();
     log.info('stopped');
   }
 }
@@ -393,9 +427,114 @@ function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | nu
   return fromEnv ? Buffer.from(fromEnv, 'utf8') : null;
 }
 
-/** The mail listeners' certificate, for the page's HTTPS server. */
+/** The served certificates, for the page's HTTPS server: the default pair, and the same SNI choice as the mail listeners. */
 function pageTls(tls: ServerTls): PageTls {
-  return { cert: tls.cert, key: tls.key, minVersion: tls.minVersion === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2' };
+  const { cert, privateKey } = tls.defaultCertificate;
+  return { cert, key: privateKey, minVersion: tls.minVersion === 'TLSv1.3' ? 'TLSv1.3' : 'TLSv1.2', SNICallback: tls.sniCallback };
+}
+
+/** The certificates served now, for the expiry metric. */
+function servedCertificates(tls: ServerTls): Array<{ file: string; notAfter: number }> {
+  return tls.set.certificates.map((c) => ({ file: c.certFile, notAfter: Date.parse(c.leaf.validTo) }));
+}
+
+/** Certificate files whose certificate is new (another one, or a file not served before). */
+function changedCertificates(before: CertificateSet, after: CertificateSet): string[] {
+  const known = new Set(before.certificates.map((c) => `${c.certFile}\0${c.leaf.fingerprint256}`));
+  return after.certificates.filter((c) => !known.has(`${c.certFile}\0${c.leaf.fingerprint256}`)).map((c) => c.certFile);
+}
+
+function warnNoMasterPassword(log: Logger): void {
+  log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
+}
+
+/** Reads and checks what the configuration points at; throws a one-line error naming the key. */
+async function load(config: Config, log: Logger, env: NodeJS.ProcessEnv): Promise<Loaded> {
+  return {
+    masterPassword: readMasterPassword(config, env),
+    certificates: await loadServerCertificates(config, log),
+    upstreams: new Upstreams({ imap: upstreamTarget(config.upstream.imap, 'imap'), pop3: upstreamTarget(config.upstream.pop3, 'pop3') }, config),
+  };
+}
+
+/**
+ * A reload's new upstreams start with what the old ones knew when their
+ * settings did not change; a changed upstream is asked afresh (best effort,
+ * a few seconds at most), so the next greeting lists its capabilities.
+ */
+async function learnCapabilities(before: GatewayServices, config: Config, upstreams: Upstreams): Promise<void> {
+  const changed = new Set<UpstreamProtocol>();
+  for (const protocol of ['imap', 'pop3'] as const) {
+    if (JSON.stringify(before.config.upstream[protocol]) === JSON.stringify(config.upstream[protocol])) upstreams.capabilities[protocol] = before.upstreams.capabilities[protocol];
+    else if (config.listen.some((l) => l.protocol === protocol)) changed.add(protocol);
+  }
+  if (changed.size > 0) await upstreams.probe(changed, before.log);
+}
+
+/**
+ * Builds the services that depend on the configuration, each from the ones
+ * before it, around the lasting ones. On a reload (`previous`), the login
+ * cache and the refusal timings are kept when nothing they depend on
+ * changed: a refusal remembered under another policy must not be repeated.
+ */
+function compose(config: Config, lasting: Lasting, loaded: Loaded, previous: GatewayServices | null): GatewayServices {
+  const { store, hasher, metrics, registry, guard, log, repeatedLines, now } = lasting;
+  const cacheInputs = (c: Config) => JSON.stringify([c.auth, c.policy, c.upstream.login, c.web.self_enroll]);
+  const cache =
+    previous && cacheInputs(previous.config) === cacheInputs(config)
+      ? previous.cache
+      : new LoginCache(
+          {
+            ttlMs: config.auth.login_cache_ttl_seconds * 1000,
+            maxEntries: config.auth.login_cache_max_entries,
+            negativeTtlMs: config.auth.failed_login_cache_ttl_seconds * 1000,
+            negativeMaxEntries: config.auth.failed_login_cache_max_entries,
+          },
+          now,
+        );
+  const policy = new AuthPolicy(store, hasher, config, loaded.masterPassword, { cache, onCacheLookup: (result) => metrics.loginCache.inc({ result }) });
+  const timing = refusalTimingInputs(config);
+  const refusalTiming =
+    previous && JSON.stringify(refusalTimingInputs(previous.config)) === JSON.stringify(timing) ? previous.refusalTiming : new RefusalTiming(timing.upstreamEstimateMs, timing.channels);
+  const logins = new LoginService({
+    store,
+    policy,
+    guard,
+    refusalTiming,
+    upstream: loaded.upstreams,
+    events: { login: (channel, result) => metrics.logins.inc({ protocol: channel, result }) },
+    log,
+    repeatedLines,
+  });
+  return {
+    log,
+    store,
+    hasher,
+    registry,
+    metrics,
+    repeatedLines,
+    guard,
+    serverTls: lasting.serverTls,
+    now,
+    config,
+    policy,
+    cache,
+    refusalTiming,
+    logins,
+    upstreams: loaded.upstreams,
+    admission: (session) => admit(config, registry, metrics, session),
+  };
+}
+
+function refusalTimingInputs(config: Config): { upstreamEstimateMs: number; channels: string[] } {
+  const passesThrough = config.policy.unknown_users === 'passthrough' || config.policy.main_password_without_2fa === 'passthrough';
+  return {
+    upstreamEstimateMs: config.policy.expected_upstream_refusal_ms,
+    // Only where passwords go to the upstream are there two kinds of refusal to even out: the mail
+    // protocols when the policy passes some through, and the page's sign-in always (it checks every
+    // password upstream, whatever the policy), so its first refusals are evened out like IMAP's.
+    channels: [...(passesThrough ? new Set<string>(config.listen.map((l) => l.protocol)) : []), ...(config.web.listen ? ['web'] : [])],
+  };
 }
 
 /** Connection limits, checked once a session can be answered. */

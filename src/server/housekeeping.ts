@@ -17,7 +17,8 @@ export class Housekeeping {
 
   constructor(
     private readonly store: Store,
-    private readonly config: Config,
+    /** Replaced by a reload: the next pass uses the new retention and windows. */
+    public config: Config,
     private readonly log: Logger,
   ) {}
 

@@ -23,7 +23,12 @@ export class Metrics {
   private server: http.Server | null = null;
   private readonly loopDelay: IntervalHistogram;
 
-  constructor(sources: { sessions: () => { prelogin: number; relaying: number }; argon2: () => { verifications: number; running: number; queued: number } }) {
+  constructor(sources: {
+    sessions: () => { prelogin: number; relaying: number };
+    argon2: () => { verifications: number; running: number; queued: number };
+    /** The certificates served now (a reload changes them): their files and when they expire (ms since the epoch). */
+    certificates: () => ReadonlyArray<{ file: string; notAfter: number }>;
+  }) {
     collectDefaultMetrics({ register: this.registry });
     // Node's histogram records the whole interval between samples, so its
     // values include the sampling period itself (prom-client's
@@ -57,6 +62,18 @@ export class Metrics {
         const counts = sources.sessions();
         this.set({ state: 'prelogin' }, counts.prelogin);
         this.set({ state: 'relaying' }, counts.relaying);
+      },
+    });
+    new Gauge({
+      name: 'mailgate_tls_certificate_expiry_seconds',
+      help: 'Seconds until each served TLS certificate expires (negative once expired), by certificate file',
+      labelNames: ['file'],
+      registers: [this.registry],
+      collect() {
+        // Reset first: a reload may have dropped a certificate, whose series must go with it.
+        this.reset();
+        const now = Date.now();
+        for (const { file, notAfter } of sources.certificates()) this.set({ file }, Math.round((notAfter - now) / 1000));
       },
     });
     new Gauge({

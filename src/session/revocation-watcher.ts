@@ -43,10 +43,21 @@ export class RevocationWatcher {
     private readonly store: Store,
     private readonly registry: SessionRegistry,
     private readonly log: Logger,
-    private readonly intervalMs: number,
-    private readonly policy: Pick<Config['policy'], 'main_password_without_2fa'>,
+    private intervalMs: number,
+    private policy: Pick<Config['policy'], 'main_password_without_2fa'>,
     private readonly now: () => number = Date.now,
   ) {}
+
+  /** A reload's interval and policy, from the next pass on (the timer restarts if it runs). */
+  reconfigure(intervalMs: number, policy: Pick<Config['policy'], 'main_password_without_2fa'>): void {
+    this.policy = policy;
+    if (intervalMs === this.intervalMs) return;
+    this.intervalMs = intervalMs;
+    if (!this.timer) return;
+    clearInterval(this.timer);
+    this.timer = setInterval(() => void this.tick(), this.intervalMs);
+    this.timer.unref();
+  }
 
   start(): void {
     this.timer = setInterval(() => void this.tick(), this.intervalMs);

@@ -1,9 +1,10 @@
 /**
- * The gateway's own TLS: certificate loading (or first-run self-signed
- * generation), the server context, and the server-side STARTTLS upgrade.
+ * The gateway's own TLS: the certificates it serves (read and checked by
+ * certificates.ts, or a self-signed pair generated on the first run), chosen
+ * by SNI name, replaced in place by a reload; and server-side TLS on a socket
+ * (implicit, or after STARTTLS).
  */
-import { createPrivateKey, X509Certificate } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -11,70 +12,82 @@ import { generate } from 'selfsigned';
 import type { Config } from '../config/schema.js';
 import { configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
+import { loadCertificates, TlsSetupError, type CertificateSet, type LoadedCertificate } from './certificates.js';
 
-export class TlsSetupError extends Error {
-  override readonly name = 'TlsSetupError';
-}
-
-export interface ServerTls {
-  context: tls.SecureContext;
-  minVersion: tls.SecureVersion;
-  certFile: string;
-  /** The PEM pair itself, for servers that take it rather than a context (the self-service page's HTTPS). */
-  cert: Buffer;
-  key: Buffer;
-}
+export { TlsSetupError };
 
 /** ALPN ids a mail client may announce (RFC 7301 registry); anything else is refused (ALPACA). */
 export const ALLOWED_ALPN: Record<'imap' | 'pop3', string> = { imap: 'imap', pop3: 'pop3' };
 
-export async function loadServerTls(config: Config, log: Logger): Promise<ServerTls> {
-  const certFile = configPath(config.tls.cert);
-  const keyFile = configPath(config.tls.key);
-  const haveCert = existsSync(certFile);
-  const haveKey = existsSync(keyFile);
-  if (!haveCert || !haveKey) {
-    if (!config.tls.self_signed) {
-      throw new TlsSetupError(`TLS certificate ${haveCert ? keyFile : certFile} is missing and tls.self_signed is false`);
-    }
-    if (haveCert !== haveKey) {
-      throw new TlsSetupError(`only one of ${certFile} and ${keyFile} exists; remove it or provide both`);
-    }
-    await writeSelfSigned(certFile, keyFile);
-    log.warn({ cert: certFile }, 'generated a self-signed TLS certificate; mail programs will warn until a real one is configured');
+type SniCallback = NonNullable<tls.TLSSocketOptions['SNICallback']>;
+
+/**
+ * The certificates being served, shared by every session and the page: a
+ * reload replaces the set, and each handshake from then on (a new
+ * connection, a STARTTLS on an old one) picks from the new set; a session
+ * already encrypted keeps the pair it shook hands with.
+ */
+export class ServerTls {
+  constructor(private current: CertificateSet) {}
+
+  get set(): CertificateSet {
+    return this.current;
   }
-  let cert: Buffer;
-  let key: Buffer;
-  try {
-    cert = readFileSync(certFile);
-    key = readFileSync(keyFile);
-  } catch (err) {
-    throw new TlsSetupError(`cannot read TLS certificate or key: ${(err as Error).message}`);
+
+  get minVersion(): tls.SecureVersion {
+    return this.current.minVersion;
   }
-  assertKeyMatchesCert(cert, key, certFile, keyFile);
-  const minVersion = config.tls.min_version;
-  try {
-    return { context: tls.createSecureContext({ cert, key, minVersion }), minVersion, certFile, cert, key };
-  } catch (err) {
-    throw new TlsSetupError(`TLS certificate ${certFile} or key ${keyFile} is unusable: ${(err as Error).message}`);
+
+  /** The default certificate: for clients that send no SNI, or a name no certificate has. */
+  get defaultCertificate(): LoadedCertificate {
+    return this.current.certificates[0];
   }
+
+  replace(set: CertificateSet): void {
+    this.current = set;
+  }
+
+  /** The certificate for a name a client asked for: an exact name, then a wildcard for its first label, then the default. */
+  certificateFor(servername: string): LoadedCertificate {
+    const name = servername.toLowerCase();
+    const dot = name.indexOf('.');
+    const wildcard = dot > 0 ? `*${name.slice(dot)}` : null;
+    const { certificates } = this.current;
+    return (
+      certificates.find((c) => c.names.includes(name)) ??
+      (wildcard ? certificates.find((c) => c.names.includes(wildcard)) : undefined) ??
+      certificates[0]
+    );
+  }
+
+  /** One callback for every socket and the page's server: it reads the set at handshake time. */
+  readonly sniCallback: SniCallback = (servername, callback) => callback(null, this.certificateFor(servername).context);
 }
 
 /**
- * OpenSSL takes a private key of another type than the certificate's (an RSA
- * key with an EC certificate) without complaint, and then fails every
- * handshake; say so at start-up instead.
+ * Reads and checks the configured certificates. On the first run, a missing
+ * single pair (`[tls] cert` and `key`) is generated self-signed when
+ * `tls.self_signed` allows it; the pairs of `[[tls.certificates]]` are never
+ * made up.
  */
-function assertKeyMatchesCert(cert: Buffer, key: Buffer, certFile: string, keyFile: string): void {
-  let matches: boolean;
-  try {
-    matches = new X509Certificate(cert).checkPrivateKey(createPrivateKey(key));
-  } catch (err) {
-    throw new TlsSetupError(`tls.cert ${certFile} or tls.key ${keyFile} is not a PEM certificate and private key: ${(err as Error).message}`);
+export async function loadServerCertificates(config: Config, log: Logger): Promise<CertificateSet> {
+  if (config.tls.certificates.length === 0) {
+    const certFile = configPath(config.tls.cert);
+    const keyFile = configPath(config.tls.key);
+    const haveCert = existsSync(certFile);
+    const haveKey = existsSync(keyFile);
+    if (!haveCert || !haveKey) {
+      if (!config.tls.self_signed) {
+        throw new TlsSetupError(`TLS certificate ${haveCert ? keyFile : certFile} is missing and tls.self_signed is false`);
+      }
+      if (haveCert !== haveKey) {
+        throw new TlsSetupError(`only one of ${certFile} and ${keyFile} exists; remove it or provide both`);
+      }
+      await writeSelfSigned(certFile, keyFile);
+      log.warn({ cert: certFile }, 'generated a self-signed TLS certificate; mail programs will warn until a real one is configured');
+    }
   }
-  if (!matches) {
-    throw new TlsSetupError(`tls.key ${keyFile} is not the private key of the certificate in tls.cert ${certFile}; configure the key that belongs to it`);
-  }
+  return loadCertificates(config);
 }
 
 async function writeSelfSigned(certFile: string, keyFile: string): Promise<void> {
@@ -113,14 +126,16 @@ export interface TlsServerOptions {
 }
 
 /**
- * Wraps an accepted (or STARTTLS-upgraded) socket in server-side TLS.
+ * Wraps an accepted (or STARTTLS-upgraded) socket in server-side TLS, with
+ * the certificates served at this moment (SNI picks among them).
  * ALPN: a client that names a protocol must name ours; `http/1.1` or any
  * other id fails the handshake (cross-protocol attacks, ALPACA).
  */
 export function wrapServerTls(socket: Socket, options: TlsServerOptions): tls.TLSSocket {
   return new tls.TLSSocket(socket, {
     isServer: true,
-    secureContext: options.tls.context,
+    secureContext: options.tls.defaultCertificate.context,
+    SNICallback: options.tls.sniCallback,
     requestCert: false,
     ALPNCallback: ALPN_CALLBACKS[options.protocol],
   });

@@ -75,6 +75,8 @@ export function openStore(config: Config, options: OpenStoreOptions): OpenedStor
   const footprint = storeFootprint(sqlite);
   try {
     const store = SqliteStore.open(sqlite, { log: options.log, ...(gateway ? { checkpointIntervalMs: FIXED_LIMITS.checkpoint_interval_seconds * 1000 } : {}) });
+    // Root creating a store in the service user's folder: the files are the service user's (chown by path, never open).
+    footprint.adoptFolderOwner();
     return { store, removeCreated: () => footprint.removeCreated() };
   } catch (err) {
     footprint.removeCreated();

@@ -54,7 +54,7 @@ export async function buildWebApp(ctx: WebContext, options: WebAppOptions): Prom
     logger: false,
     bodyLimit: BODY_LIMIT,
     trustProxy: options.trustedProxies.length > 0 ? options.trustedProxies : false,
-    ...(options.https ? { https: { cert: options.https.cert, key: options.https.key, minVersion: options.https.minVersion } } : {}),
+    ...(options.https ? { https: { cert: options.https.cert, key: options.https.key, minVersion: options.https.minVersion, SNICallback: options.https.SNICallback } } : {}),
     // Route ids never come from the client's input: requestIdHeader off.
     requestIdHeader: false,
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },

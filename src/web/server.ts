@@ -3,17 +3,19 @@
  * plain HTTP behind a TLS-terminating reverse proxy (`web.tls = false`). The
  * composition root starts and stops it next to the mail listeners.
  */
+import type tls from 'node:tls';
 import type { FastifyInstance } from 'fastify';
 import { ErrorCodes, errorMessage, MailgateError } from '../errors.js';
 import { webPageUrl, type Config, type ListenConfig } from '../config/schema.js';
 import { buildWebApp } from './app.js';
 import type { MailServer, WebContext } from './context.js';
 
-/** The certificate of [tls], as the page's HTTPS server takes it. */
+/** The certificates of [tls], as the page's HTTPS server takes them: the default pair, and SNI for the others. */
 export interface PageTls {
   cert: Buffer;
   key: Buffer;
   minVersion: 'TLSv1.2' | 'TLSv1.3';
+  SNICallback: NonNullable<tls.TlsOptions['SNICallback']>;
 }
 
 export class WebServer {
@@ -21,7 +23,22 @@ export class WebServer {
     private readonly app: FastifyInstance,
     /** Where it listens (the port the system chose when the configuration said 0). */
     readonly address: { host: string; port: number },
+    /** The routes read it at each request: a reload swaps what is in it. */
+    private readonly ctx: WebContext,
   ) {}
+
+  /**
+   * A reload: the routes see the new configuration and login service from
+   * the next request, and new handshakes the new default certificate (the
+   * SNI callback reads the gateway's current set by itself). Connections
+   * already open keep theirs.
+   */
+  reload(changes: Pick<WebContext, 'config' | 'logins' | 'mailServers'>, tls: PageTls): void {
+    Object.assign(this.ctx, changes);
+    if (!this.ctx.config.web.tls) return;
+    // With `https` set, fastify's server is a Node https.Server, which is a tls.Server.
+    (this.app.server as unknown as tls.Server).setSecureContext({ cert: tls.cert, key: tls.key, minVersion: tls.minVersion });
+  }
 
   static async start(ctx: WebContext, options: { storeKey: Buffer; tls: PageTls }): Promise<WebServer> {
     const { web } = ctx.config;
@@ -48,7 +65,7 @@ export class WebServer {
     // The address users are sent to, with the port the system chose when the configuration said 0.
     const url = webPageUrl({ web: { ...web, listen: `${web.listen.slice(0, at)}:${bound.port}` } });
     ctx.log.info({ host: bound.address, port: bound.port, tls: web.tls, url }, 'self-service page listening');
-    return new WebServer(app, { host: bound.address, port: bound.port });
+    return new WebServer(app, { host: bound.address, port: bound.port }, ctx);
   }
 
   close(): Promise<void> {

@@ -18,8 +18,11 @@ export interface PageSession {
   username?: string;
   /** When the password was last confirmed: sensitive actions need it recent. */
   passwordAt?: number;
-  /** The password was right; the code is still to come. */
-  pending?: { username: string; passwordAt: number };
+  /**
+   * The password was right; the code is still to come. The account's id
+   * makes it one of the account's sessions (ended with them, listed with them).
+   */
+  pending?: { username: string; passwordAt: number; accountId?: number };
   /** Where the session was last used, for the lists of sessions. */
   ip?: string;
   userAgent?: string;
@@ -68,7 +71,8 @@ export class PageSessionStore implements SessionStore {
     const now = this.now();
     return {
       idHash: sessionIdHash(sessionId),
-      accountId: session.accountId ?? null,
+      // A half signed-in session is the account's too: it ends when the account's sessions end.
+      accountId: session.accountId ?? session.pending?.accountId ?? null,
       createdAt: session.createdAt ?? now,
       lastSeenAt: now,
       passwordAt: session.passwordAt ?? null,

@@ -143,8 +143,8 @@ describe('mailgate store backup', () => {
 
   it('never creates a missing store', async () => {
     // Catches: a backup (or check) of a misconfigured path that quietly makes a new, empty store.
-    await expectRefused(['store', 'backup', path.join(dir, 'copy.db')], new RegExp(`^mailgate: database ${dbFile} does not exist$`));
-    await expectRefused(['store', 'check'], new RegExp(`^mailgate: database ${dbFile} does not exist$`));
+    await expectRefused(['store', 'backup', path.join(dir, 'copy.db')], new RegExp(`^mailgate: no store at ${dbFile} \\(store\\.path in `));
+    await expectRefused(['store', 'check'], new RegExp(`^mailgate: no store at ${dbFile} \\(store\\.path in `));
     expect(existsSync(path.join(dir, 'data'))).toBe(false);
     expect(existsSync(path.join(dir, 'copy.db'))).toBe(false);
   });

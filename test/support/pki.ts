@@ -1,7 +1,10 @@
 /**
  * A throwaway test PKI, generated at test time (nothing is ever committed):
  * an EC P-256 CA and a server certificate signed by it, valid for
- * DNS:localhost, IP:127.0.0.1 and IP:::1.
+ * DNS:localhost, IP:127.0.0.1 and IP:::1. The server certificate's file is
+ * the full chain (the leaf, then the CA), as a server should serve it: the
+ * gateway refuses a chain it cannot complete. `issueServerCert` makes more
+ * leaves from the same CA (other names, a short life, a new serial).
  *
  * Keys come from node:crypto (written 0600 from the start); certificates need
  * the `openssl` CLI since node cannot issue X.509. openssl runs with
@@ -13,7 +16,7 @@
  */
 import { execFile } from 'node:child_process';
 import { generateKeyPair, randomBytes } from 'node:crypto';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 
@@ -50,6 +53,19 @@ subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid:always
 `;
+
+/** The extensions of a leaf for other names than localhost (issueServerCert). */
+function serverExtensions(names: readonly string[]): string {
+  const san = names.map((n) => (/^[\d.]+$|:/.test(n) ? `IP:${n}` : `DNS:${n}`)).join(', ');
+  return `[ v3_server ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = ${san}
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid:always
+`;
+}
 
 async function newEcKeyPem(): Promise<string> {
   const { privateKey } = await generateKeyPairP('ec', {
@@ -106,5 +122,38 @@ export async function makeTestPki(dir: string): Promise<TestPki> {
       '-sha256', '-days', '30', '-extfile', cnf, '-extensions', 'v3_server', '-out', pki.serverCert],
     env,
   );
+  await writeFile(pki.serverCert, Buffer.concat([await readFile(pki.serverCert), await readFile(pki.caCert)]));
   return pki;
+}
+
+export interface IssuedCert {
+  /** The full chain (leaf, then the CA), PEM. */
+  cert: string;
+  key: string;
+  /** The leaf's serial, in hex upper case as node:tls getPeerCertificate().serialNumber gives it. */
+  serial: string;
+}
+
+/**
+ * Another server certificate from the PKI's CA, written as `name`.crt and
+ * `name`.key in `dir`: for `names` (default localhost and the loopback
+ * addresses), valid for `days` (default 30), with a fresh random serial.
+ */
+export async function issueServerCert(pki: TestPki, dir: string, name: string, options: { names?: string[]; days?: number } = {}): Promise<IssuedCert> {
+  const out = { cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
+  const cnf = path.join(dir, `${name}.cnf`);
+  const csr = path.join(dir, `${name}.csr`);
+  const names = options.names ?? ['localhost', '127.0.0.1', '::1'];
+  await writeFile(cnf, OPENSSL_CNF.split('[ v3_server ]')[0] + serverExtensions(names), { mode: 0o644 });
+  await writeFile(out.key, await newEcKeyPem(), { mode: 0o600 });
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH ?? '/usr/bin:/bin', OPENSSL_CONF: cnf, RANDFILE: path.join(dir, '.rnd') };
+  const serial = randomBytes(16).toString('hex').replace(/^[89a-f]/, '1').toUpperCase();
+  await openssl(['req', '-config', cnf, '-new', '-key', out.key, '-sha256', '-subj', `/O=mailgate tests/CN=${names[0]}`, '-out', csr], env);
+  await openssl(
+    ['x509', '-req', '-in', csr, '-CA', pki.caCert, '-CAkey', pki.caKey, '-set_serial', `0x${serial}`,
+      '-sha256', '-days', String(options.days ?? 30), '-extfile', cnf, '-extensions', 'v3_server', '-out', out.cert],
+    env,
+  );
+  await writeFile(out.cert, Buffer.concat([await readFile(out.cert), await readFile(pki.caCert)]));
+  return { ...out, serial };
 }

@@ -95,6 +95,11 @@ describe('the page', () => {
       await page.goto(`${gw.url}${path}`);
       expect(await heading(page), path).toBe("Confirm it's you");
     }
+    // Turning 2-step verification on is guarded too (a stolen cookie must not lock the owner out).
+    await page.goto(gw.url);
+    await page.getByRole('button', { name: 'Turn on 2-Step Verification' }).click();
+    expect(await heading(page)).toBe("Confirm it's you");
+    expect(gw.store.accounts.get('bob').totpState).toBe('none');
     await page.goto(`${gw.url}app-passwords/new`);
     await page.getByLabel('Password', { exact: true }).fill('not-my-password');
     await page.getByRole('button', { name: 'Continue' }).click();

@@ -31,11 +31,16 @@ export function accountCommand(): Command {
     .argument('<user>')
     .option('--json', 'print JSON')
     .action((user: string, _opts, cmd: Command) =>
-      withStore(cmd, async (store) => {
-        const created = await store.accounts.add(user);
-        if (globalOptions(cmd).json) printJson(await summary(store, created));
-        else printLine(`added account ${created.username}`);
-      }),
+      withStore(
+        cmd,
+        async (store) => {
+          const created = await store.accounts.add(user);
+          if (globalOptions(cmd).json) printJson(await summary(store, created));
+          else printLine(`added account ${created.username}`);
+        },
+        // The one command that may start a new store (serve is the other).
+        { create: true },
+      ),
     );
 
   account

@@ -1,6 +1,8 @@
-/** `mailgate serve`: run the gateway until SIGTERM or SIGINT. */
+/** `mailgate serve`: run the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration. */
 import { Command } from 'commander';
-import { createLogger } from '../../log/logger.js';
+import type { Config } from '../../config/schema.js';
+import { errorMessage } from '../../errors.js';
+import { createLogger, type Logger } from '../../log/logger.js';
 import { Gateway } from '../../server/gateway.js';
 import { loadCommandConfig } from '../context.js';
 
@@ -16,11 +18,23 @@ export function serveCommand(): Command {
     process.on('unhandledRejection', (reason) => log.error({ err: reason }, 'unhandled rejection'));
     process.on('uncaughtException', (err) => log.error({ err }, 'uncaught exception'));
 
-    const gateway = await Gateway.start({ config, log });
+    // SIGHUP never ends the process (Node's default would): during the start
+    // it is remembered, and applied once the gateway runs, since the file may
+    // have changed after it was read.
+    let gateway: Gateway | null = null;
+    let pending = false;
+    const reload = () => {
+      if (gateway) reloadFrom(cmd, gateway, log);
+      else pending = true;
+    };
+    process.on('SIGHUP', reload);
+    gateway = await Gateway.start({ config, log });
+    if (pending) reloadFrom(cmd, gateway, log);
+    const running = gateway;
     await new Promise<void>((resolve) => {
       const stop = (signal: NodeJS.Signals) => {
         log.info({ signal }, 'shutting down');
-        gateway.stop().then(resolve, (err: unknown) => {
+        running.stop().then(resolve, (err: unknown) => {
           log.error({ err }, 'error during shutdown');
           resolve();
         });
@@ -28,6 +42,24 @@ export function serveCommand(): Command {
       process.once('SIGTERM', stop);
       process.once('SIGINT', stop);
     });
+    process.removeListener('SIGHUP', reload);
     log.flush();
   });
+}
+
+/**
+ * Reads the configuration file again and hands it to the gateway. A file
+ * that no longer validates, or points at a bad certificate, is refused in
+ * one line, and the running configuration stays in force.
+ */
+function reloadFrom(cmd: Command, gateway: Gateway, log: Logger): void {
+  const refused = (err: unknown) => log.error({ signal: 'SIGHUP', reason: errorMessage(err) }, 'reload refused: the running configuration stays in force');
+  let next: Config;
+  try {
+    next = loadCommandConfig(cmd).config;
+  } catch (err) {
+    refused(err);
+    return;
+  }
+  gateway.reload(next).catch(refused);
 }

@@ -9,7 +9,7 @@ import { configPath } from '../../config/load.js';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import { backupStore, checkStore } from '../../store/open.js';
 import type { CheckResult } from '../../store/types.js';
-import { globalOptions, loadCommandConfig } from '../context.js';
+import { globalOptions, loadCommandConfig, requireStore } from '../context.js';
 import { printJson, printLine } from '../output.js';
 
 /** One line per problem, for people. */
@@ -32,7 +32,9 @@ export function storeCommand(): Command {
     .option('--force', 'replace FILE if it exists')
     .option('--json', 'print JSON')
     .action(async (file: string, opts: { force?: boolean }, cmd: Command) => {
-      const { config } = loadCommandConfig(cmd);
+      const loaded = loadCommandConfig(cmd);
+      requireStore(loaded);
+      const { config } = loaded;
       const keyFile = configPath(config.store.key_file);
       const { source, ...written } = await backupStore(config, file, { force: opts.force ?? false });
       if (globalOptions(cmd).json) return printJson({ ...written, source, keyFile });
@@ -45,8 +47,9 @@ export function storeCommand(): Command {
     .description("run the store's own integrity checks (SQLite: integrity_check, foreign_key_check); exit 0 only when they pass")
     .option('--json', 'print JSON')
     .action((_opts, cmd: Command) => {
-      const { config } = loadCommandConfig(cmd);
-      const { file, ...result } = checkStore(config);
+      const loaded = loadCommandConfig(cmd);
+      requireStore(loaded);
+      const { file, ...result } = checkStore(loaded.config);
       const found = problems(result);
       const ok = result.ok && found.length === 0;
       if (globalOptions(cmd).json) printJson({ file, ok, schemaVersion: result.schemaVersion, integrity: result.integrity, foreignKeys: result.foreignKeys });

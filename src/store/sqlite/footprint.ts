@@ -9,12 +9,20 @@
  * that was there is never touched, and neither is a -wal or -shm file that
  * belongs to it (another process may have it open).
  */
-import { lstatSync, rmdirSync, unlinkSync } from 'node:fs';
+import { chownSync, lstatSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
 import path from 'node:path';
 
 export interface StoreFootprint {
   /** Removes the files and empty folders that were missing when the footprint was taken; returns the paths removed. */
   removeCreated(): string[];
+  /**
+   * Run as root: gives what this open created to the owner of the folder it
+   * was created in (the service user's /var/lib/mailgate), so that
+   * `sudo mailgate account add` on a new store leaves one the service can
+   * open. Returns the paths changed. An existing store keeps its owner by
+   * itself: SQLite gives the -wal and -shm it creates as root the database's owner.
+   */
+  adoptFolderOwner(): string[];
 }
 
 /** Takes note of which store files and folders exist now, before the store is opened. */
@@ -26,7 +34,17 @@ export function storeFootprint(options: { path: string; keyFile: string }): Stor
     ...(exists(options.keyFile) ? [] : [options.keyFile]),
   ];
   const newFolders = [...new Set([...missingFolders(options.path), ...missingFolders(options.keyFile)])];
+  // Taken now, before anything is created: the owner of the nearest folder that already exists.
+  const created = [...newFiles, ...newFolders].map((item) => ({ item, owner: existingFolderOwner(item) }));
   return {
+    adoptFolderOwner() {
+      if (process.geteuid?.() !== 0) return [];
+      const changed: string[] = [];
+      for (const { item, owner } of created) {
+        if (owner && attempt(() => chownSync(item, owner.uid, owner.gid))) changed.push(item);
+      }
+      return changed;
+    },
     removeCreated() {
       const removed: string[] = [];
       for (const file of newFiles) if (attempt(() => unlinkSync(file))) removed.push(file);
@@ -45,6 +63,18 @@ function missingFolders(file: string): string[] {
     if (path.dirname(dir) === dir) break;
   }
   return missing;
+}
+
+/** The owner of the nearest folder above `file` that exists now. */
+function existingFolderOwner(file: string): { uid: number; gid: number } | null {
+  for (let dir = path.dirname(path.resolve(file)); ; dir = path.dirname(dir)) {
+    try {
+      const { uid, gid } = statSync(dir);
+      return { uid, gid };
+    } catch {
+      if (path.dirname(dir) === dir) return null;
+    }
+  }
 }
 
 function exists(file: string): boolean {

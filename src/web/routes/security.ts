@@ -75,7 +75,8 @@ export function reauthRoutes(app: FastifyInstance, ctx: WebContext): void {
     if (outcome.kind !== 'signed-in' && outcome.kind !== 'code-needed') {
       return page(request, reply, 'reauth', { title: "Confirm it's you", next, error: SIGN_IN_FAILED });
     }
-    await fresh(ctx, request);
+    // Ended while the password was checked (signed out elsewhere, the account's sessions ended): it stays ended.
+    if (!(await fresh(ctx, request, { ifLive: true, keepCreatedAt: true }))) return reply.redirect('/', 303);
     request.session.accountId = user.accountId;
     request.session.username = user.username;
     request.session.passwordAt = ctx.now();

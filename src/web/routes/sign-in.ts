@@ -6,6 +6,8 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { clientOf, page, signedIn, type WebContext } from '../context.js';
+import { webSessionLimits } from '../../config/schema.js';
+import { sessionIdHash } from '../session-store.js';
 import { securityPage } from './security.js';
 
 /** The one answer to every failed sign-in, whatever the cause. */
@@ -44,7 +46,7 @@ export function signInRoutes(app: FastifyInstance, ctx: WebContext): void {
     const outcome = await ctx.logins.signIn({ username, password: Buffer.from(password, 'utf8'), method: 'page-password', ...clientOf(request) });
     if (outcome.kind === 'code-needed') {
       await fresh(ctx, request);
-      request.session.pending = { username: outcome.account.username, passwordAt: ctx.now() };
+      request.session.pending = { username: outcome.account.username, passwordAt: ctx.now(), accountId: outcome.account.id };
       return reply.redirect('/', 303);
     }
     if (outcome.kind === 'signed-in') {
@@ -61,7 +63,8 @@ export function signInRoutes(app: FastifyInstance, ctx: WebContext): void {
       const outcome = await ctx.logins.verifyCode({ kind, code: request.body.code.replace(/\s+/g, ''), username: pending.username, ...clientOf(request) });
       if (outcome.kind === 'accepted') {
         const account = await ctx.store.accounts.get(pending.username);
-        await startSignedIn(ctx, request, account.id, account.username, pending.passwordAt);
+        // Ended while the code was checked (signed out elsewhere, the account's sessions ended): it stays ended, and "/" says so.
+        await startSignedIn(ctx, request, account.id, account.username, pending.passwordAt, { ifLive: true });
         return reply.redirect('/', 303);
       }
       return page(request, reply, 'code', { title: '2-Step Verification', recovery: kind === 'recovery-code', pendingUser: pending.username, error: CODE_FAILED });
@@ -76,17 +79,40 @@ export function signInRoutes(app: FastifyInstance, ctx: WebContext): void {
   });
 }
 
-/** A new session id for a new privilege level (fixation): nothing of the old session is kept. */
-export async function fresh(ctx: Pick<WebContext, 'now'>, request: FastifyRequest): Promise<void> {
-  await request.session.regenerate();
-  request.session.createdAt = ctx.now();
+export interface FreshOptions {
+  /**
+   * The session carries on (a code after the password, "Confirm it's you",
+   * 2-step verification turned on or off): if it was ended while this
+   * request was in flight (signed out in another tab, the account's sessions
+   * ended by the owner or the administrator), it stays ended, and fresh()
+   * resolves false without a new id.
+   */
+  ifLive?: boolean;
+  /** The absolute timeout still counts from the sign-in: the new id keeps the old creation time. */
+  keepCreatedAt?: boolean;
 }
 
-async function startSignedIn(ctx: WebContext, request: FastifyRequest, accountId: number, username: string, passwordAt: number): Promise<void> {
-  await fresh(ctx, request);
+/** A new session id for a new privilege level (fixation): nothing of the old session is kept (but its creation time, when asked). */
+export async function fresh(ctx: Pick<WebContext, 'now' | 'store' | 'config'>, request: FastifyRequest, options: FreshOptions = {}): Promise<boolean> {
+  if (options.ifLive && !(await live(ctx, request))) return false;
+  const keep = options.keepCreatedAt && request.session.createdAt !== undefined ? ['createdAt'] : [];
+  // regenerate() stores the new id at once: the kept creation time goes in with it (the store never moves it later).
+  await request.session.regenerate(keep);
+  if (keep.length === 0) request.session.createdAt = ctx.now();
+  return true;
+}
+
+/** Whether the request's session is still live in the store (not ended since the request began). */
+async function live(ctx: Pick<WebContext, 'store' | 'config'>, request: FastifyRequest): Promise<boolean> {
+  return (await ctx.store.webSessions.get(sessionIdHash(request.session.sessionId), webSessionLimits(ctx.config))) !== null;
+}
+
+async function startSignedIn(ctx: WebContext, request: FastifyRequest, accountId: number, username: string, passwordAt: number, options: FreshOptions = {}): Promise<boolean> {
+  if (!(await fresh(ctx, request, options))) return false;
   request.session.accountId = accountId;
   request.session.username = username;
   request.session.passwordAt = passwordAt;
+  return true;
 }
 
 /** Sends a signed-out visitor back to the start. */
