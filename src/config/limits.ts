@@ -197,6 +197,11 @@ export const FIXED_LIMITS = {
   /** How long a control-socket connection may take to send its request, and the CLI waits for the answer:
    * both sides are on one host and answer in milliseconds; a client that stalls is dropped. */
   control_timeout_seconds: 5,
+  /** Audit events `mailgate audit` shows without --limit: the newest hundred fill a screen or two, and more is
+   * what --since or --limit are for. */
+  audit_default_rows: 100,
+  /** The most `mailgate audit --limit` takes: a busy year's trail fits, and one answer never holds more in memory. */
+  audit_max_rows: 1_000_000,
 } as const;
 
 /** A whole pre-login IMAP command: room for a full line and a full literal, twice over. */

@@ -4,6 +4,7 @@
  * first, so operators need no SQL. Read-only.
  */
 import { Command } from 'commander';
+import { FIXED_LIMITS } from '../../config/limits.js';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { AuditListRow } from '../../store/types.js';
 import { normaliseUsername } from '../../store/username.js';
@@ -11,10 +12,8 @@ import { parseDuration } from '../duration.js';
 import { globalOptions, withStore } from '../context.js';
 import { isoTime, printable, printJson, printLine, printTable } from '../output.js';
 
-/** Rows shown when --limit is not given: a screenful or two, the newest. */
-const DEFAULT_ROWS = 100;
-/** The most --limit takes: the whole trail of a busy year fits, and one query never holds more in memory. */
-const MAX_ROWS = 1_000_000;
+const DEFAULT_ROWS = FIXED_LIMITS.audit_default_rows;
+const MAX_ROWS = FIXED_LIMITS.audit_max_rows;
 
 /** A positive whole number of rows, or a usage error. */
 function parseLimit(text: string): number {
