@@ -327,7 +327,7 @@ async function latency(env: Env): Promise<void> {
   const coldBefore = await scrape(env.mailgate.metricsPort);
   for (let i = 0; i < accounts.length; i++) await step('cold', i, accounts[i]!);
   const coldAfter = await scrape(env.mailgate.metricsPort);
-  const verifications = (m: Map<string, number>) => m.get('mailgate_argon2_verifications{kind="total"}') ?? 0;
+  const verifications = (m: Map<string, number>) => m.get('mailgate_argon2_verifications_total') ?? 0;
   env.results.reference.mailgateArgon2PerColdLogin = round((verifications(coldAfter) - verifications(coldBefore)) / accounts.length);
 
   log(`warm logins: ${env.opts.warmRounds} rounds x ${accounts.length} accounts x ${targets.length} targets...`);
@@ -678,7 +678,7 @@ async function storm(env: Env): Promise<void> {
             eventLoopLagP99Ms: round((after.get('mailgate_event_loop_delay_seconds{quantile="0.99"}') ?? Number.NaN) * 1000),
             eventLoopLagMaxMs: round((after.get('mailgate_event_loop_delay_seconds{quantile="1"}') ?? Number.NaN) * 1000),
             eventLoopLagMedianMs: round((after.get('mailgate_event_loop_delay_seconds{quantile="0.5"}') ?? Number.NaN) * 1000),
-            argon2Verifications: (after.get('mailgate_argon2_verifications{kind="total"}') ?? 0) - (argonBefore.get('mailgate_argon2_verifications{kind="total"}') ?? 0),
+            argon2Verifications: (after.get('mailgate_argon2_verifications_total') ?? 0) - (argonBefore.get('mailgate_argon2_verifications_total') ?? 0),
           }
         : {}),
     };
@@ -799,7 +799,7 @@ async function main(): Promise<void> {
   results.durationSeconds = round((performance.now() - started) / 1000, 1);
   results.mailgateLogTail = readFileSync(env.mailgate.logFile, 'utf8')
     .split('\n')
-    .filter((l) => /"level":(40|50|60)/.test(l))
+    .filter((l) => /"level":"(warn|error|fatal)"/.test(l))
     .slice(-10);
 
   log('stopping everything...');

@@ -29,6 +29,8 @@ export const ErrorCodes = {
   KEY_FILE: 'E_KEY_FILE',
   HASH_BUSY: 'E_HASH_BUSY',
   ACCOUNT_BLOCKED: 'E_ACCOUNT_BLOCKED',
+  /** `mailgate check` found something to fix. */
+  CHECK_FAILED: 'E_CHECK_FAILED',
   /** A listener (or the metrics endpoint) cannot bind its address. */
   LISTEN: 'E_LISTEN',
 } as const;

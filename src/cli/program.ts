@@ -4,6 +4,7 @@ import { accountCommand } from './commands/account.js';
 import { appPasswordCommand } from './commands/app-password.js';
 import { auditCommand } from './commands/audit.js';
 import { blocksCommand } from './commands/blocks.js';
+import { checkCommand } from './commands/check.js';
 import { serveCommand } from './commands/serve.js';
 import { kickCommand, whoCommand } from './commands/sessions.js';
 import { storeCommand } from './commands/store.js';
@@ -19,7 +20,7 @@ export function createProgram(): Command {
     .option('-c, --config <file>', `configuration file (default: $MAILGATE_CONFIG, else ${defaultConfigPath()})`)
     .showSuggestionAfterError(true);
 
-  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand()]) {
+  for (const command of [serveCommand(), accountCommand(), totpCommand(), appPasswordCommand(), blocksCommand(), storeCommand(), webCommand(), checkCommand()]) {
     program.addCommand(command);
   }
   for (const command of [auditCommand(), whoCommand(), kickCommand()]) program.addCommand(command);

@@ -184,9 +184,9 @@ export const FIXED_LIMITS = {
   imap_id_max_field_bytes: 30,
   /** ID value: RFC 2971 section 3.3 caps it at 1024 octets. */
   imap_id_max_value_bytes: 1024,
-  /** A certificate that expires within this many days is warned about at start and at every reload: Let's Encrypt
-   * renews 30 days ahead and warns at 20, so a certificate still this close to its end means renewal has failed,
-   * and two weeks leave time to fix it. */
+  /** A certificate that expires within this many days is warned about at start and at every reload, and fails
+   * `mailgate check`: Let's Encrypt renews 30 days ahead and warns at 20, so a certificate still this close to its
+   * end means renewal has failed, and two weeks leave time to fix it. */
   certificate_expiry_warning_days: 14,
   /** A client's ID name and version in the log, in characters each: "Thunderbird" and "153.0.1" fit many
    * times over, and a 1 KiB value repeated on every session line would not. */
@@ -202,6 +202,19 @@ export const FIXED_LIMITS = {
   audit_default_rows: 100,
   /** The most `mailgate audit --limit` takes: a busy year's trail fits, and one answer never holds more in memory. */
   audit_max_rows: 1_000_000,
+  /** Open files the process needs besides two sockets per session (the listeners, the store's database, -wal and
+   * -shm, the log, Node's own descriptors, the page's and the metrics' connections): 100 covers them with room. */
+  file_descriptor_margin: 100,
+  /** How often the readiness checks of /readyz run in the background (a write probe of the store, each upstream's
+   * connect and TLS, the master login): a load balancer asks every few seconds and gets the last results, so the
+   * mail server sees one connection and one login per protocol every 10 s, and an outage shows within 10 s. */
+  health_check_interval_seconds: 10,
+  /** Each readiness probe of an upstream (connect, TLS, each answer): a mail server that takes longer than 5 s to
+   * greet or answer a CAPABILITY is not ready for users either, and the next round is not held up for long. */
+  health_check_timeout_seconds: 5,
+  /** A passing readiness result older than this no longer counts ("the master login worked in the last minute"):
+   * the checks run every 10 s, so only a check that hangs or stopped running leaves a result this old. */
+  health_check_max_age_seconds: 60,
 } as const;
 
 /** A whole pre-login IMAP command: room for a full line and a full literal, twice over. */

@@ -31,6 +31,8 @@ export const LIVE_KEYS: readonly string[] = [
 /** Read once at start: the sockets, the store and its hasher, the page's server. */
 export const RESTART_KEYS: readonly string[] = [
   'listen',
+  // The log's destination stream is chosen at start.
+  'log.format',
   'metrics.listen',
   'store.path',
   'store.key_file',

@@ -50,6 +50,8 @@ const totpSchema = z
 const logSchema = z
   .strictObject({
     level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+    /** auto: readable lines at a terminal, JSON lines anywhere else (`serve --log-format` overrides it). */
+    format: z.enum(['auto', 'json', 'pretty']).default('auto'),
   })
   .prefault({});
 
@@ -180,6 +182,8 @@ const upstreamLoginSchema = z
     master_password_file: z.string().default(''),
     master_style: z.enum(['authzid', 'separator']).default('authzid'),
     separator: z.string().min(1).max(8).default('*'),
+    /** An account the readiness check logs in to as the master user (empty: that check does not run). */
+    probe_account: z.string().default(''),
   })
   .prefault({});
 

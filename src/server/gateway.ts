@@ -37,6 +37,8 @@ import { Upstreams, type UpstreamProtocol } from '../upstream/upstreams.js';
 import { mailServers, WebServer, type PageTls } from '../web/server.js';
 import { controlSocketPath } from './control-protocol.js';
 import { ControlServer } from './control-server.js';
+import { fileLimit, RAISE_FILE_LIMIT_ADVICE } from './file-limits.js';
+import { HealthMonitor, type HealthTargets } from './health.js';
 import { Housekeeping } from './housekeeping.js';
 import { Metrics } from './metrics.js';
 
@@ -47,6 +49,8 @@ export interface GatewayOptions {
   /** Tests: cheaper argon2 than the configuration's, and a clock they control. */
   argon2?: { memoryKib: number; iterations: number; parallelism: number };
   now?: Clock;
+  /** Tests: the readiness checks' pace, faster than health_check_interval_seconds. */
+  healthIntervalMs?: number;
 }
 
 export interface BoundListener {
@@ -62,6 +66,8 @@ export interface GatewayServices extends SessionContext {
   policy: AuthPolicy;
   guard: AbuseGuard;
   metrics: Metrics;
+  /** The readiness checks behind /readyz (run while the metrics listener is on). */
+  health: HealthMonitor;
   upstreams: Upstreams;
   repeatedLines: RepeatedLines;
   cache: LoginCache;
@@ -71,7 +77,7 @@ export interface GatewayServices extends SessionContext {
 }
 
 /** What lives as long as the process: a reload keeps these, and builds the rest anew around them. */
-type Lasting = Pick<GatewayServices, 'log' | 'store' | 'hasher' | 'registry' | 'metrics' | 'repeatedLines' | 'guard' | 'serverTls' | 'now'>;
+type Lasting = Pick<GatewayServices, 'log' | 'store' | 'hasher' | 'registry' | 'metrics' | 'health' | 'repeatedLines' | 'guard' | 'serverTls' | 'now'>;
 
 /**
  * What the configuration points at outside itself (the master password
@@ -155,18 +161,26 @@ export class Gateway {
     try {
       const registry = new SessionRegistry();
       const serverTls = new ServerTls(loaded.certificates);
+      const health = new HealthMonitor({
+        store: opened.store,
+        protocols: [...new Set(config.listen.map((l) => l.protocol))],
+        log,
+        ...(options.healthIntervalMs ? { intervalMs: options.healthIntervalMs } : {}),
+      });
       const lasting: Lasting = {
         log,
         store: opened.store,
         hasher,
         registry,
         serverTls,
-        metrics: new Metrics({ sessions: () => registry.counts(), argon2: () => hasher.stats, certificates: () => servedCertificates(serverTls) }),
+        health,
+        metrics: new Metrics({ sessions: () => registry.counts(), argon2: () => hasher.stats, certificates: () => servedCertificates(serverTls), health }),
         repeatedLines: new RepeatedLines(log, FIXED_LIMITS.repeated_failure_log_seconds * 1000, FIXED_LIMITS.repeated_failure_log_burst),
         guard: new AbuseGuard(opened.store, abuseRules(config.limits), log, options.now),
         now: options.now ?? Date.now,
       };
       if (!loaded.masterPassword) warnNoMasterPassword(log);
+      health.configure(healthTargets(config, loaded));
       gateway = new Gateway(compose(config, lasting, loaded, null), env);
       await gateway.open();
       return gateway;
@@ -210,6 +224,7 @@ export class Gateway {
     before.serverTls.replace(loaded.certificates);
     before.guard.useRules(abuseRules(config.limits));
     this.current = compose(config, before, loaded, before);
+    before.health.configure(healthTargets(config, loaded));
     this.trustedProxies = trustedProxies(config.proxy.trusted);
     this.housekeeping.config = config;
     this.revocations.reconfigure(config.timeouts.revocation_check_seconds * 1000, config.policy);
@@ -244,6 +259,7 @@ export class Gateway {
       this.metricsAddress = await metrics.listen(address, log).catch((err: unknown) => {
         throw listenError(err, 'metrics.listen', address);
       });
+      this.current.health.start();
     }
   }
 
@@ -338,8 +354,11 @@ export class Gateway {
 
   private async shutdown(graceMs: number): Promise<void> {
     const { registry, log } = this.current;
+    // Load balancers see it first, and send no new clients while the rest shuts down.
+    this.current.metrics.markStopping();
     this.revocations.stop();
     this.housekeeping.stop();
+    const health = this.current.health.stop();
     // close() stops listening at once, but its callback only fires when every
     // connection has ended: waiting for it would hold the grace period (and
     // the shutdown) hostage to any client that stays connected.
@@ -356,6 +375,7 @@ export class Gateway {
       await Promise.race([registry.whenEmpty(), new Promise<void>((resolve) => setTimeout(resolve, 3000).unref())]);
     }
     await web;
+    await health;
     this.current.repeatedLines.flush();
     await this.current.metrics.close();
     // Open until the sessions are gone: `mailgate who` shows who is left during the grace period.
@@ -393,24 +413,16 @@ function listenError(err: unknown, key: string, address: string): Error {
  * so at start-up (Linux only; elsewhere the check is skipped).
  */
 function warnIfFewFileDescriptors(config: Config, log: Logger): void {
-  let limits: string;
-  try {
-    limits = readFileSync('/proc/self/limits', 'utf8');
-  } catch {
-    return;
-  }
-  const soft = /^Max open files\s+(\d+|unlimited)/m.exec(limits)?.[1];
-  if (!soft || soft === 'unlimited') return;
-  const needed = 2 * config.limits.max_connections + 100;
-  if (Number(soft) < needed) {
-    log.warn(
-      { openFileLimit: Number(soft), needed, maxSessions: Math.floor((Number(soft) - 100) / 2) },
-      'the open-file limit is too low for limits.max_connections (two sockets per session); raise it (systemd LimitNOFILE, ulimit -n)',
-    );
-  }
+  const limit = fileLimit(config);
+  if (!limit || limit.ok) return;
+  log.warn(
+    { openFileLimit: limit.soft, needed: limit.needed, maxSessions: limit.maxSessions },
+    `the open-file limit is too low for limits.max_connections (two sockets per session); ${RAISE_FILE_LIMIT_ADVICE}`,
+  );
 }
 
-function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | null {
+/** The master password: from upstream.login.master_password_file, else MAILGATE_MASTER_PASSWORD; null without either. */
+export function readMasterPassword(config: Config, env: NodeJS.ProcessEnv): Buffer | null {
   const file = config.upstream.login.master_password_file;
   if (file) {
     let text: string;
@@ -445,7 +457,14 @@ function changedCertificates(before: CertificateSet, after: CertificateSet): str
 }
 
 function warnNoMasterPassword(log: Logger): void {
-  log.warn('no master password configured (upstream.login.master_password_file or MAILGATE_MASTER_PASSWORD): app-password logins will fail');
+  log.warn(
+    'no master password configured: app-password logins will fail; put the password of the master user (upstream.login.master_user) in a file named by upstream.login.master_password_file (mode 0600), or in MAILGATE_MASTER_PASSWORD',
+  );
+}
+
+/** What the readiness checks log in with, from a configuration and what it points at. */
+function healthTargets(config: Config, loaded: Loaded): HealthTargets {
+  return { upstreams: loaded.upstreams, masterUser: config.upstream.login.master_user, masterPassword: loaded.masterPassword, probeAccount: config.upstream.login.probe_account };
 }
 
 /** Reads and checks what the configuration points at; throws a one-line error naming the key. */
@@ -478,7 +497,7 @@ async function learnCapabilities(before: GatewayServices, config: Config, upstre
  * changed: a refusal remembered under another policy must not be repeated.
  */
 function compose(config: Config, lasting: Lasting, loaded: Loaded, previous: GatewayServices | null): GatewayServices {
-  const { store, hasher, metrics, registry, guard, log, repeatedLines, now } = lasting;
+  const { store, hasher, metrics, health, registry, guard, log, repeatedLines, now } = lasting;
   const cacheInputs = (c: Config) => JSON.stringify([c.auth, c.policy, c.upstream.login, c.web.self_enroll]);
   const cache =
     previous && cacheInputs(previous.config) === cacheInputs(config)
@@ -512,6 +531,7 @@ function compose(config: Config, lasting: Lasting, loaded: Loaded, previous: Gat
     hasher,
     registry,
     metrics,
+    health,
     repeatedLines,
     guard,
     serverTls: lasting.serverTls,

@@ -78,13 +78,16 @@ export async function loadServerCertificates(config: Config, log: Logger): Promi
     const haveKey = existsSync(keyFile);
     if (!haveCert || !haveKey) {
       if (!config.tls.self_signed) {
-        throw new TlsSetupError(`TLS certificate ${haveCert ? keyFile : certFile} is missing and tls.self_signed is false`);
+        throw new TlsSetupError(`${haveCert ? 'tls.key' : 'tls.cert'} ${haveCert ? keyFile : certFile} is missing and tls.self_signed is false; point it at the file, or set tls.self_signed = true for a generated test certificate`);
       }
       if (haveCert !== haveKey) {
         throw new TlsSetupError(`only one of ${certFile} and ${keyFile} exists; remove it or provide both`);
       }
       await writeSelfSigned(certFile, keyFile);
-      log.warn({ cert: certFile }, 'generated a self-signed TLS certificate; mail programs will warn until a real one is configured');
+      log.warn(
+        { cert: certFile, key: keyFile },
+        'generated a self-signed TLS certificate; mail programs will warn until a real one is configured: set tls.cert and tls.key in [tls] to your certificate (full chain) and key, and tls.self_signed = false',
+      );
     }
   }
   return loadCertificates(config);

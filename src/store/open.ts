@@ -11,7 +11,8 @@ import { PasswordHasher } from './hasher.js';
 import { loadKey } from './secret-box.js';
 import type { SchemaUpgrade } from './sqlite/database.js';
 import { storeFootprint } from './sqlite/footprint.js';
-import { backupDatabase, checkDatabase } from './sqlite/maintenance.js';
+import { backupDatabase, checkDatabase, databaseSchemaVersion } from './sqlite/maintenance.js';
+import { SCHEMA_VERSION } from './sqlite/migrations.js';
 import { storeOptionsFromConfig, type StoreOptions } from './sqlite/repositories.js';
 import { SqliteStore } from './sqlite/sqlite-store.js';
 import type { Store } from './store.js';
@@ -94,6 +95,16 @@ export function backupStore(config: Config, file: string, options: { force?: boo
 export function checkStore(config: Config): CheckResult & { file: string } {
   const file = configPath(config.store.path);
   return { file, ...checkDatabase(file, config.store.busy_timeout_ms) };
+}
+
+/**
+ * The schema version of the existing store, asked of SQLite read-only
+ * (never a new store, never a migration), and the version this mailgate
+ * writes: older ones are migrated at start, newer ones refused.
+ */
+export function storeSchemaVersion(config: Config): { file: string; version: number; current: number } {
+  const file = configPath(config.store.path);
+  return { file, version: databaseSchemaVersion(file, config.store.busy_timeout_ms), current: SCHEMA_VERSION };
 }
 
 /**

@@ -180,6 +180,15 @@ export interface Store {
   writable(): Promise<void>;
 
   /**
+   * Tries a write now (the readiness check): takes the write lock and writes
+   * nothing. Rejects when it fails, and then logins are refused as by a
+   * failed write, until a write works again; resolves (and lifts that
+   * refusal) when it works. `writable()` alone only knows what the last
+   * write found, so a lock taken while no one logs in would go unseen.
+   */
+  probeWrites(): Promise<void>;
+
+  /**
    * Calls `listener` after each change this process commits that may end
    * open sessions (a revocation, a block...), at once. Returns the
    * unsubscribe function.

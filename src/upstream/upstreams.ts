@@ -12,7 +12,7 @@ import type { UpstreamTarget } from './connect.js';
 import type { ClientOrigin, UpstreamCredentials, UpstreamLoginResult } from './credentials.js';
 import { loginImapUpstream } from './imap-login.js';
 import { loginPop3Upstream } from './pop3-login.js';
-import { probeImapCapabilities, probePop3Capabilities } from './probe.js';
+import { checkUpstream, probeImapCapabilities, probePop3Capabilities, type UpstreamReport } from './probe.js';
 
 export type UpstreamProtocol = 'imap' | 'pop3';
 
@@ -49,11 +49,44 @@ export class Upstreams implements UpstreamLogin {
     return loginPop3Upstream({ ...common, onCapabilities: (caps) => (this.capabilities.pop3 = caps) });
   }
 
-  logout(session: Extract<UpstreamLoginResult, { ok: true }>): void {
+  logout(session: Extract<UpstreamLoginResult, { ok: true }>, protocol: UpstreamProtocol = 'imap'): void {
     const { socket } = session;
     // A private tag, as every command mailgate sends upstream; the answer is not needed.
-    if (socket.writable) socket.end('mgz LOGOUT\r\n');
+    if (socket.writable) socket.end(protocol === 'imap' ? 'mgz LOGOUT\r\n' : 'QUIT\r\n');
     setTimeout(() => socket.destroy(), FIXED_LIMITS.upstream_logout_grace_ms).unref();
+  }
+
+  /**
+   * Whether the upstream of `protocol` can be reached as a login would reach
+   * it (TLS and certificate verification as configured), without logging in.
+   * What it learns refreshes the known capabilities, if none were known.
+   */
+  async reachable(protocol: UpstreamProtocol, timeoutMs: number, signal?: AbortSignal): Promise<UpstreamReport> {
+    const report = await checkUpstream(protocol, this.targets[protocol], timeoutMs, signal);
+    if (protocol === 'pop3' || report.capabilities.length > 0) this.capabilities[protocol] ??= report.capabilities;
+    return report;
+  }
+
+  /**
+   * Logs in as the master user for `account` and out again: proves that the
+   * master password works, without any user's password. Resolves with the
+   * login's result (the session is already closed when it is a success).
+   */
+  async masterLogin(protocol: UpstreamProtocol, account: string, masterPassword: Buffer, timeoutMs: number, signal?: AbortSignal): Promise<UpstreamLoginResult> {
+    const { login } = this.config.upstream;
+    const credentials: UpstreamCredentials = { kind: 'master', user: account, style: login.master_style, masterUser: login.master_user, masterPassword, separator: login.separator };
+    const common = {
+      target: this.targets[protocol],
+      connectTimeoutMs: timeoutMs,
+      responseTimeoutMs: timeoutMs,
+      // The gateway's own login: there is no client address to forward.
+      forward: null,
+      credentials,
+      clientLeft: signal ?? new AbortController().signal,
+    };
+    const result = protocol === 'imap' ? await loginImapUpstream(common) : await loginPop3Upstream(common);
+    if (result.ok) this.logout(result, protocol);
+    return result;
   }
 
   /** Learns the capabilities of the upstreams in use, best effort, so the first greeting can list them. */
@@ -65,7 +98,12 @@ export class Upstreams implements UpstreamLogin {
         const caps = await probe(this.targets[protocol], timeout);
         this.capabilities[protocol] ??= caps;
       } catch (err) {
-        log.warn({ err: errorMessage(err) }, `${protocol === 'imap' ? 'IMAP' : 'POP3'} upstream not reachable at start-up`);
+        const target = this.targets[protocol];
+        // Said so that the first start explains itself: which keys point at the mail server, and what else to look at.
+        log.warn(
+          { err: errorMessage(err), host: target.host, port: target.port, tls: target.tls },
+          `${protocol === 'imap' ? 'IMAP' : 'POP3'} upstream not reachable at start-up; logins fail until it is: point upstream.${protocol}.host and upstream.${protocol}.port at the mail server (and upstream.${protocol}.tls, .ca at its TLS), or start it`,
+        );
       }
     };
     await Promise.all([learn('imap', probeImapCapabilities), learn('pop3', probePop3Capabilities)]);

@@ -18,6 +18,7 @@ import { outsideCopy, outsideScribble, outsideTruncate } from '../support/outsid
 import { pop3s } from '../support/pop3-client.js';
 import { enableTotp } from '../support/store.js';
 import { sleep, waitUntil } from '../support/timing.js';
+import { hasLevel, isErrorLevel } from '../support/log-levels.js';
 
 const UNAVAILABLE = 'L1 NO [UNAVAILABLE] The mail service is temporarily unavailable; try again in a few minutes.';
 
@@ -118,7 +119,7 @@ describe('a database that goes bad under the gateway', () => {
     outsideScribble(dbPath, statSync(dbPath).size);
     try {
       await expectFailClosed();
-      expect(gw.logs().some((l) => l.level === 50 && /database/.test(String(l.msg)))).toBe(true);
+      expect(gw.logs().some((l) => hasLevel(l, 'error') && /database/.test(String(l.msg)))).toBe(true);
     } finally {
       outsideCopy(`${dbPath}.bak`, dbPath);
     }
@@ -237,7 +238,7 @@ describe('a database that goes bad under the gateway', () => {
 
 /** Errors about the database are expected in this file; anything else is not. */
 function assertNoInternalErrorsExceptDatabase(): void {
-  const unexpected = gw.logs().filter((l) => typeof l.level === 'number' && l.level >= 50 && !/database/.test(String(l.msg)));
+  const unexpected = gw.logs().filter((l) => isErrorLevel(l) && !/database/.test(String(l.msg)));
   expect(unexpected).toEqual([]);
   expect(gw.logs().filter((l) => /uncaught|unhandled|internal error/i.test(String(l.msg)))).toEqual([]);
 }

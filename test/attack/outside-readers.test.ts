@@ -26,6 +26,7 @@ import { openDeletedStoreFiles, posixLocksOf, SQLITE_SHARED_LOCK, SQLITE3_CLI } 
 import { pythonJson } from '../support/python.js';
 import { sleep, waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
+import { isErrorLevel } from '../support/log-levels.js';
 
 const execFileP = promisify(execFile);
 
@@ -182,5 +183,5 @@ it('outside readers open and close the live store: the gateway keeps its locks, 
   );
   expect.soft(check.integrity, 'PRAGMA integrity_check').toEqual(['ok']);
   expect.soft(posixLocksOf(gateway!.child.pid!, dbPath), "the gateway's locks on the database file").toContainEqual(SQLITE_SHARED_LOCK);
-  expect(gateway!.logs().filter((l) => typeof l.level === 'number' && l.level >= 50)).toEqual([]);
+  expect(gateway!.logs().filter((l) => isErrorLevel(l))).toEqual([]);
 });

@@ -17,6 +17,7 @@ import { dovecotServeToml, startServe, type ServeProcess } from '../support/serv
 import { FAST_ARGON2 } from '../support/store.js';
 import { waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
+import { hasLevel } from '../support/log-levels.js';
 
 const GRACE_SECONDS = 2;
 
@@ -92,7 +93,7 @@ ${dovecotServeToml(dc)}`,
     const code = await Promise.race([gateway.exited, new Promise<'hung'>((resolve) => setTimeout(() => resolve('hung'), 5_000))]);
     expect(code, `stderr: ${stderr()}`).toBe(0);
     expect(logLines().map((l) => l.msg)).toEqual(expect.arrayContaining(['shutting down', 'stopped accepting connections', 'closing the remaining sessions', 'stopped']));
-    expect(logLines().filter((l) => l.level === 60 || /uncaught|unhandled/.test(String(l.msg)))).toEqual([]);
+    expect(logLines().filter((l) => hasLevel(l, 'fatal') || /uncaught|unhandled/.test(String(l.msg)))).toEqual([]);
 
     const after = SqliteRepositories.open(storeOptions);
     try {

@@ -15,6 +15,7 @@ import { runCli, unprivilegedUser, writeCliConfig, type CliResult, type CliUser 
 import { makeTestPki, type TestPki } from '../support/pki.js';
 import { freePort } from '../support/ports.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
+import { isErrorLevel } from '../support/log-levels.js';
 
 let dir: string;
 let dataDir: string;
@@ -81,8 +82,8 @@ function expectOneLineRefusal(result: CliResult, code: number, message: RegExp):
   expect(result.stderr).not.toMatch(/unexpected error/);
   const output = result.stdout + result.stderr;
   expect(output).not.toMatch(/"stack"|\n\s+at /);
-  const logLines = result.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string });
-  expect(logLines.filter((l) => l.level >= 50).map((l) => l.msg)).toEqual([]);
+  const logLines = result.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; msg: string });
+  expect(logLines.filter((l) => isErrorLevel(l)).map((l) => l.msg)).toEqual([]);
 }
 
 const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');

@@ -135,7 +135,7 @@ describe('upgrading the store', () => {
     gateway = await startServe(config, { MAILGATE_MASTER_PASSWORD: dc.master.password });
     // The store is opened before the listeners: the line is there once serve listens.
     const upgraded = gateway.logs().find((l) => String(l.msg).startsWith('upgraded the store'));
-    expect(upgraded).toMatchObject({ level: 30, path: dbFile, from: OLD_VERSION, to: SCHEMA_VERSION });
+    expect(upgraded).toMatchObject({ level: 'info', path: dbFile, from: OLD_VERSION, to: SCHEMA_VERSION });
     const backup = upgraded!.backup as string;
     expect(upgraded!.msg).toBe(`upgraded the store from schema version ${OLD_VERSION} to ${SCHEMA_VERSION}; the store as it was is in ${backup}`);
     expect(path.dirname(backup)).toBe(path.dirname(dbFile));

@@ -287,7 +287,7 @@ describe('log', () => {
     const line = await sessionClosed(gw, port);
     const elapsed = Date.now() - t0;
     expect(line).toMatchObject({
-      level: 30,
+      level: 'info',
       msg: 'session closed',
       clientIp: '127.0.0.1',
       clientPort: port,

@@ -28,6 +28,7 @@ import { issueServerCert } from '../support/pki.js';
 import { dovecotServeToml, startServe, type LogLine, type ServeProcess } from '../support/serve.js';
 import { sleep, waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
+import { hasLevel } from '../support/log-levels.js';
 
 const execFileP = promisify(execFile);
 
@@ -130,7 +131,7 @@ async function sighup(gw: ServeProcess): Promise<LogLine> {
   );
 }
 
-const isWarn = (line: LogLine) => line.level === 40 || line.level === 'warn';
+const isWarn = (line: LogLine) => hasLevel(line, 'warn');
 
 async function login(port: number, password = appPassword): Promise<{ client: ImapClient; answer: string }> {
   const { client } = await ImapClient.open({ port, tls: true, ca: dc.caCert, timeoutMs: 10_000 });
@@ -201,7 +202,7 @@ describe('SIGHUP', () => {
     let line = await sighup(gw);
     expect(line.msg).toBe('reload refused: the running configuration stays in force');
     expect(line.reason).toMatch(/policy\.help_ulr: unknown key/);
-    expect(line.level === 50 || line.level === 'error').toBe(true);
+    expect(hasLevel(line, 'error')).toBe(true);
     expect(refusals()).toHaveLength(1);
 
     // A key that is not the certificate's.

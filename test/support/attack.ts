@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { GatewayHandle } from './gateway.js';
 import { imapQuote, imaps, type ImapClient } from './imap-client.js';
 import type { ConnectAs } from './raw-client.js';
+import { isErrorLevel } from './log-levels.js';
 
 /**
  * Penalties on, scaled down: 50 ms first delay doubling to 400 ms, a block
@@ -48,7 +49,7 @@ ${extra}
 
 /** The gateway's log has no error-level line and no sign of an uncaught exception. */
 export function assertNoInternalErrors(gw: GatewayHandle): void {
-  const bad = gw.logs().filter((l) => (typeof l.level === 'number' && l.level >= 50) || /uncaught|unhandled|internal error/i.test(String(l.msg)));
+  const bad = gw.logs().filter((l) => isErrorLevel(l) || /uncaught|unhandled|internal error/i.test(String(l.msg)));
   if (bad.length > 0) throw new Error(`gateway logged errors: ${JSON.stringify(bad.slice(0, 5))}`);
 }
 

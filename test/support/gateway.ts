@@ -59,6 +59,8 @@ export interface GatewayTestOptions {
   argon2?: { memoryKib: number; iterations: number; parallelism: number };
   /** The gateway's environment; default: MAILGATE_MASTER_PASSWORD set to the Dovecot master password. */
   env?: NodeJS.ProcessEnv;
+  /** The readiness checks' pace (they run while `metrics.listen` is set). */
+  healthIntervalMs?: number;
 }
 
 function merge(base: Record<string, unknown>, extra: Record<string, unknown>): Record<string, unknown> {
@@ -127,6 +129,7 @@ export async function startGateway(dovecot: DovecotHandle, options: GatewayTestO
       log,
       argon2: options.argon2 ?? FAST_ARGON2,
       ...(options.now ? { now: options.now } : {}),
+      ...(options.healthIntervalMs ? { healthIntervalMs: options.healthIntervalMs } : {}),
       env: options.env ?? { MAILGATE_MASTER_PASSWORD: dovecot.master.password },
     });
   } catch (err) {

@@ -12,7 +12,7 @@ export type LogLine = Record<string, unknown>;
 
 export interface ServeProcess {
   child: ChildProcess;
-  /** Every log line so far, parsed (a line that is not JSON shows as level 60 with its text). */
+  /** Every log line so far, parsed (a line that is not JSON shows as a fatal one with its text). */
   logs(): LogLine[];
   stderr(): string;
   /** The first log line with this message (and fields), once there is one. */
@@ -81,7 +81,7 @@ export async function startServe(configFile: string, env: NodeJS.ProcessEnv, lis
       try {
         lines.push(JSON.parse(text) as LogLine);
       } catch {
-        lines.push({ level: 60, msg: `not a JSON log line: ${text}` });
+        lines.push({ level: 'fatal', msg: `not a JSON log line: ${text}` });
       }
     }
   });

@@ -12,6 +12,7 @@ import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { startFaultProxy, type FaultProxy } from '../support/fault-proxy.js';
 import { enableTotp } from '../support/store.js';
 import { h1, PageClient, pageError, startPageGateway, SteppingClock, type PageGateway } from '../support/web.js';
+import { isErrorLevel } from '../support/log-levels.js';
 
 const USERS = ['amy', 'ben', 'cat', 'dan', 'eve', 'fay', 'gus', 'hal', 'ida', 'jon', 'kai', 'lou'];
 
@@ -37,7 +38,7 @@ afterAll(async () => {
 const failures = (user: string) => gw.store.audit.list({ username: user, limit: 1000 }).filter((r) => r.event === 'login-failed').length;
 
 /** Errors the gateway logged (level error and above). */
-const errorLines = () => gw.logs().filter((l) => typeof l.level === 'number' && l.level >= 50);
+const errorLines = () => gw.logs().filter((l) => isErrorLevel(l));
 
 function secretOf(body: string): string {
   return /id="secret">([^<]+)</.exec(body)![1]!.replace(/\s+/g, '');

@@ -1,15 +1,15 @@
 /** `mailgate serve`: run the gateway until SIGTERM or SIGINT; SIGHUP reloads the configuration. */
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import type { Config } from '../../config/schema.js';
 import { errorMessage } from '../../errors.js';
-import { createLogger, type Logger } from '../../log/logger.js';
+import { createLogger, resolveLogFormat, type Logger } from '../../log/logger.js';
 import { Gateway } from '../../server/gateway.js';
 import { loadCommandConfig } from '../context.js';
 
 export function serveCommand(): Command {
-  return new Command('serve').description('run the IMAP/POP3 gateway').action(async (_opts, cmd: Command) => {
+  return new Command('serve').description('run the IMAP/POP3 gateway').addOption(logFormatOption()).action(async (opts: { logFormat?: LogFormatChoice }, cmd: Command) => {
     const { config, file } = loadCommandConfig(cmd);
-    const log = createLogger({ level: config.log.level });
+    const log = createLogger({ level: config.log.level, format: resolveLogFormat(opts.logFormat ?? config.log.format) });
     log.info({ config: file ?? '(built-in defaults)' }, 'starting mailgate');
 
     // One client must never take the process down. Sessions handle their own
@@ -62,4 +62,11 @@ function reloadFrom(cmd: Command, gateway: Gateway, log: Logger): void {
     return;
   }
   gateway.reload(next).catch(refused);
+}
+
+type LogFormatChoice = 'json' | 'pretty' | 'auto';
+
+/** `--log-format`: overrides `[log] format` for this run. */
+function logFormatOption(): Option {
+  return new Option('--log-format <format>', 'JSON lines, or one readable line per event (default: [log] format; auto: pretty at a terminal)').choices(['json', 'pretty', 'auto']);
 }

@@ -53,6 +53,18 @@ export async function backupDatabase(source: string, target: string, options: { 
   }
 }
 
+/** The schema version (PRAGMA user_version) of an existing database, opened read-only: nothing is created or migrated. */
+export function databaseSchemaVersion(file: string, busyTimeoutMs?: number): number {
+  const db = openExistingReadOnly(file, busyTimeoutMs);
+  try {
+    return db.pragma('user_version', { simple: true }) as number;
+  } catch (err) {
+    throw unavailable(file, err);
+  } finally {
+    db.close();
+  }
+}
+
 /** PRAGMA integrity_check and foreign_key_check on an existing database, opened read-only. */
 export function checkDatabase(file: string, busyTimeoutMs?: number): CheckResult {
   const db = openExistingReadOnly(file, busyTimeoutMs);

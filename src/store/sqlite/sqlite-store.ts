@@ -118,6 +118,10 @@ export class SqliteStore implements Store {
     this.handle.writable();
   }
 
+  async probeWrites(): Promise<void> {
+    this.handle.probeWrites();
+  }
+
   onChange(listener: (change: StoreChange) => void): () => void {
     this.changes.on('change', listener);
     return () => this.changes.off('change', listener);

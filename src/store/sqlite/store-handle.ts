@@ -108,6 +108,25 @@ export class StoreHandle {
     return store;
   }
 
+  /**
+   * Runs the write probe now, whatever the last write found: a failure is
+   * treated as a failed write (logins refused, one line per outage), a
+   * success ends such an outage. Blocks for at most the busy timeout.
+   */
+  probeWrites(): void {
+    const store = this.get();
+    try {
+      store.db.prepare(WRITE_PROBE).run();
+    } catch (err) {
+      this.writeFailed(err);
+      throw this.writesFailing(err);
+    }
+    if (this.writeRetryAt !== null) {
+      this.writeRetryAt = null;
+      this.recovered();
+    }
+  }
+
   /** Tells the handle an operation failed; a fatal error closes the connection for a fresh open. */
   failed(err: unknown): void {
     if (isFatal(err) && this.store) {
