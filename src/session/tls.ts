@@ -8,7 +8,6 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
-import { generate } from 'selfsigned';
 import type { Config } from '../config/schema.js';
 import { configPath } from '../config/load.js';
 import type { Logger } from '../log/logger.js';
@@ -95,6 +94,8 @@ export async function loadServerCertificates(config: Config, log: Logger): Promi
 
 async function writeSelfSigned(certFile: string, keyFile: string): Promise<void> {
   const now = new Date();
+  // Loaded only on the first start that needs it: it is slow to load, and most starts never do.
+  const { generate } = await import('selfsigned');
   const pems = await generate([{ name: 'commonName', value: 'localhost' }], {
     keyType: 'ec',
     curve: 'P-256',

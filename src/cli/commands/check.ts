@@ -7,7 +7,8 @@
 import { Command } from 'commander';
 import { ConfigError, type LoadedConfig } from '../../config/load.js';
 import { ErrorCodes, MailgateError } from '../../errors.js';
-import { runChecks, type Finding } from '../../server/checks.js';
+// Type only: the checks (TLS, upstream dialogues) are loaded when `check` runs.
+import type { Finding } from '../../server/checks.js';
 import { globalOptions, loadCommandConfig } from '../context.js';
 import { printJson, printLine } from '../output.js';
 
@@ -35,5 +36,6 @@ async function checklist(cmd: Command, account: string | undefined): Promise<Fin
     return [{ check: 'config', ok: false, message: err.message, advice: 'fix the key named (docs/configuration.md lists every key)' }];
   }
   const config: Finding = { check: 'config', ok: true, message: `configuration ${loaded.file ?? '(built-in defaults: no file)'} is valid` };
+  const { runChecks } = await import('../../server/checks.js');
   return [config, ...(await runChecks(loaded.config, { env: process.env, ...(account ? { account } : {}) }))];
 }

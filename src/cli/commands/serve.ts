@@ -3,7 +3,9 @@ import { Command, Option } from 'commander';
 import type { Config } from '../../config/schema.js';
 import { errorMessage } from '../../errors.js';
 import { createLogger, resolveLogFormat, type Logger } from '../../log/logger.js';
-import { Gateway } from '../../server/gateway.js';
+// Type only: the gateway (fastify, TLS, every service) is loaded when `serve` runs, so the
+// admin commands start fast.
+import type { Gateway } from '../../server/gateway.js';
 import { loadCommandConfig } from '../context.js';
 
 export function serveCommand(): Command {
@@ -28,6 +30,7 @@ export function serveCommand(): Command {
       else pending = true;
     };
     process.on('SIGHUP', reload);
+    const { Gateway } = await import('../../server/gateway.js');
     gateway = await Gateway.start({ config, log });
     if (pending) reloadFrom(cmd, gateway, log);
     const running = gateway;
