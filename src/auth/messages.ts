@@ -30,5 +30,6 @@ export const TEMPORARY_FAILURE = 'The mail service is temporarily unavailable; t
 export const MAILBOX_IN_USE = 'The mailbox is in use by another session; try again later.';
 export const APP_PASSWORD_REVOKED = 'This app password was revoked or has expired; sign in again with a valid one.';
 export const SHUTTING_DOWN = 'The server is shutting down; reconnect in a moment.';
+export const SESSION_KICKED = 'An administrator closed this session.';
 export const TOO_MANY_ERRORS = 'Too many invalid commands.';
 export const IDLE_TIMEOUT = 'Disconnected for inactivity.';

@@ -2,9 +2,11 @@
 import { Command } from 'commander';
 import { accountCommand } from './commands/account.js';
 import { appPasswordCommand } from './commands/app-password.js';
+import { auditCommand } from './commands/audit.js';
 import { blocksCommand } from './commands/blocks.js';
 import { checkCommand } from './commands/check.js';
 import { serveCommand } from './commands/serve.js';
+import { kickCommand, whoCommand } from './commands/sessions.js';
 import { storeCommand } from './commands/store.js';
 import { storeCopyCommand } from './commands/store-copy.js';
 import { storeMigrateCommand } from './commands/store-migrate.js';
@@ -24,5 +26,6 @@ export function createProgram(): Command {
     program.addCommand(command);
   }
   program.commands.find((c) => c.name() === 'store')!.addCommand(storeMigrateCommand()).addCommand(storeCopyCommand());
+  for (const command of [auditCommand(), whoCommand(), kickCommand()]) program.addCommand(command);
   return program;
 }

@@ -203,6 +203,17 @@ export const FIXED_LIMITS = {
   /** A client's ID name and version in the log, in characters each: "Thunderbird" and "153.0.1" fit many
    * times over, and a 1 KiB value repeated on every session line would not. */
   imap_id_log_max_chars: 64,
+  /** One request on the control socket (`mailgate who`, `kick`): a short JSON line with at most a username
+   * (256 bytes); 4 KiB holds any of them, and bounds what a local client can make the gateway buffer. */
+  control_request_bytes: 4096,
+  /** How long a control-socket connection may take to send its request, and the CLI waits for the answer:
+   * both sides are on one host and answer in milliseconds; a client that stalls is dropped. */
+  control_timeout_seconds: 5,
+  /** Audit events `mailgate audit` shows without --limit: the newest hundred fill a screen or two, and more is
+   * what --since or --limit are for. */
+  audit_default_rows: 100,
+  /** The most `mailgate audit --limit` takes: a busy year's trail fits, and one answer never holds more in memory. */
+  audit_max_rows: 1_000_000,
   /** Open files the process needs besides two sockets per session (the listeners, the store's database, -wal and
    * -shm, the log, Node's own descriptors, the page's and the metrics' connections): 100 covers them with room. */
   file_descriptor_margin: 100,

@@ -49,6 +49,7 @@ export const PATH_KEYS: readonly string[] = [
   'upstream.imap.ca',
   'upstream.pop3.ca',
   'upstream.login.master_password_file',
+  'control.socket',
 ];
 
 export class ConfigError extends Error {

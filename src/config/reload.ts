@@ -55,6 +55,7 @@ export const RESTART_KEYS: readonly string[] = [
   'web.trusted_proxies',
   'web.session_idle_minutes',
   'web.session_max_hours',
+  'control.socket',
 ];
 
 export interface Reconciled {

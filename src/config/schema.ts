@@ -158,6 +158,13 @@ const webSchema = z
   })
   .prefault({});
 
+const controlSchema = z
+  .strictObject({
+    /** Empty: `mailgate.sock` in the store's folder (see controlSocketPath in server/control-protocol.ts). */
+    socket: z.string().default(''),
+  })
+  .prefault({});
+
 const proxySchema = z
   .strictObject({
     trusted: z.array(cidr).default([]),
@@ -260,6 +267,7 @@ export const configSchema = z
     proxy: proxySchema,
     metrics: metricsSchema,
     web: webSchema,
+    control: controlSchema,
   })
   .superRefine((config, ctx) => {
     if (config.limits.failure_delay_max_ms < config.limits.failure_delay_base_ms) {

@@ -141,7 +141,7 @@ function schema(config: Config): Finding {
     if (version === current) return { check, ok: true, message: `schema version ${version} (this mailgate's)` };
     if (version === 0) return { check, ok: false, message: `${file} is not a mailgate store (schema version 0)`, advice: 'point store.path at the store, or restore it from a backup' };
     if (version > current) return { check, ok: false, message: `schema version ${version} is newer than this mailgate understands (${current})`, advice: 'upgrade mailgate to the version that wrote it' };
-    return { check, ok: true, message: `schema version ${version}; serve migrates it to ${current} at start` };
+    return { check, ok: true, message: `schema version ${version}; serve upgrades it to ${current} at start, after a backup beside it (other commands refuse it until then)` };
   } catch (err) {
     return { check, ok: false, message: errorMessage(err), advice: 'restore the database from a backup (mailgate store check says more)' };
   }

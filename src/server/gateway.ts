@@ -35,6 +35,8 @@ import type { Clock } from '../store/types.js';
 import { upstreamTarget } from '../upstream/connect.js';
 import { Upstreams, type UpstreamProtocol } from '../upstream/upstreams.js';
 import { mailServers, WebServer, type PageTls } from '../web/server.js';
+import { controlSocketPath } from './control-protocol.js';
+import { ControlServer } from './control-server.js';
 import { fileLimit, RAISE_FILE_LIMIT_ADVICE } from './file-limits.js';
 import { HealthMonitor, type HealthTargets } from './health.js';
 import { Housekeeping } from './housekeeping.js';
@@ -110,6 +112,8 @@ export class Gateway {
   metricsAddress: { host: string; port: number } | null = null;
   /** The self-service page, when `web.listen` is set. */
   web: WebServer | null = null;
+  /** The control socket (`mailgate who`, `mailgate kick`). */
+  control: ControlServer | null = null;
   private trustedProxies: net.BlockList;
 
   private constructor(
@@ -236,6 +240,8 @@ export class Gateway {
   /** Learns the upstreams, binds every listener, starts the background work. */
   private async open(): Promise<void> {
     const { config, log, upstreams, metrics } = this.current;
+    // First: a gateway already running on this store answers there, and this start stops before binding anything.
+    this.control = await ControlServer.start(controlSocketPath(config), this.current.registry, log);
     warnIfFewFileDescriptors(config, log);
     await upstreams.probe(new Set<UpstreamProtocol>(config.listen.map((l) => l.protocol)), log);
     for (const [index, listener] of config.listen.entries()) await this.listen(listener, index);
@@ -372,6 +378,8 @@ export class Gateway {
     await health;
     this.current.repeatedLines.flush();
     await this.current.metrics.close();
+    // Open until the sessions are gone: `mailgate who` shows who is left during the grace period.
+    await this.control?.close();
     // Closing the store runs its last checkpoint: every write is on disk.
     await this.current.store.close();
     log.info('stopped');

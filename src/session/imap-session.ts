@@ -14,6 +14,7 @@ import {
   IDLE_TIMEOUT,
   loginFailedAlert,
   MAILBOX_IN_USE,
+  SESSION_KICKED,
   SHUTTING_DOWN,
   TEMPORARY_FAILURE,
   TOO_MANY_ERRORS,
@@ -84,6 +85,8 @@ export class ImapSession extends Session<ImapParseEvent, ImapParser, Command> {
         return untagged('BYE', appPasswordRequiredFarewell(help), 'UNAVAILABLE');
       case 'blocked':
         return untagged('BYE', ACCOUNT_BLOCKED, 'UNAVAILABLE');
+      case 'kicked':
+        return untagged('BYE', SESSION_KICKED, 'UNAVAILABLE');
       case 'shutdown':
         return untagged('BYE', SHUTTING_DOWN, 'UNAVAILABLE');
       case 'idle':

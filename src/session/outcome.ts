@@ -40,7 +40,8 @@ export type SessionOutcome =
   | 'relayed'
   /** How a relayed session ended. */
   | Exclude<RelayResult['reason'], 'idle-timeout'>
-  /** Ended by mailgate: credentials revoked (or changed), the name blocked, or shutdown. */
+  /** Ended by mailgate: credentials revoked (or changed), the name blocked, an administrator's `mailgate kick`, or shutdown. */
   | 'revoked'
   | 'blocked'
+  | 'kicked'
   | 'shutdown';

@@ -13,6 +13,7 @@ import {
   IDLE_TIMEOUT,
   loginFailedAlert,
   MAILBOX_IN_USE,
+  SESSION_KICKED,
   SHUTTING_DOWN,
   TEMPORARY_FAILURE,
   TOO_MANY_ERRORS,
@@ -82,6 +83,8 @@ export class Pop3Session extends Session<Pop3ParseEvent, Pop3Parser, Command> {
         return err(appPasswordRequiredFarewell(help), 'AUTH');
       case 'blocked':
         return err(ACCOUNT_BLOCKED, 'AUTH');
+      case 'kicked':
+        return err(SESSION_KICKED, 'SYS/TEMP');
       case 'shutdown':
       case 'internal':
         return err(reason === 'shutdown' ? SHUTTING_DOWN : TEMPORARY_FAILURE, 'SYS/TEMP');

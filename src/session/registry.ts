@@ -11,6 +11,8 @@ export interface SessionAuth {
   username: string;
   appPasswordId: number | null;
   appPasswordCreatedAt: number | null;
+  /** For `mailgate who`: the app password's name at login. */
+  appPasswordName: string | null;
   mode: 'app-password' | 'upstream-password';
   loginAt: number;
 }
@@ -20,6 +22,8 @@ export interface TrackedSession {
   readonly protocol: 'imap' | 'pop3';
   /** The key connection limits count by (an IPv6 /64 counts as one). */
   readonly clientKey: string;
+  /** The client's address and port (from a trusted PROXY header when there is one). */
+  readonly client: { readonly address: string; readonly port: number };
   /** Set once the session relays for an account. */
   readonly auth: SessionAuth | null;
   /** Ends the session, telling the client why when the protocol allows. */
@@ -32,9 +36,10 @@ export interface TrackedSession {
  * 'two-factor-enabled': it used the account password, and 2-step verification was turned on;
  * 'app-password-required': it used the account password, and the account now needs app passwords;
  * 'blocked': its name was blocked after repeated failed logins;
+ * 'kicked': an administrator closed it (`mailgate kick`);
  * 'shutdown': the gateway is stopping.
  */
-export type TerminationReason = 'revoked' | 'two-factor-enabled' | 'app-password-required' | 'blocked' | 'shutdown';
+export type TerminationReason = 'revoked' | 'two-factor-enabled' | 'app-password-required' | 'blocked' | 'kicked' | 'shutdown';
 
 export class SessionRegistry {
   private readonly sessions = new Set<TrackedSession>();

@@ -194,6 +194,10 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
     return this.clientAddress;
   }
 
+  get client(): { address: string; port: number } {
+    return { address: this.clientAddress, port: this.clientPort };
+  }
+
   /** True when credentials may be sent: the connection is encrypted. */
   protected get loginAllowed(): boolean {
     return this.secure;
@@ -473,6 +477,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
       username: user,
       appPasswordId: outcome.appPassword?.id ?? null,
       appPasswordCreatedAt: outcome.appPassword?.createdAt ?? null,
+      appPasswordName: outcome.appPassword?.name ?? null,
       mode: outcome.mode,
       loginAt: Date.now(),
     };
@@ -513,7 +518,7 @@ export abstract class Session<E = unknown, P extends SessionParser<E> = SessionP
 
   terminate(reason: TerminationReason): void {
     if (this.state === 'closed') return;
-    this.outcome = reason === 'shutdown' || reason === 'blocked' ? reason : 'revoked';
+    this.outcome = reason === 'shutdown' || reason === 'blocked' || reason === 'kicked' ? reason : 'revoked';
     if (this.relay) {
       this.relay.terminate(this.farewell(reason));
     } else {

@@ -16,6 +16,7 @@ import { safeUrl } from './postgres/database.js';
 import { checkPostgres, migratePostgres } from './postgres/maintenance.js';
 import { PostgresStore } from './postgres/postgres-store.js';
 import { pgOptionsFromConfig } from './postgres/repositories.js';
+import type { SchemaUpgrade } from './sqlite/database.js';
 import { storeFootprint } from './sqlite/footprint.js';
 import { backupDatabase, checkDatabase, databaseSchemaVersion } from './sqlite/maintenance.js';
 import { SCHEMA_VERSION } from './sqlite/migrations.js';
@@ -83,6 +84,15 @@ export async function openStore(config: Config, options: OpenStoreOptions): Prom
     ...(options.argon2 ? { argon2: options.argon2 } : {}),
     ...(options.now ? { now: options.now } : {}),
     ...(options.mustExist ? { mustExist: true } : {}),
+    // Only the gateway upgrades an older store: it is what an upgrade restarts, and a CLI
+    // of the new version must not change the schema under a gateway still running the old one.
+    ...(gateway
+      ? {
+          upgrade: true,
+          onUpgrade: ({ from, to, backup }: SchemaUpgrade) =>
+            options.log.info({ path: configPath(config.store.path), from, to, backup }, `upgraded the store from schema version ${from} to ${to}; the store as it was is in ${backup}`),
+        }
+      : {}),
   });
   const footprint = storeFootprint(sqlite);
   try {

@@ -14,6 +14,8 @@ import type {
   AppPasswordInfo,
   AuditEntry,
   AuditEvent,
+  AuditListOptions,
+  AuditListRow,
   AuditRow,
   CachedLogin,
   CreatedAppPassword,
@@ -109,7 +111,8 @@ export interface PenaltyStore {
 
 export interface AuditStore {
   record(event: AuditEvent, entry?: AuditEntry): Promise<void>;
-  list(options?: { username?: string; limit?: number }): Promise<AuditRow[]>;
+  /** Newest first; see AuditListOptions. */
+  list(options?: AuditListOptions): Promise<AuditListRow[]>;
   /** The account's recent events worth showing its owner (ACTIVITY_EVENTS), newest first. */
   activity(username: string, limit: number): Promise<AuditRow[]>;
 }

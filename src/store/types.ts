@@ -98,6 +98,21 @@ export interface AuditRow extends Required<AuditEntry> {
   event: AuditEvent;
 }
 
+/** What the audit trail is read for (the CLI's `mailgate audit`). */
+export interface AuditListOptions {
+  /** One account's events (the normalised name); all when absent. */
+  username?: string;
+  /** Events at or after this time (Unix ms). */
+  since?: number;
+  /** At most this many, the newest; default 100. */
+  limit?: number;
+}
+
+/** An audit row as listed: with the name of its app password, while that still exists. */
+export interface AuditListRow extends AuditRow {
+  appPasswordName: string | null;
+}
+
 export type PenaltyKind = 'ip' | 'account';
 
 export interface PenaltyState {

@@ -50,7 +50,11 @@ ${extra}`,
   );
 }
 
-/** Starts `mailgate serve ARGS`; resolves with its stdout once `ready` matches it. */
+/**
+ * Starts `mailgate serve ARGS`; resolves with its stdout once `ready` matches
+ * it. `ready` must include the line's end: output arrives in chunks, and a
+ * match on half a line would leave the rest of it unread.
+ */
 async function serve(args: string[], ready: RegExp): Promise<() => string> {
   let stdout = '';
   let stderr = '';
@@ -69,7 +73,7 @@ async function serve(args: string[], ready: RegExp): Promise<() => string> {
 describe('mailgate serve, first start', () => {
   it('writes JSON with level names, and each warning says what to do next', async () => {
     // Catches: numeric levels; a warning that only says what is wrong, not which key to set.
-    const output = await serve(['--config', await firstStartConfig()], /"msg":"listening"/);
+    const output = await serve(['--config', await firstStartConfig()], /"msg":"listening".*\}\n/);
     const lines = output()
       .trimEnd()
       .split('\n')
@@ -88,7 +92,7 @@ describe('mailgate serve, first start', () => {
 
   it('--log-format pretty: one readable line per event, with the level name and the message (over [log] format)', async () => {
     // Catches: the option ignored (JSON still), or the pretty output spread over several lines per event.
-    const output = await serve(['--config', await firstStartConfig('[log]\nformat = "json"\n'), '--log-format', 'pretty'], /INFO.*listening/);
+    const output = await serve(['--config', await firstStartConfig('[log]\nformat = "json"\n'), '--log-format', 'pretty'], /INFO: listening \{"protocol":"imap".*\}\n/);
     const lines = output().trimEnd().split('\n');
     for (const line of lines) {
       expect(() => JSON.parse(line), line).toThrow();

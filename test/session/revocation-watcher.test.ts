@@ -15,6 +15,7 @@ let registry: SessionRegistry;
 class FakeSession implements TrackedSession {
   readonly protocol = 'imap' as const;
   readonly clientKey = '127.0.0.1';
+  readonly client = { address: '127.0.0.1', port: 40000 };
   ended: TerminationReason | null = null;
   constructor(
     readonly id: string,
@@ -28,7 +29,7 @@ class FakeSession implements TrackedSession {
 
 /** A session logged in through passthrough for a name mailgate did not know. */
 function passthrough(id: string, username: string): FakeSession {
-  const session = new FakeSession(id, { accountId: null, accountCreatedAt: null, username, appPasswordId: null, appPasswordCreatedAt: null, mode: 'upstream-password', loginAt: Date.now() - 60_000 });
+  const session = new FakeSession(id, { accountId: null, accountCreatedAt: null, username, appPasswordId: null, appPasswordCreatedAt: null, appPasswordName: null, mode: 'upstream-password', loginAt: Date.now() - 60_000 });
   registry.add(session);
   registry.markAuthenticated(session);
   return session;

@@ -1,8 +1,8 @@
-import { mkdirSync, statSync } from 'node:fs';
+import { mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterEach, describe, expect, it } from 'vitest';
-import { askSqlite, openDatabase, openExistingReadOnly } from '../../src/store/sqlite/database.js';
+import { applyMigrations, askSqlite, openDatabase, openExistingReadOnly, type SchemaUpgrade } from '../../src/store/sqlite/database.js';
 import { MIGRATIONS, SCHEMA_VERSION } from '../../src/store/sqlite/migrations.js';
 import { isMailgateError, ErrorCodes } from '../../src/errors.js';
 import { outsideWrite, posixLocksOf, SQLITE_SHARED_LOCK } from '../support/outside.js';
@@ -48,16 +48,19 @@ describe('openDatabase', () => {
     }
   });
 
-  it('migrates an older database forward, keeping its data', async () => {
+  it('upgrades an older database (when asked to) after a 0600 backup beside it, at the old version, with its data', async () => {
+    // Catches: an upgrade without a copy to go back to, a copy others can read, a copy taken after
+    // the migration (at the new version), or one that needs its -wal to open.
     const file = await tempDb();
     mkdirSync(path.dirname(file), { recursive: true });
-    // A database as the first release left it: schema 1, with an account.
+    // A database as the first release left it: schema 1, with an account, in WAL mode with a live WAL.
     const raw = new Database(file);
-    raw.exec(MIGRATIONS[0]!.sql);
-    raw.pragma('user_version = 1');
+    raw.pragma('journal_mode = WAL');
+    raw.transaction(() => applyMigrations(raw, 1))();
     raw.prepare("INSERT INTO accounts (username, created_at) VALUES ('alice', 1)").run();
+    const upgrades: SchemaUpgrade[] = [];
+    const db = openDatabase(file, { upgrade: true, onUpgrade: (u) => upgrades.push(u) });
     raw.close();
-    const db = openDatabase(file);
     try {
       expect(db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
       expect(db.prepare('SELECT username FROM accounts').all()).toEqual([{ username: 'alice' }]);
@@ -68,13 +71,34 @@ describe('openDatabase', () => {
     } finally {
       db.close();
     }
+    expect(upgrades).toHaveLength(1);
+    const { backup } = upgrades[0]!;
+    expect(upgrades[0]).toMatchObject({ from: 1, to: SCHEMA_VERSION });
+    expect(path.dirname(backup)).toBe(path.dirname(file));
+    expect(path.basename(backup)).toMatch(/^mailgate\.db\.bak-v1-\d{8}T\d{6}Z$/);
+    expect(statSync(backup).mode & 0o777).toBe(0o600);
+    // One file: nothing beside it, and it opens read-only at the old version with the data.
+    expect(readdirSync(path.dirname(file)).filter((n) => n.startsWith(path.basename(backup)))).toEqual([path.basename(backup)]);
+    const old = new Database(backup, { readonly: true, fileMustExist: true });
+    try {
+      expect(old.pragma('user_version', { simple: true })).toBe(1);
+      expect(old.pragma('journal_mode', { simple: true })).toBe('delete');
+      expect(old.prepare('SELECT username FROM accounts').all()).toEqual([{ username: 'alice' }]);
+      expect(old.prepare("SELECT name FROM sqlite_master WHERE name = 'penalties'").get()).toBeUndefined();
+    } finally {
+      old.close();
+    }
+    // Upgraded once: the next open changes nothing and writes no second copy.
+    openDatabase(file, { upgrade: true, onUpgrade: (u) => upgrades.push(u) }).close();
+    expect(upgrades).toHaveLength(1);
   });
 
-  it('refuses a database from a newer mailgate with a clear error', async () => {
+  it('refuses an older database unless asked to upgrade it, in one line naming the file, the versions and what to do', async () => {
+    // Catches: a CLI of a new version changing the schema under a gateway still running the old one.
     const file = await tempDb();
-    openDatabase(file).close();
+    mkdirSync(path.dirname(file), { recursive: true });
     const raw = new Database(file);
-    raw.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    raw.transaction(() => applyMigrations(raw, SCHEMA_VERSION - 1))();
     raw.close();
     let error: unknown;
     try {
@@ -82,8 +106,41 @@ describe('openDatabase', () => {
     } catch (err) {
       error = err;
     }
-    expect(isMailgateError(error, ErrorCodes.DB_NEWER)).toBe(true);
-    expect((error as Error).message).toMatch(/newer than this mailgate understands/);
+    expect(isMailgateError(error, ErrorCodes.DB_OLDER)).toBe(true);
+    expect((error as Error).message).toBe(
+      `${file} has schema version ${SCHEMA_VERSION - 1}, older than this mailgate's (${SCHEMA_VERSION}): restart the gateway (mailgate serve) with this version, which upgrades it after writing a backup beside it, then run this again`,
+    );
+    const untouched = new Database(file, { readonly: true });
+    expect(untouched.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION - 1);
+    untouched.close();
+    expect(readdirSync(path.dirname(file)).filter((n) => n.includes('.bak-'))).toEqual([]);
+  });
+
+  it('refuses a database from a newer mailgate in one line: the file, both versions, what to do, and the copy to go back to', async () => {
+    const file = await tempDb();
+    openDatabase(file).close();
+    const raw = new Database(file);
+    raw.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    raw.close();
+    const refusal = (): Error => {
+      try {
+        openDatabase(file);
+      } catch (err) {
+        expect(isMailgateError(err, ErrorCodes.DB_NEWER)).toBe(true);
+        return err as Error;
+      }
+      throw new Error('opened');
+    };
+    expect(refusal().message).toBe(
+      `${file} has schema version ${SCHEMA_VERSION + 1}, newer than this mailgate understands (${SCHEMA_VERSION}): a newer mailgate upgraded it; run that version again`,
+    );
+    // The copies an upgrade left: the newest one this version can open is named (not one of a newer schema).
+    for (const name of [`bak-v${SCHEMA_VERSION - 1}-20260101T000000Z`, `bak-v${SCHEMA_VERSION}-20260102T000000Z`, `bak-v${SCHEMA_VERSION}-20260101T000000Z`, `bak-v${SCHEMA_VERSION + 1}-20270101T000000Z`]) {
+      writeFileSync(`${file}.${name}`, '');
+    }
+    expect(refusal().message).toBe(
+      `${file} has schema version ${SCHEMA_VERSION + 1}, newer than this mailgate understands (${SCHEMA_VERSION}): a newer mailgate upgraded it; run that version again, or restore ${file}.bak-v${SCHEMA_VERSION}-20260102T000000Z, the copy that upgrade left (later changes are lost)`,
+    );
   });
 
   it('reports a corrupt file as unavailable', async () => {

@@ -1,6 +1,6 @@
 /** The audit trail on PostgreSQL: the same events and columns as SQLite's (sqlite/audit.ts says what they hold). */
 import { AUDIT_COLUMNS } from '../rows.js';
-import { ACTIVITY_EVENTS, type Account, type AuditEntry, type AuditEvent, type AuditRow, type Clock } from '../types.js';
+import { ACTIVITY_EVENTS, type Account, type AuditEntry, type AuditListOptions, type AuditListRow, type AuditEvent, type AuditRow, type Clock } from '../types.js';
 import type { Sql } from './database.js';
 
 export class PgAudit {
@@ -23,11 +23,16 @@ export class PgAudit {
     return sql.run('DELETE FROM audit WHERE at < $1', [this.now() - maxAgeMs]);
   }
 
-  list(sql: Sql, options: { username?: string; limit?: number } = {}): Promise<AuditRow[]> {
-    return sql.rows<AuditRow>(`SELECT ${AUDIT_COLUMNS} FROM audit WHERE ($1::text IS NULL OR username = $1) ORDER BY id DESC LIMIT $2`, [
-      options.username ?? null,
-      options.limit ?? 100,
-    ]);
+  /** Newest first, with the app password's name while it exists and is the one the row meant (sqlite/audit.ts says why). */
+  list(sql: Sql, options: AuditListOptions = {}): Promise<AuditListRow[]> {
+    return sql.rows<AuditListRow>(
+      `SELECT audit.id, audit.at, audit.event, audit.username, audit.app_password_id AS "appPasswordId", audit.ip, audit.protocol, audit.detail,
+              app_passwords.name AS "appPasswordName"
+         FROM audit LEFT JOIN app_passwords ON app_passwords.id = audit.app_password_id AND app_passwords.created_at <= audit.at
+        WHERE ($1::text IS NULL OR audit.username = $1) AND audit.at >= $2
+        ORDER BY audit.at DESC, audit.id DESC LIMIT $3`,
+      [options.username ?? null, options.since ?? 0, options.limit ?? 100],
+    );
   }
 
   /** The account's recent events worth showing its owner, newest first (sqlite/audit.ts says which rows are its). */

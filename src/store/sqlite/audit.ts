@@ -11,7 +11,7 @@
  */
 import type { Db } from './database.js';
 import { AUDIT_COLUMNS } from '../rows.js';
-import { ACTIVITY_EVENTS, type Account, type Clock, type AuditEvent, type AuditEntry, type AuditRow } from '../types.js';
+import { ACTIVITY_EVENTS, type Account, type AuditListOptions, type AuditListRow, type Clock, type AuditEvent, type AuditEntry, type AuditRow } from '../types.js';
 
 const COLUMNS = AUDIT_COLUMNS;
 
@@ -30,7 +30,15 @@ export class AuditLog {
       'INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES (?, ?, ?, ?, ?, ?, ?)',
     );
     this.deleteBefore = db.prepare('DELETE FROM audit WHERE at < ?');
-    this.recent = db.prepare(`SELECT ${COLUMNS} FROM audit WHERE (? IS NULL OR username = ?) ORDER BY id DESC LIMIT ?`);
+    // The app password's name, when it still exists and is the one the row meant: an id
+    // can be taken again by a later app password, which was created after the event.
+    this.recent = db.prepare(
+      `SELECT audit.id, audit.at, audit.event, audit.username, audit.app_password_id AS appPasswordId, audit.ip, audit.protocol, audit.detail,
+              app_passwords.name AS appPasswordName
+         FROM audit LEFT JOIN app_passwords ON app_passwords.id = audit.app_password_id AND app_passwords.created_at <= audit.at
+        WHERE (? IS NULL OR audit.username = ?) AND audit.at >= ?
+        ORDER BY audit.at DESC, audit.id DESC LIMIT ?`,
+    );
     // Walks audit_by_username backwards from the newest row of the name.
     this.ofAccount = db.prepare(
       `SELECT ${COLUMNS} FROM audit
@@ -57,9 +65,10 @@ export class AuditLog {
     return this.deleteBefore.run(this.now() - maxAgeMs).changes;
   }
 
-  list(options: { username?: string; limit?: number } = {}): AuditRow[] {
+  /** Newest first: of one account (its normalised name) or all, since a time, at most `limit` (default 100). */
+  list(options: AuditListOptions = {}): AuditListRow[] {
     const username = options.username ?? null;
-    return this.recent.all(username, username, options.limit ?? 100) as AuditRow[];
+    return this.recent.all(username, username, options.since ?? 0, options.limit ?? 100) as AuditListRow[];
   }
 
   /**

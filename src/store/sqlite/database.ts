@@ -13,7 +13,7 @@
  * the gateway. SQLite's own connections share their locks within a process,
  * so asking SQLite (a throwaway connection) is safe; fs.open is not.
  */
-import { closeSync, mkdirSync, openSync, statSync } from 'node:fs';
+import { closeSync, fchmodSync, fsyncSync, mkdirSync, openSync, readdirSync, rmSync, statSync } from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { ErrorCodes, errorMessage, MailgateError } from '../../errors.js';
@@ -30,6 +30,23 @@ export interface OpenOptions {
   mustExist?: boolean;
   /** false: no automatic WAL checkpoints on this connection (the gateway's checkpointer does them). */
   autoCheckpoint?: boolean;
+  /**
+   * An existing store at an older schema version: true upgrades it, after
+   * writing a backup beside it (the gateway at start); false refuses it with
+   * a line saying how to upgrade (the CLI: an upgrade under a gateway that is
+   * still the old version would leave it on a schema it does not know).
+   * A new, empty database is always brought to the current version.
+   */
+  upgrade?: boolean;
+  /** Told about an upgrade once it is committed (the gateway logs where the backup is). */
+  onUpgrade?: (upgrade: SchemaUpgrade) => void;
+}
+
+/** An upgrade that opening the database did: from which version, to which, and where the copy from before is. */
+export interface SchemaUpgrade {
+  from: number;
+  to: number;
+  backup: string;
 }
 
 export function openDatabase(file: string, options: OpenOptions = {}): Db {
@@ -52,7 +69,8 @@ export function openDatabase(file: string, options: OpenOptions = {}): Db {
     // loss can drop the last commits, which is an acceptable trade for a login path.
     db.pragma('synchronous = NORMAL');
     if (options.autoCheckpoint === false) db.pragma('wal_autocheckpoint = 0');
-    migrate(db, file);
+    const upgraded = migrate(db, file, options.upgrade ?? false);
+    if (upgraded) options.onUpgrade?.(upgraded);
   } catch (err) {
     db.close();
     if (err instanceof MailgateError) throw err;
@@ -131,25 +149,141 @@ export function openExistingReadOnly(file: string, busyTimeoutMs = 5000): Db {
   }
 }
 
-function migrate(db: Db, file: string): void {
+/**
+ * Brings the schema to SCHEMA_VERSION. A new database (version 0) is simply
+ * built; an existing one at an older version is upgraded only when `upgrade`
+ * says so, and only after a copy of it as it was has been written beside it.
+ * A newer one is refused: its tables may mean things this version does not know.
+ */
+function migrate(db: Db, file: string, upgrade: boolean): SchemaUpgrade | null {
   const current = db.pragma('user_version', { simple: true }) as number;
-  if (current > SCHEMA_VERSION) {
-    throw new MailgateError(
-      ErrorCodes.DB_NEWER,
-      `${file} has schema version ${current}, newer than this mailgate understands (${SCHEMA_VERSION}); upgrade mailgate`,
-    );
+  if (current > SCHEMA_VERSION) throw newerSchema(file, current);
+  if (current === SCHEMA_VERSION) return null;
+  let backup: string | null = null;
+  if (current > 0) {
+    if (!upgrade) throw olderSchema(file, current);
+    backup = writeUpgradeBackup(db, file, current);
   }
-  const pending = MIGRATIONS.filter((m) => m.version > current);
-  if (pending.length === 0) return;
   // IMMEDIATE takes the write lock up front, so two processes opening a new
   // database at once cannot both run the same migration.
-  db.transaction(() => {
-    const again = db.pragma('user_version', { simple: true }) as number;
-    for (const migration of MIGRATIONS.filter((m) => m.version > again)) {
-      db.exec(migration.sql);
-      db.pragma(`user_version = ${migration.version}`);
+  db.transaction(() => applyMigrations(db, SCHEMA_VERSION)).immediate();
+  return backup === null ? null : { from: current, to: SCHEMA_VERSION, backup };
+}
+
+/**
+ * Applies the migrations after the database's version, up to `target`, in
+ * the caller's transaction. Exported so that tests can build a store as an
+ * older mailgate left it (a target below SCHEMA_VERSION).
+ */
+export function applyMigrations(db: Db, target: number = SCHEMA_VERSION): void {
+  const from = db.pragma('user_version', { simple: true }) as number;
+  for (const migration of MIGRATIONS.filter((m) => m.version > from && m.version <= target)) {
+    db.exec(migration.sql);
+    db.pragma(`user_version = ${migration.version}`);
+  }
+}
+
+/**
+ * The copy an upgrade leaves behind: `<file>.bak-v<version>-<UTC time>`,
+ * mode 0600, one self-contained file (no WAL), a consistent snapshot. It is
+ * written with VACUUM INTO, SQLite's synchronous way to copy a live database
+ * (the backup API of the driver is asynchronous, and opening the store is
+ * not); the upgrade does not start unless the copy is complete and checks.
+ */
+function writeUpgradeBackup(db: Db, file: string, version: number): string {
+  const target = freeBackupName(file, version);
+  try {
+    createPrivate(target);
+    db.prepare('VACUUM INTO ?').run(target);
+    const copy = new Database(target, { fileMustExist: true });
+    try {
+      copy.pragma('journal_mode = DELETE');
+      const check = copy.pragma('quick_check', { simple: true });
+      if (check !== 'ok') throw new Error(`the copy does not check: ${String(check)}`);
+    } finally {
+      copy.close();
     }
-  }).immediate();
+    syncFolder(path.dirname(target));
+  } catch (err) {
+    for (const suffix of ['', '-journal', '-wal', '-shm']) rmSync(`${target}${suffix}`, { force: true });
+    throw new MailgateError(
+      ErrorCodes.DB_UNAVAILABLE,
+      `${file} has schema version ${version} and needs an upgrade to ${SCHEMA_VERSION}, but the backup before it could not be written to ${target}: ${errorMessage(err)}; free space there (or fix its permissions) and start again`,
+      { cause: err },
+    );
+  }
+  return target;
+}
+
+/** `<file>.bak-v3-20261125T174000Z`, with `-2`, `-3`... if a start in the same second took that name. */
+function freeBackupName(file: string, version: number): string {
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const base = `${file}.bak-v${version}-${stamp}`;
+  for (let n = 1; ; n += 1) {
+    const name = n === 1 ? base : `${base}-${n}`;
+    if (!existsQuietly(name)) return name;
+  }
+}
+
+/** A new, empty file that is 0600 before SQLite writes a byte to it (whatever the umask). */
+function createPrivate(file: string): void {
+  const fd = openSync(file, 'wx', 0o600);
+  try {
+    fchmodSync(fd, 0o600);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Makes a new file's name durable: the folder's entry is what a crash would otherwise lose. */
+function syncFolder(folder: string): void {
+  const fd = openSync(folder, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function existsQuietly(file: string): boolean {
+  try {
+    statSync(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function newerSchema(file: string, version: number): MailgateError {
+  const backup = newestUpgradeBackup(file);
+  return new MailgateError(
+    ErrorCodes.DB_NEWER,
+    `${file} has schema version ${version}, newer than this mailgate understands (${SCHEMA_VERSION}): a newer mailgate upgraded it; run that version again` +
+      (backup ? `, or restore ${backup}, the copy that upgrade left (later changes are lost)` : ''),
+  );
+}
+
+function olderSchema(file: string, version: number): MailgateError {
+  return new MailgateError(
+    ErrorCodes.DB_OLDER,
+    `${file} has schema version ${version}, older than this mailgate's (${SCHEMA_VERSION}): restart the gateway (mailgate serve) with this version, which upgrades it after writing a backup beside it, then run this again`,
+  );
+}
+
+/** The newest `<file>.bak-vN-*` an upgrade left for a version this mailgate can open, if any. */
+function newestUpgradeBackup(file: string): string | null {
+  let names: string[];
+  try {
+    names = readdirSync(path.dirname(file));
+  } catch {
+    return null;
+  }
+  const prefix = `${path.basename(file)}.bak-v`;
+  const usable = names.filter((name) => name.startsWith(prefix) && Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1]) <= SCHEMA_VERSION);
+  // The UTC stamp sorts as text within a version; the newest copy is of the newest version it was made from.
+  usable.sort((a, b) => Number(/^(\d+)/.exec(a.slice(prefix.length))![1]) - Number(/^(\d+)/.exec(b.slice(prefix.length))![1]) || a.localeCompare(b));
+  const newest = usable[usable.length - 1];
+  return newest === undefined ? null : path.join(path.dirname(file), newest);
 }
 
 export function unavailable(file: string, err: unknown): MailgateError {

@@ -11,7 +11,7 @@ import { configPath } from '../../config/load.js';
 import { AccountRepository } from './accounts.js';
 import { AppPasswordRepository } from './app-passwords.js';
 import { AuditLog } from './audit.js';
-import { openDatabase, type Db } from './database.js';
+import { openDatabase, type Db, type SchemaUpgrade } from './database.js';
 import { PasswordHasher } from '../hasher.js';
 import { PenaltyRepository } from './penalties.js';
 import { deriveKey, loadKey, loadOrCreateKey } from '../secret-box.js';
@@ -36,6 +36,9 @@ export interface StoreOptions {
   hasher?: PasswordHasher;
   mustExist?: boolean;
   autoCheckpoint?: boolean;
+  /** Upgrade a store at an older schema version, after a backup beside it (the gateway); otherwise refuse it. */
+  upgrade?: boolean;
+  onUpgrade?: (upgrade: SchemaUpgrade) => void;
   /** upstream.login.separator, which new account names may not contain; default `*` (Dovecot's usual). */
   masterSeparator?: string;
 }
@@ -93,6 +96,8 @@ export class SqliteRepositories {
       ...(options.busyTimeoutMs === undefined ? {} : { busyTimeoutMs: options.busyTimeoutMs }),
       mustExist: options.mustExist ?? false,
       ...(options.autoCheckpoint === undefined ? {} : { autoCheckpoint: options.autoCheckpoint }),
+      ...(options.upgrade ? { upgrade: true } : {}),
+      ...(options.onUpgrade ? { onUpgrade: options.onUpgrade } : {}),
     });
     return new SqliteRepositories(db, options.path, key, options);
   }
