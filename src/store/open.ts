@@ -126,16 +126,20 @@ export async function checkStore(config: Config): Promise<CheckResult & { file: 
 
 /**
  * Applies the migrations the store lacks: on PostgreSQL it makes the schema
- * in an empty database (recording the key file); an SQLite store must exist.
+ * in an empty database (recording the key file); an SQLite store must exist,
+ * and is copied beside itself first, as the gateway does at start (the
+ * operator asked for this one; other CLI commands refuse an older store).
  */
-export async function migrateStore(config: Config): Promise<{ store: string; from: number; to: number }> {
+export async function migrateStore(config: Config): Promise<{ store: string; from: number; to: number; backup?: string }> {
   if (config.store.backend === 'postgres') {
     return { store: safeUrl(config.store.url), ...(await migratePostgres(pgOptionsFromConfig(config))) };
   }
   const file = configPath(config.store.path);
   const from = databaseSchemaVersion(file, config.store.busy_timeout_ms);
-  SqliteRepositories.open(storeOptionsFromConfig(config, { mustExist: true, hasher: createHasher(config) })).close();
-  return { store: file, from, to: Math.max(from, SCHEMA_VERSION) };
+  let backup: string | undefined;
+  const options = storeOptionsFromConfig(config, { mustExist: true, hasher: createHasher(config), upgrade: true, onUpgrade: (done: SchemaUpgrade) => (backup = done.backup) });
+  SqliteRepositories.open(options).close();
+  return { store: file, from, to: Math.max(from, SCHEMA_VERSION), ...(backup ? { backup } : {}) };
 }
 
 /** `store copy`: the configured SQLite store into the empty PostgreSQL store at `url` (same key file), compared afterwards. */

@@ -34,7 +34,12 @@ describe('mailgate store migrate on SQLite', () => {
     loadOrCreateKey(path.join(dir, 'data', 'mailgate.key'));
     const migrated = await runCli(['--config', config, 'store', 'migrate']);
     expect(migrated.stderr).toBe('');
-    expect(migrated.stdout).toBe(`${file}: schema version 3 -> 4\n`);
+    const backup = /the store as it was is in (\S+)\n$/.exec(migrated.stdout)?.[1];
+    expect(migrated.stdout).toBe(`${file}: schema version 3 -> 4; the store as it was is in ${backup}\n`);
+    // Catches: an upgrade with no copy of the store from before it.
+    const copy = new Database(backup!, { readonly: true });
+    expect(copy.pragma('user_version', { simple: true })).toBe(3);
+    copy.close();
     const again = await runCli(['--config', config, 'store', 'migrate', '--json']);
     expect(JSON.parse(again.stdout)).toEqual({ store: file, from: 4, to: 4 });
   });

@@ -64,7 +64,8 @@ describe.each(ENGINES)('the Store interface (%s)', (engine) => {
     await expect(store.accounts.get('nobody')).rejects.toThrow(/no account nobody/);
     await expect(store.appPasswords.revoke('alice', 999)).rejects.toThrow(/has no app password 999/);
     await store.writable();
-    expect(messages()).toEqual([]);
+    // A fresh PostgreSQL database is given its schema on open, which is said once; nothing else may be.
+    expect(messages().filter((m) => m !== 'created the store schema in the database')).toEqual([]);
   });
 
   it('announces the changes this process makes that may end sessions, at once; not the others', async () => {

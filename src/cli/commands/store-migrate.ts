@@ -12,6 +12,7 @@ export function storeMigrateCommand(): Command {
       const { config } = loadCommandConfig(cmd);
       const result = await migrateStore(config);
       if (globalOptions(cmd).json) return printJson(result);
-      printLine(result.from === result.to ? `${result.store} is at schema version ${result.to}; nothing to do` : `${result.store}: schema version ${result.from} -> ${result.to}`);
+      if (result.from === result.to) return printLine(`${result.store} is at schema version ${result.to}; nothing to do`);
+      printLine(`${result.store}: schema version ${result.from} -> ${result.to}${result.backup ? `; the store as it was is in ${result.backup}` : ''}`);
     });
 }
