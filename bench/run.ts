@@ -9,25 +9,31 @@
  *     master user and a 20 MiB message;
  *   - mailgate, the built binary, as a separate process, with the production
  *     argon2 parameters, its store seeded with one app password per account;
+ *   - a second mailgate, the same but on a PostgreSQL store (a real
+ *     PostgreSQL from test/support/postgres.ts, crash-safe settings), its
+ *     store copied from the first one's with `mailgate store copy`, when
+ *     PostgreSQL is installed;
  *   - nginx + ngx_mail_module with the bench's auth_http server, when installed.
  * Every client speaks implicit TLS to the target it measures; the gateways
  * speak plain IMAP to Dovecot.
  */
 import { randomBytes, randomInt } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { execFileSync } from 'node:child_process';
 import argon2 from 'argon2';
 
+import { LIMIT_DEFAULTS } from '../src/config/limits.js';
 import { startDovecot, type DovecotHandle } from '../test/support/dovecot.js';
 import { freePorts } from '../test/support/ports.js';
 import { makeTempDir, removeTempDir } from '../test/support/tmp.js';
 import { ImapConn, loginCycle, openSession, quote, type CycleTiming, type Endpoint } from './lib/imap.js';
-import { ARGON2_DEFAULTS, checkBuild, ROOT, scrape, seedStore, startMailgate, type MailgateHandle } from './lib/mailgate.js';
+import { ARGON2_DEFAULTS, checkBuild, ROOT, scrape, seedStore, startMailgate, writeConfig, type MailgateHandle, type MailgateSettings } from './lib/mailgate.js';
 import { nginxAvailable, nginxVersion, startNginx, type NginxHandle } from './lib/nginx.js';
 import { parseOptions, type BenchOptions } from './lib/options.js';
+import { copyStore, postgresAvailable, postgresVersion, startBenchPostgres, type BenchPostgres } from './lib/postgres.js';
 import {
   commandVersion,
   cpuSeconds,
@@ -46,7 +52,7 @@ import {
   threadCpu,
   type MemorySample,
 } from './lib/proc.js';
-import { computeChecks, renderReport, type Results, type TargetKey, type TargetResults } from './lib/report.js';
+import { computeChecks, renderReport, type QuietLag, type Results, type TargetKey, type TargetResults } from './lib/report.js';
 import { median, round, summarize } from './lib/stats.js';
 
 const log = (msg: string) => process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
@@ -60,12 +66,17 @@ interface Target {
   memory(): MemorySample;
   /** CPU seconds of those processes (and helpers, e.g. nginx's auth server). */
   cpu(): number;
+  /** A mailgate: its process and metrics (event-loop lag, argon2 runs, sessions). */
+  gateway?: MailgateHandle;
 }
 
 interface Env {
   opts: BenchOptions;
   dovecot: DovecotHandle;
   mailgate: MailgateHandle;
+  /** The second mailgate, on the PostgreSQL store, and its server. */
+  mailgatePg: MailgateHandle | null;
+  postgres: BenchPostgres | null;
   nginx: NginxHandle | null;
   targets: Target[];
   accounts: string[];
@@ -175,28 +186,34 @@ async function setup(opts: BenchOptions, results: Results): Promise<Env> {
   onCleanup('bench temp dir', () => removeTempDir(dir));
   const mgDir = path.join(dir, 'mailgate');
   mkdirSync(mgDir, { mode: 0o700 });
+  const [imapsPort, metricsPort, webPort, nginxPort, pgImapsPort, pgMetricsPort, pgWebPort] = (await freePorts(7, '127.0.0.1')) as [number, number, number, number, number, number, number];
+  const mgSettings: MailgateSettings = {
+    dir: mgDir,
+    imapsPort,
+    metricsPort,
+    webPort,
+    upstreamPort: dovecot.imapPort,
+    masterUser: dovecot.master.name,
+    masterPassword: dovecot.master.password,
+    cert: dovecot.pki.serverCert,
+    key: dovecot.pki.serverKey,
+    maxConnections: Math.max(10_000, opts.idle + 2_000),
+    ...(opts.mailgateExtraToml ? { extraToml: `\n# --mailgate-toml\n${opts.mailgateExtraToml}` } : {}),
+  };
   log(`seeding mailgate's store: ${all.length} accounts, one app password each (argon2 ${ARGON2_DEFAULTS.memoryKib} KiB, t=${ARGON2_DEFAULTS.iterations}, p=${ARGON2_DEFAULTS.parallelism})...`);
-  const appPasswords = await seedStore(mgDir, all);
-
-  const [imapsPort, metricsPort, nginxPort] = (await freePorts(3, '127.0.0.1')) as [number, number, number];
+  const appPasswords = await seedStore(writeConfig(mgSettings), all);
+  const postgres = await setupPostgres(opts, results, dir, mgSettings);
   log('starting mailgate (node bin/mailgate.js serve)...');
-  const mailgate = await startMailgate(
-    {
-      dir: mgDir,
-      imapsPort,
-      metricsPort,
-      upstreamPort: dovecot.imapPort,
-      masterUser: dovecot.master.name,
-      masterPassword: dovecot.master.password,
-      cert: dovecot.pki.serverCert,
-      key: dovecot.pki.serverKey,
-      maxConnections: Math.max(10_000, opts.idle + 2_000),
-      ...(opts.mailgateExtraToml ? { extraToml: `\n# --mailgate-toml\n${opts.mailgateExtraToml}` } : {}),
-    },
-    caPem,
-    opts.mailgateNodeOptions,
-  );
+  const mailgate = await startMailgate(mgSettings, caPem, opts.mailgateNodeOptions);
   onCleanup('mailgate', () => mailgate.stop());
+  let mailgatePg: MailgateHandle | null = null;
+  if (postgres) {
+    log('starting mailgate (PostgreSQL), the same config on the PostgreSQL store...');
+    const pgSettings: MailgateSettings = { ...mgSettings, dir: postgres.dir, imapsPort: pgImapsPort, metricsPort: pgMetricsPort, webPort: pgWebPort, postgres: { url: postgres.pg.url } };
+    mailgatePg = await startMailgate(pgSettings, caPem, opts.mailgateNodeOptions, 'mailgate-pg');
+    const started = mailgatePg;
+    onCleanup('mailgate (PostgreSQL)', () => started.stop());
+  }
 
   let nginx: NginxHandle | null = null;
   const avail = nginxAvailable();
@@ -247,15 +264,10 @@ async function setup(opts: BenchOptions, results: Results): Promise<Env> {
       memory: () => sumMemory(dovecotTree()),
       cpu: () => dovecotTree().reduce((s, p) => s + cpuSeconds(p), 0),
     },
-    {
-      key: 'mailgate',
-      label: 'mailgate',
-      ep: { host: '127.0.0.1', port: mailgate.imapsPort, tls: true, ca: caPem },
-      password: (u) => appPasswords.get(u)!,
-      memory: () => ({ rss: rssBytes(mailgate.pid), pss: pssBytes(mailgate.pid), processes: 1 }),
-      cpu: () => cpuSeconds(mailgate.pid),
-    },
+    gatewayTarget('mailgate', 'mailgate', mailgate, caPem, appPasswords),
   ];
+  // The same app passwords: the PostgreSQL store is a copy of the SQLite one.
+  if (mailgatePg) targets.push(gatewayTarget('mailgatePostgres', 'mailgate (PostgreSQL)', mailgatePg, caPem, appPasswords));
   if (nginx) {
     const ng = nginx;
     targets.push({
@@ -267,7 +279,49 @@ async function setup(opts: BenchOptions, results: Results): Promise<Env> {
       cpu: () => ng.workerPids().reduce((s, p) => s + cpuSeconds(p), 0) + cpuSeconds(ng.auth.pid),
     });
   }
-  return { opts, dovecot, mailgate, nginx, targets, accounts, fetchUser, ownPasswords, appPasswords, caPem, results };
+  return { opts, dovecot, mailgate, mailgatePg, postgres: postgres?.pg ?? null, nginx, targets, accounts, fetchUser, ownPasswords, appPasswords, caPem, results };
+}
+
+function gatewayTarget(key: TargetKey, label: string, gateway: MailgateHandle, caPem: string, appPasswords: Map<string, string>): Target {
+  return {
+    key,
+    label,
+    ep: { host: '127.0.0.1', port: gateway.imapsPort, tls: true, ca: caPem },
+    password: (u) => appPasswords.get(u)!,
+    memory: () => ({ rss: rssBytes(gateway.pid), pss: pssBytes(gateway.pid), processes: 1 }),
+    cpu: () => cpuSeconds(gateway.pid),
+    gateway,
+  };
+}
+
+/**
+ * The PostgreSQL column's server and store, or null (and why, in the
+ * results) when it is turned off or PostgreSQL is not installed. The store
+ * is the seeded SQLite store copied over by `mailgate store copy` (the same
+ * accounts and app-password hashes), with a copy of its key file.
+ */
+async function setupPostgres(opts: BenchOptions, results: Results, dir: string, sqlite: MailgateSettings): Promise<{ pg: BenchPostgres; dir: string } | null> {
+  const avail = postgresAvailable();
+  if (opts.noPostgres) {
+    results.setup.postgresSkipped = '--no-postgres';
+    return null;
+  }
+  if (!avail.ok) {
+    results.setup.postgresSkipped = avail.why;
+    log(`SKIPPING the PostgreSQL column: ${avail.why}`);
+    return null;
+  }
+  log('starting PostgreSQL (initdb in a temp dir, loopback, crash-safe settings)...');
+  const pg = await startBenchPostgres(opts.postgresSettings);
+  onCleanup('postgres', () => pg.server.stop());
+  const pgDir = path.join(dir, 'mailgate-pg');
+  mkdirSync(pgDir, { mode: 0o700 });
+  copyFileSync(path.join(sqlite.dir, 'mailgate.key'), path.join(pgDir, 'mailgate.key'));
+  log('copying the seeded store into PostgreSQL (mailgate store copy --to)...');
+  const copied = copyStore(writeConfig(sqlite), pg.url);
+  if (!/every table is identical/.test(copied)) throw new Error(`mailgate store copy did not report an identical copy:\n${copied}`);
+  results.setup.postgres = { version: postgresVersion() ?? 'unknown', settings: pg.settings, poolSize: LIMIT_DEFAULTS.pool_size };
+  return { pg, dir: pgDir };
 }
 
 function target(env: Env, key: TargetKey): TargetResults {
@@ -323,29 +377,38 @@ async function latency(env: Env): Promise<void> {
     for (const job of rotate(jobs, i)) await job();
   };
 
+  const gateways = targets.filter((t) => t.gateway !== undefined);
   log(`cold logins: ${accounts.length} accounts x ${targets.length} targets...`);
-  const coldBefore = await scrape(env.mailgate.metricsPort);
+  const coldBefore = await Promise.all(gateways.map((t) => scrape(t.gateway!.metricsPort)));
   for (let i = 0; i < accounts.length; i++) await step('cold', i, accounts[i]!);
-  const coldAfter = await scrape(env.mailgate.metricsPort);
+  const coldAfter = await Promise.all(gateways.map((t) => scrape(t.gateway!.metricsPort)));
   const verifications = (m: Map<string, number>) => m.get('mailgate_argon2_verifications_total') ?? 0;
-  env.results.reference.mailgateArgon2PerColdLogin = round((verifications(coldAfter) - verifications(coldBefore)) / accounts.length);
+  gateways.forEach((t, g) => {
+    const perLogin = round((verifications(coldAfter[g]!) - verifications(coldBefore[g]!)) / accounts.length);
+    if (t.key === 'mailgatePostgres') env.results.reference.mailgatePostgresArgon2PerColdLogin = perLogin;
+    else env.results.reference.mailgateArgon2PerColdLogin = perLogin;
+  });
 
   log(`warm logins: ${env.opts.warmRounds} rounds x ${accounts.length} accounts x ${targets.length} targets...`);
-  await scrape(env.mailgate.metricsPort); // resets the event-loop histogram
-  const quietThreads0 = threadCpu(env.mailgate.pid);
+  await Promise.all(gateways.map((t) => scrape(t.gateway!.metricsPort))); // resets the event-loop histograms
+  const quietThreads0 = gateways.map((t) => threadCpu(t.gateway!.pid));
   const t0 = performance.now();
   for (let r = 0; r < env.opts.warmRounds; r++) {
     for (let i = 0; i < accounts.length; i++) await step('warm', r * accounts.length + i + 1, accounts[i]!);
   }
-  const quiet = await scrape(env.mailgate.metricsPort);
-  const quietThreads1 = threadCpu(env.mailgate.pid);
+  const quiet = await Promise.all(gateways.map((t) => scrape(t.gateway!.metricsPort)));
+  const quietThreads1 = gateways.map((t) => threadCpu(t.gateway!.pid));
   const quietSeconds = (performance.now() - t0) / 1000;
-  env.results.quietLag = {
-    seconds: round(quietSeconds),
-    eventLoopPreemptionsPerSecond: round((quietThreads1.mainPreempted - quietThreads0.mainPreempted) / quietSeconds, 0),
-    p99Ms: round((quiet.get('mailgate_event_loop_delay_seconds{quantile="0.99"}') ?? Number.NaN) * 1000),
-    maxMs: round((quiet.get('mailgate_event_loop_delay_seconds{quantile="1"}') ?? Number.NaN) * 1000),
-  };
+  gateways.forEach((t, g) => {
+    const lag: QuietLag = {
+      seconds: round(quietSeconds),
+      eventLoopPreemptionsPerSecond: round((quietThreads1[g]!.mainPreempted - quietThreads0[g]!.mainPreempted) / quietSeconds, 0),
+      p99Ms: round((quiet[g]!.get('mailgate_event_loop_delay_seconds{quantile="0.99"}') ?? Number.NaN) * 1000),
+      maxMs: round((quiet[g]!.get('mailgate_event_loop_delay_seconds{quantile="1"}') ?? Number.NaN) * 1000),
+    };
+    if (t.key === 'mailgatePostgres') env.results.quietLagPostgres = lag;
+    else env.results.quietLag = lag;
+  });
 
   for (const t of targets) {
     const s = samples.get(t.key)!;
@@ -502,8 +565,8 @@ async function orNull<T>(work: () => Promise<T>, what: string): Promise<T | null
   }
 }
 
-async function mailgateSessions(env: Env): Promise<number> {
-  const m = await scrape(env.mailgate.metricsPort);
+async function gatewaySessions(gateway: MailgateHandle): Promise<number> {
+  const m = await scrape(gateway.metricsPort);
   return (m.get('mailgate_sessions{state="prelogin"}') ?? 0) + (m.get('mailgate_sessions{state="relaying"}') ?? 0);
 }
 
@@ -517,7 +580,8 @@ async function idleSessions(env: Env): Promise<void> {
     const dovecotTree = () => sumMemory(processTree(env.dovecot.pid ?? 0));
     const before = await settleMemory(t);
     const upstreamBefore = t.key === 'dovecot' ? before : dovecotTree();
-    const heapBefore = t.key === 'mailgate' ? await scrape(env.mailgate.metricsPort) : null;
+    const gateway = t.gateway;
+    const heapBefore = gateway ? await scrape(gateway.metricsPort) : null;
     const conns: ImapConn[] = [];
     let errors = 0;
     let errorSample: string | undefined;
@@ -555,9 +619,9 @@ async function idleSessions(env: Env): Promise<void> {
     const upstreamAfter = t.key === 'dovecot' ? after : dovecotTree();
     // At the open-file limit the metrics endpoint itself may have no descriptor
     // left to answer with: the heap figures are then missing, not the run.
-    const heapAfter = t.key === 'mailgate' ? await orNull(() => scrape(env.mailgate.metricsPort), 'metrics scrape after opening the sessions') : null;
+    const heapAfter = gateway ? await orNull(() => scrape(gateway.metricsPort), 'metrics scrape after opening the sessions') : null;
     const held = conns.filter((c) => !c.closed).length;
-    const sessionsSeen = t.key === 'mailgate' ? await orNull(() => mailgateSessions(env), 'session count from the metrics') : null;
+    const sessionsSeen = gateway ? await orNull(() => gatewaySessions(gateway), 'session count from the metrics') : null;
     const perKiB = (a: number, b: number) => round((a - b) / n / 1024, 1);
     const res = target(env, t.key);
     res.idle = {
@@ -591,8 +655,8 @@ async function idleSessions(env: Env): Promise<void> {
     for (const c of conns) c.destroy();
     // Let the target (and Dovecot behind it) tear the sessions down before the next one.
     const drainDeadline = Date.now() + 60_000;
-    if (t.key === 'mailgate') {
-      while (Date.now() < drainDeadline && (await mailgateSessions(env)) > 0) await sleep(200);
+    if (gateway) {
+      while (Date.now() < drainDeadline && (await gatewaySessions(gateway)) > 0) await sleep(200);
     }
     await sleep(1000 + Math.min(10_000, n / 2));
   }
@@ -606,9 +670,10 @@ async function storm(env: Env): Promise<void> {
   const gateways = targets.filter((t) => t.key !== 'dovecot');
   for (const t of gateways) {
     log(`wrong-password storm on ${t.label}: ${opts.stormClients} clients for ${opts.stormSeconds} s, correct logins from 127.0.0.2 meanwhile...`);
-    const argonBefore = t.key === 'mailgate' ? await scrape(env.mailgate.metricsPort) : null; // also resets the lag histogram
+    const gateway = t.gateway;
+    const argonBefore = gateway ? await scrape(gateway.metricsPort) : null; // also resets the lag histogram
     const cpu0 = t.cpu();
-    const threads0 = t.key === 'mailgate' ? threadCpu(env.mailgate.pid) : null;
+    const threads0 = gateway ? threadCpu(gateway.pid) : null;
     let stop = false;
     let attempts = 0;
     let refused = 0;
@@ -650,8 +715,8 @@ async function storm(env: Env): Promise<void> {
     stop = true;
     await Promise.all([...stormers, good]);
     const seconds = (performance.now() - t0) / 1000;
-    const after = t.key === 'mailgate' ? await scrape(env.mailgate.metricsPort) : null;
-    const threads1 = t.key === 'mailgate' ? threadCpu(env.mailgate.pid) : null;
+    const after = gateway ? await scrape(gateway.metricsPort) : null;
+    const threads1 = gateway ? threadCpu(gateway.pid) : null;
     const ok = correct.filter((x) => x.ok);
     const res = target(env, t.key);
     res.storm = {
@@ -713,6 +778,14 @@ async function machine(): Promise<Results['machine']> {
   };
 }
 
+/** The last warnings and errors a mailgate logged. */
+function logTail(gateway: MailgateHandle): string[] {
+  return readFileSync(gateway.logFile, 'utf8')
+    .split('\n')
+    .filter((l) => /"level":"(warn|error|fatal)"/.test(l))
+    .slice(-10);
+}
+
 async function main(): Promise<void> {
   installSignalHandlers();
   const opts = parseOptions(process.argv.slice(2), process.env, ROOT);
@@ -770,7 +843,13 @@ async function main(): Promise<void> {
     const e = envRef;
     if (!e) return 0;
     const tree = (pid: number | undefined) => (pid ? processTree(pid).reduce((sum, p) => sum + cpuSeconds(p, true), 0) : 0);
-    return tree(e.dovecot.pid) + tree(e.mailgate.pid) + (e.nginx ? tree(e.nginx.nginx.pid) + tree(e.nginx.auth.pid) : 0);
+    return (
+      tree(e.dovecot.pid) +
+      tree(e.mailgate.pid) +
+      (e.mailgatePg ? tree(e.mailgatePg.pid) : 0) +
+      (e.postgres ? tree(e.postgres.server.pid() ?? undefined) : 0) +
+      (e.nginx ? tree(e.nginx.nginx.pid) + tree(e.nginx.auth.pid) : 0)
+    );
   });
   monitor.start();
   results.loadAverageAtStart = os.loadavg().map((x) => round(x));
@@ -797,10 +876,8 @@ async function main(): Promise<void> {
   await storm(env);
   results.background = monitor.stop();
   results.durationSeconds = round((performance.now() - started) / 1000, 1);
-  results.mailgateLogTail = readFileSync(env.mailgate.logFile, 'utf8')
-    .split('\n')
-    .filter((l) => /"level":"(warn|error|fatal)"/.test(l))
-    .slice(-10);
+  results.mailgateLogTail = logTail(env.mailgate);
+  if (env.mailgatePg) results.mailgatePostgresLogTail = logTail(env.mailgatePg);
 
   log('stopping everything...');
   await runCleanups();

@@ -17,32 +17,38 @@ export interface MailgateSettings {
   dir: string;
   imapsPort: number;
   metricsPort: number;
+  /** The self-service page (on, as by default; a port of its own so that two mailgates can run). */
+  webPort: number;
   upstreamPort: number;
   masterUser: string;
   masterPassword: string;
   cert: string;
   key: string;
   maxConnections: number;
+  /**
+   * The store: SQLite in `dir` (the default), or the PostgreSQL database at
+   * `url` (the key file still in `dir`: the copy of the SQLite store's key).
+   */
+  postgres?: { url: string };
   /** Appended to the generated TOML (for experiments; the bench itself adds nothing). */
   extraToml?: string;
 }
 
 /** The store API of the build, as far as the bench uses it (dist/ has no .d.ts). */
 interface BuiltStore {
-  accounts: { add(username: string): unknown };
+  accounts: { add(username: string): Promise<unknown> };
   appPasswords: { create(username: string, options: { name: string }): Promise<{ password: string }> };
-  close(): void;
+  close(): Promise<void>;
 }
-interface BuiltStoreModule {
-  Store: {
-    open(options: {
-      path: string;
-      keyFile: string;
-      argon2: { memoryKib: number; iterations: number; parallelism: number };
-      maxAppPasswords: number;
-      hashConcurrency?: number;
-    }): BuiltStore;
-  };
+/** dist/store/open.js and what it needs: the store the configuration names, opened as the CLI opens it. */
+interface BuiltOpenModule {
+  openStore(config: unknown, options: { log: unknown; role: 'cli' }): Promise<{ store: BuiltStore }>;
+}
+interface BuiltConfigModule {
+  loadConfig(file: string): { config: unknown };
+}
+interface BuiltLogModule {
+  silentLogger(): unknown;
 }
 
 /** The production argon2 defaults (docs/configuration.md, [auth]). */
@@ -76,9 +82,10 @@ export function renderConfig(s: MailgateSettings): string {
 # argon2: the production defaults ([auth] not set: 19456 KiB, t=2, p=1; hashes at once: cores - 1, at least 1).
 
 [store]
-path = ${q(path.join(s.dir, 'mailgate.db'))}
+${s.postgres ? `backend = "postgres"\nurl = ${q(s.postgres.url)}` : `path = ${q(path.join(s.dir, 'mailgate.db'))}`}
 key_file = ${q(path.join(s.dir, 'mailgate.key'))}
 
+${s.postgres ? `\n# The control socket's default is beside store.path, which a PostgreSQL store does not use.\n[control]\nsocket = ${q(path.join(s.dir, 'mailgate.sock'))}\n` : ''}
 [log]
 level = "info"
 
@@ -114,6 +121,9 @@ main_password_without_2fa = "reject"
 [metrics]
 listen = "127.0.0.1:${s.metricsPort}"
 
+[web]
+listen = "127.0.0.1:${s.webPort}"
+
 # Bench-only relaxations (see docs/benchmarks.md), besides [policy] above:
 #  - no answer delay after a failed login and no blocks, so the wrong-password
 #    storm keeps argon2 busy instead of sleeping or being refused unhashed;
@@ -131,23 +141,21 @@ ${s.extraToml ?? ''}`;
 }
 
 /**
- * Creates the accounts and one app password each in mailgate's store, before
- * mailgate starts, with the production argon2 parameters. Returns each
- * account's app password without its display spaces.
+ * Creates the accounts and one app password each in the store that
+ * `configFile` names, before mailgate starts, with the production argon2
+ * parameters, through the built store module (dist/store/open.js, as the CLI
+ * opens it). Returns each account's app password without its display spaces.
  */
-export async function seedStore(dir: string, usernames: string[]): Promise<Map<string, string>> {
-  const mod = (await import(pathToFileURL(path.join(ROOT, 'dist', 'store', 'store.js')).href)) as BuiltStoreModule;
-  const store = mod.Store.open({
-    path: path.join(dir, 'mailgate.db'),
-    keyFile: path.join(dir, 'mailgate.key'),
-    argon2: { ...ARGON2_DEFAULTS },
-    maxAppPasswords: 25,
-    hashConcurrency: 2,
-  });
+export async function seedStore(configFile: string, usernames: string[]): Promise<Map<string, string>> {
+  const built = async <T>(file: string) => (await import(pathToFileURL(path.join(ROOT, 'dist', file)).href)) as T;
+  const { openStore } = await built<BuiltOpenModule>('store/open.js');
+  const { loadConfig } = await built<BuiltConfigModule>('config/load.js');
+  const { silentLogger } = await built<BuiltLogModule>('log/logger.js');
+  const { store } = await openStore(loadConfig(configFile).config, { log: silentLogger(), role: 'cli' });
   try {
     const out = new Map<string, string>();
-    for (const u of usernames) store.accounts.add(u);
-    // Hash two at a time (one per core): about 25 ms each.
+    for (const u of usernames) await store.accounts.add(u);
+    // Two at a time: the hasher runs as many as the config allows (one per core but one), the other waits in its queue.
     let next = 0;
     await Promise.all(
       [0, 1].map(async () => {
@@ -160,7 +168,7 @@ export async function seedStore(dir: string, usernames: string[]): Promise<Map<s
     );
     return out;
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
@@ -174,11 +182,17 @@ export interface MailgateHandle {
   stop(): Promise<void>;
 }
 
-export async function startMailgate(s: MailgateSettings, caPem: string, nodeOptions: string[] = []): Promise<MailgateHandle> {
+/** Writes mailgate.toml in the settings' folder (mode 0600: a PostgreSQL URL holds a password); returns its path. */
+export function writeConfig(s: MailgateSettings): string {
   const configFile = path.join(s.dir, 'mailgate.toml');
   writeFileSync(configFile, renderConfig(s), { mode: 0o600 });
+  return configFile;
+}
+
+export async function startMailgate(s: MailgateSettings, caPem: string, nodeOptions: string[] = [], label = 'mailgate'): Promise<MailgateHandle> {
+  const configFile = writeConfig(s);
   const logFile = path.join(s.dir, 'mailgate.log');
-  const child = await spawnChild('mailgate', process.execPath, [...nodeOptions, path.join(ROOT, 'bin', 'mailgate.js'), 'serve', '--config', configFile], {
+  const child = await spawnChild(label, process.execPath, [...nodeOptions, path.join(ROOT, 'bin', 'mailgate.js'), 'serve', '--config', configFile], {
     cwd: s.dir,
     env: { PATH: process.env.PATH ?? '/usr/bin:/bin', MAILGATE_MASTER_PASSWORD: s.masterPassword, LANG: 'C' },
     deathSignal: 'KILL',
@@ -189,7 +203,7 @@ export async function startMailgate(s: MailgateSettings, caPem: string, nodeOpti
   await waitForGreeting(
     { host: '127.0.0.1', port: s.imapsPort, tls: true, ca: caPem },
     {
-      label: 'mailgate',
+      label,
       timeoutMs: 20_000,
       exited: () => exited,
       output: async () => child.output().slice(-4000),

@@ -22,6 +22,10 @@ export interface BenchOptions {
   stormSeconds: number;
   nginxWorkers: number;
   noNginx: boolean;
+  /** Skip the second mailgate on the PostgreSQL store. */
+  noPostgres: boolean;
+  /** PostgreSQL server settings over the bench's (experiments, e.g. synchronous_commit=on). */
+  postgresSettings: Record<string, string>;
   /** Wait up to this many seconds for other processes to leave the CPUs alone. */
   waitQuiet: number;
   /** TOML appended to mailgate's generated config (experiments, e.g. [auth] hash_concurrency = 1). */
@@ -45,6 +49,10 @@ const HELP = `usage: npm run bench -- [options]
   --storm-seconds S   storm length per gateway (default 5)
   --nginx-workers N   nginx worker_processes (default 1)
   --no-nginx          skip the nginx column
+  --no-postgres       skip the "mailgate (PostgreSQL)" column (a second mailgate
+                      on a PostgreSQL store; skipped anyway without PostgreSQL)
+  --postgres-set K=V  a PostgreSQL server setting over the bench's, repeatable
+                      (experiments, e.g. synchronous_commit=on; recorded)
   --wait-quiet S      before starting, wait up to S seconds for the machine to be
                       quiet (other processes < 0.3 core for 5 s; default 60, 0 = don't)
   --mailgate-toml F   append the TOML file F to mailgate's generated config
@@ -68,6 +76,8 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, root: strin
     stormSeconds: 5,
     nginxWorkers: 1,
     noNginx: false,
+    noPostgres: false,
+    postgresSettings: {},
     waitQuiet: 60,
     mailgateExtraToml: null,
     mailgateNodeOptions: [],
@@ -116,6 +126,16 @@ export function parseOptions(argv: string[], env: NodeJS.ProcessEnv, root: strin
       case '--no-nginx':
         o.noNginx = true;
         break;
+      case '--no-postgres':
+        o.noPostgres = true;
+        break;
+      case '--postgres-set': {
+        const setting = value() ?? '';
+        const eq = setting.indexOf('=');
+        if (eq < 1 || !/^[a-z_.]+$/.test(setting.slice(0, eq))) throw new Error(`--postgres-set: expected name=value, got ${setting || 'nothing'}`);
+        o.postgresSettings[setting.slice(0, eq)] = setting.slice(eq + 1);
+        break;
+      }
       case '--wait-quiet':
         o.waitQuiet = num(flag, value(), 0, 3600);
         break;

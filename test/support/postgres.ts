@@ -44,7 +44,19 @@ export interface PostgresHandle {
   /** Starts it again on the same port and data. */
   startServer(): Promise<void>;
   stop(): Promise<void>;
+  /** The postmaster's process id while it runs (the bench counts its CPU as its own). */
+  pid(): number | null;
 }
+
+/** The server's settings for tests: fast, not crash-safe. */
+const TEST_SETTINGS: Readonly<Record<string, string>> = {
+  fsync: 'off',
+  synchronous_commit: 'off',
+  full_page_writes: 'off',
+  shared_buffers: '16MB',
+  max_connections: '200',
+  log_min_messages: 'warning',
+};
 
 export function postgresBinDir(): string {
   const root = '/usr/lib/postgresql';
@@ -66,7 +78,9 @@ const TYPES = {
     oid === 20 ? (value: string) => Number(value) : pg.types.getTypeParser(oid, format ?? 'text')) as pg.CustomTypesConfig['getTypeParser'],
 };
 
-export async function startPostgres(): Promise<PostgresHandle> {
+/** `settings` replace or add to the test settings (the bench asks for a crash-safe server). */
+export async function startPostgres(options: { settings?: Record<string, string> } = {}): Promise<PostgresHandle> {
+  const settings = { ...TEST_SETTINGS, ...options.settings };
   const bin = postgresBinDir();
   const dir = await makeTempDir('pg');
   const data = path.join(dir, 'data');
@@ -92,8 +106,7 @@ export async function startPostgres(): Promise<PostgresHandle> {
     output = '';
     server = spawn(
       path.join(bin, 'postgres'),
-      ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off',
-        '-c', 'full_page_writes=off', '-c', 'shared_buffers=16MB', '-c', 'max_connections=200', '-c', 'log_min_messages=warning'],
+      ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', ...Object.entries(settings).flatMap(([name, value]) => ['-c', `${name}=${value}`])],
       { ...runAs, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     server.stdout!.on('data', (chunk) => (output += String(chunk)));
@@ -149,6 +162,7 @@ export async function startPostgres(): Promise<PostgresHandle> {
     },
     urlWithoutPassword: (database) => `postgres://${PG_USER}@127.0.0.1:${port}/${database}`,
     admin,
+    pid: () => (server && server.exitCode === null ? (server.pid ?? null) : null),
     stopServer,
     startServer,
     async stop() {
