@@ -42,6 +42,10 @@ export interface AppPasswordRow {
   last_used_client: string | null;
 }
 
+/** Every app-password column, named (a prepared statement must not select `*`: see postgres/database.ts). */
+export const APP_PASSWORD_COLUMNS =
+  'id, account_id, name, selector, hash, scopes, created_at, expires_at, revoked_at, last_used_at, last_used_ip, last_used_protocol, last_used_client';
+
 export function toAppPasswordInfo(row: AppPasswordRow): AppPasswordInfo {
   return {
     id: row.id,
@@ -67,6 +71,9 @@ export interface PenaltyRow {
   last_failure: number;
   blocked_until: number | null;
 }
+
+/** Every penalty column, named. */
+export const PENALTY_COLUMNS = 'kind, key, failures, repeats, window_start, last_failure, blocked_until';
 
 export function toPenaltyState(row: PenaltyRow): PenaltyState {
   return {

@@ -118,6 +118,58 @@ describe('nodes on one PostgreSQL store', () => {
     expect((await b.penalties.activeBlocks()).map((s) => s.key)).toEqual(['mallory']);
   });
 
+  it('first logins from one address on two nodes at once give one new-address; the repeat logins after them, none', async () => {
+    // Catches: a repeat login's one-statement path deciding "seen" wrongly, or first logins that do not wait for each other.
+    const t = await store();
+    const b = await t.open();
+    await t.api.accounts.add('alice');
+    const { info } = await t.api.appPasswords.create('alice', { name: 'phone' });
+    const account = await t.api.accounts.get('alice');
+    const login = (node: Store) => node.logins.recordSuccess({ account, appPassword: info, username: 'alice', context: { protocol: 'imap', clientIp: '192.0.2.1' } });
+    await Promise.all(Array.from({ length: 12 }, (_, i) => login(i % 2 ? b : t.api)));
+    await Promise.all(Array.from({ length: 6 }, (_, i) => login(i % 2 ? b : t.api)));
+    const trail = await t.api.audit.list({ username: 'alice', limit: 100 });
+    expect(trail.filter((r) => r.event === 'new-address')).toHaveLength(1);
+    expect(trail.filter((r) => r.event === 'login-ok')).toHaveLength(18);
+  });
+
+  it("a column added under a running node (a later version's migration) does not break the login path's prepared statements", async () => {
+    // Catches: a prepared `SELECT *`, which PostgreSQL refuses to run once its table has changed ("cached plan must not change result type").
+    const t = await store();
+    const node = t.api;
+    await node.accounts.add('alice');
+    const { password } = await node.appPasswords.create('alice', { name: 'phone' });
+    const rules = { windowMs: 60_000, blockAfter: 100, blockMs: 60_000 };
+    const loginPath = async () => {
+      await node.penalties.get('ip', '192.0.2.1', rules.windowMs);
+      expect(await node.accounts.find('alice')).not.toBeNull();
+      const checked = await node.logins.check('alice', password, 'imap');
+      if (!checked.ok) throw new Error('the app password was refused');
+      const { account, appPassword } = checked;
+      const cached = { accountId: account.id, accountCreatedAt: account.createdAt, appPasswordId: appPassword.id, appPasswordCreatedAt: appPassword.createdAt, totpChangedAt: account.totpChangedAt };
+      expect(await node.logins.recheck(cached, 'imap')).toMatchObject({ ok: true });
+      await node.logins.recordSuccess({ account, appPassword, username: 'alice', context: { protocol: 'imap', clientIp: '192.0.2.1' } });
+      await node.penalties.recordFailure('ip', '192.0.2.2', rules);
+    };
+    await loginPath();
+    await loginPath();
+    for (const table of ['accounts', 'app_passwords', 'penalties', 'audit']) await t.rows(`ALTER TABLE ${table} ADD COLUMN added_later TEXT`);
+    await loginPath();
+  });
+
+  it('keeps its idle connections: a login after a quiet spell does not wait for a new one', async () => {
+    // Catches: pg-pool's default, which closes a connection idle for 10 s: the next login paid 7-12 ms for a new one.
+    const t = await store();
+    await t.api.accounts.find('alice');
+    const backends = async () =>
+      (await t.rows<{ pid: number }>("SELECT pid FROM pg_stat_activity WHERE datname = ? AND application_name = 'mailgate' ORDER BY pid", [databaseOf(t.postgres!.url)])).map((r) => r.pid);
+    const before = await backends();
+    // The LISTEN connection, and at least one pooled connection.
+    expect(before.length).toBeGreaterThanOrEqual(2);
+    await sleep(11_000);
+    expect(await backends()).toEqual(before);
+  }, 20_000);
+
   it('a change that rolls back is not heard by anyone', async () => {
     const t = await store();
     const b = await t.open();

@@ -102,6 +102,15 @@ describe.each(ENGINES)('the Store interface (%s)', (engine) => {
     const context = { protocol: 'imap' as const, clientIp: '192.0.2.1', client: 'Thunderbird/153.0' };
     await store.logins.recordSuccess({ account, appPassword: info, username: 'alice', context });
     expect((await store.appPasswords.list('alice'))[0]!.lastUsed).toMatchObject({ ip: '192.0.2.1', protocol: 'imap' });
+    // A repeat login from the same address (one statement on PostgreSQL) is all or nothing too.
+    const first = (await store.appPasswords.list('alice'))[0]!.lastUsed;
+    const restoreRepeat = await t.failAuditOf('login-ok');
+    await expect(store.logins.recordSuccess({ account, appPassword: info, username: 'alice', context: { ...context, client: 'K-9/6.8' } })).rejects.toThrow(/audit refused/);
+    await restoreRepeat();
+    expect((await store.appPasswords.list('alice'))[0]!.lastUsed).toEqual(first);
+    await store.logins.recordSuccess({ account, appPassword: info, username: 'alice', context: { ...context, client: 'K-9/6.8' } });
+    expect((await store.appPasswords.list('alice'))[0]!.lastUsed).toMatchObject({ ip: '192.0.2.1', client: 'K-9/6.8' });
+    expect((await events('alice')).filter((e) => e === 'login-ok')).toHaveLength(2);
     await store.logins.recordSuccess({ account: null, appPassword: null, username: 'Nobody', context });
     expect(await store.audit.list({ username: 'Nobody' })).toEqual([expect.objectContaining({ event: 'login-ok', detail: 'upstream-password' })]);
     const before = (await store.appPasswords.list('alice'))[0]!.lastUsed;

@@ -4,8 +4,11 @@ import { ACCOUNT_COLUMNS, toAccount, type AccountRow } from '../rows.js';
 import type { Account, Clock } from '../types.js';
 import { normaliseUsername, tryNormaliseUsername, validateNewUsername } from '../username.js';
 import type { PgAudit } from './audit.js';
-import type { Sql, Tx } from './database.js';
+import { prepared, type Sql, type Tx } from './database.js';
 import type { PgWebSessions } from './web-sessions.js';
+
+/** Every login looks its account up by name: prepared (database.ts says why). */
+const FIND = prepared(`SELECT ${ACCOUNT_COLUMNS} FROM accounts WHERE username = $1`);
 
 export class PgAccounts {
   constructor(
@@ -31,7 +34,7 @@ export class PgAccounts {
   async find(sql: Sql, rawUsername: string): Promise<Account | null> {
     const username = tryNormaliseUsername(rawUsername);
     if (username === null) return null;
-    const row = await sql.one<AccountRow>(`SELECT ${ACCOUNT_COLUMNS} FROM accounts WHERE username = $1`, [username]);
+    const row = await sql.one<AccountRow>(FIND, [username]);
     return row ? toAccount(row) : null;
   }
 

@@ -8,12 +8,24 @@ import { ErrorCodes, MailgateError } from '../../errors.js';
 import { generateAppPassword, type GeneratedAppPassword } from '../app-password-format.js';
 import { checkCanCreate, checkCodeCanBeChecked, CREATE_ATTEMPTS, newAppPassword, type NewAppPassword } from '../app-password-rules.js';
 import type { PasswordHasher } from '../hasher.js';
-import { toAppPasswordInfo, type AppPasswordRow } from '../rows.js';
-import type { Account, AppPasswordCandidate, AppPasswordInfo, Clock, CreatedAppPassword, CreateOptions } from '../types.js';
+import { APP_PASSWORD_COLUMNS, toAccount, toAppPasswordInfo, type AppPasswordRow } from '../rows.js';
+import type { Account, AppPasswordCandidate, AppPasswordInfo, Clock, CreatedAppPassword, CreateOptions, TotpState } from '../types.js';
 import type { PgAccounts } from './accounts.js';
 import type { PgAudit } from './audit.js';
-import type { PgDatabase, Sql, Tx } from './database.js';
+import { prepared, type PgDatabase, type Sql, type Tx } from './database.js';
 import type { PgTotp } from './totp.js';
+
+// The login path's statements, prepared (database.ts says why).
+const CANDIDATE = prepared(
+  `SELECT ${APP_PASSWORD_COLUMNS} FROM app_passwords WHERE account_id = $1 AND selector = $2 ORDER BY revoked_at IS NOT NULL, id DESC LIMIT 1`,
+);
+const WITH_ACCOUNT = prepared(
+  `SELECT ${APP_PASSWORD_COLUMNS.split(', ').map((column) => `p.${column}`).join(', ')},
+          a.username AS a_username, a.created_at AS a_created_at, a.totp_state AS a_totp_state, a.totp_changed_at AS a_totp_changed_at
+     FROM app_passwords p JOIN accounts a ON a.id = p.account_id
+    WHERE p.id = $1 AND a.id = $2`,
+);
+const RECORD_USE = prepared('UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3, last_used_client = $4 WHERE id = $5');
 
 export class PgAppPasswords {
   constructor(
@@ -98,11 +110,19 @@ export class PgAppPasswords {
 
   /** The row a login's selector points at, preferring a live one. */
   async findCandidate(sql: Sql, accountId: number, selector: string): Promise<AppPasswordCandidate | null> {
-    const row = await sql.one<AppPasswordRow>(
-      'SELECT * FROM app_passwords WHERE account_id = $1 AND selector = $2 ORDER BY revoked_at IS NOT NULL, id DESC LIMIT 1',
-      [accountId, selector],
-    );
+    const row = await sql.one<AppPasswordRow>(CANDIDATE, [accountId, selector]);
     return row ? { info: toAppPasswordInfo(row), hash: row.hash } : null;
+  }
+
+  /** The app password with its account, in one read; null unless both exist and the one is the other's. */
+  async findWithAccount(sql: Sql, accountId: number, id: number): Promise<{ account: Account; appPassword: AppPasswordInfo } | null> {
+    const row = await sql.one<AppPasswordRow & { a_username: string; a_created_at: number; a_totp_state: TotpState; a_totp_changed_at: number | null }>(WITH_ACCOUNT, [
+      id,
+      accountId,
+    ]);
+    if (!row) return null;
+    const account = toAccount({ id: row.account_id, username: row.a_username, created_at: row.a_created_at, totp_state: row.a_totp_state, totp_changed_at: row.a_totp_changed_at });
+    return { account, appPassword: toAppPasswordInfo(row) };
   }
 
   async findById(sql: Sql, id: number): Promise<AppPasswordInfo | null> {
@@ -117,12 +137,6 @@ export class PgAppPasswords {
   }
 
   async recordUse(tx: Tx, id: number, use: { ip: string | null; protocol: string; client?: string | null }): Promise<void> {
-    await tx.run('UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3, last_used_client = $4 WHERE id = $5', [
-      this.now(),
-      use.ip,
-      use.protocol,
-      use.client ?? null,
-      id,
-    ]);
+    await tx.run(RECORD_USE, [this.now(), use.ip, use.protocol, use.client ?? null, id]);
   }
 }

@@ -1,13 +1,17 @@
 /** The audit trail on PostgreSQL: the same events and columns as SQLite's (sqlite/audit.ts says what they hold). */
 import { AUDIT_COLUMNS } from '../rows.js';
 import { ACTIVITY_EVENTS, type Account, type AuditEntry, type AuditListOptions, type AuditListRow, type AuditEvent, type AuditRow, type Clock } from '../types.js';
-import type { Sql } from './database.js';
+import { prepared, type Sql } from './database.js';
+
+// Every login and every failure writes a row; a first login looks for an earlier one: prepared (database.ts says why).
+const RECORD = prepared('INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)');
+const SEEN_FROM = prepared("SELECT 1 AS seen FROM audit WHERE app_password_id = $1 AND ip = $2 AND event = 'login-ok' LIMIT 1");
 
 export class PgAudit {
   constructor(private readonly now: Clock) {}
 
   async record(sql: Sql, event: AuditEvent, entry: AuditEntry = {}): Promise<void> {
-    await sql.run('INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)', [
+    await sql.run(RECORD, [
       this.now(),
       event,
       entry.username ?? null,
@@ -45,6 +49,6 @@ export class PgAudit {
 
   /** Whether a login with this app password from this address is in the trail. */
   async loginSeenFrom(sql: Sql, appPasswordId: number, ip: string): Promise<boolean> {
-    return (await sql.one("SELECT 1 FROM audit WHERE app_password_id = $1 AND ip = $2 AND event = 'login-ok' LIMIT 1", [appPasswordId, ip])) !== undefined;
+    return (await sql.one(SEEN_FROM, [appPasswordId, ip])) !== undefined;
   }
 }

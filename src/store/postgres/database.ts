@@ -10,6 +10,7 @@
  *  - sends `NOTIFY mailgate_changes` with the change as JSON, delivered to
  *    the other nodes' LISTEN connections when (and only if) it commits.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { FIXED_LIMITS } from '../../config/limits.js';
@@ -35,12 +36,31 @@ export interface PostgresOptions {
   unboundedStatements?: boolean;
 }
 
+/**
+ * A statement of the login path, prepared once per connection: PostgreSQL
+ * then parses and plans it once instead of at every run, which is most of
+ * the server's time for these small statements (a login runs several, one
+ * after the other). Its result columns are named, never `*`: a prepared
+ * `SELECT *` fails once a later migration adds a column under a running node.
+ */
+export interface Prepared {
+  readonly name: string;
+  readonly text: string;
+}
+
+/** The name is the text's hash: the same text is one statement on a connection, two texts never share a name. */
+export function prepared(text: string): Prepared {
+  return { name: `mg_${createHash('sha256').update(text).digest('hex').slice(0, 24)}`, text };
+}
+
+export type Statement = string | Prepared;
+
 /** What the store's statements run on: the pool (reads) or a transaction's connection. */
 export interface Sql {
-  rows<T>(text: string, params?: readonly unknown[]): Promise<T[]>;
-  one<T>(text: string, params?: readonly unknown[]): Promise<T | undefined>;
+  rows<T>(statement: Statement, params?: readonly unknown[]): Promise<T[]>;
+  one<T>(statement: Statement, params?: readonly unknown[]): Promise<T | undefined>;
   /** Rows changed. */
-  run(text: string, params?: readonly unknown[]): Promise<number>;
+  run(statement: Statement, params?: readonly unknown[]): Promise<number>;
 }
 
 /** Inside a write: statements, and the changes to announce once it commits. */
@@ -97,10 +117,14 @@ export function safeUrl(url: string): string {
 }
 
 export function sqlOver(client: pg.Pool | pg.PoolClient | pg.Client): Sql {
+  const query = (statement: Statement, params?: readonly unknown[]) => {
+    const values = params as unknown[] | undefined;
+    return typeof statement === 'string' ? client.query(statement, values) : client.query({ name: statement.name, text: statement.text, ...(values ? { values } : {}) });
+  };
   return {
-    rows: async <T>(text: string, params?: readonly unknown[]) => (await client.query(text, params as unknown[] | undefined)).rows as T[],
-    one: async <T>(text: string, params?: readonly unknown[]) => (await client.query(text, params as unknown[] | undefined)).rows[0] as T | undefined,
-    run: async (text: string, params?: readonly unknown[]) => (await client.query(text, params as unknown[] | undefined)).rowCount ?? 0,
+    rows: async <T>(statement: Statement, params?: readonly unknown[]) => (await query(statement, params)).rows as T[],
+    one: async <T>(statement: Statement, params?: readonly unknown[]) => (await query(statement, params)).rows[0] as T | undefined,
+    run: async (statement: Statement, params?: readonly unknown[]) => (await query(statement, params)).rowCount ?? 0,
   };
 }
 
@@ -116,7 +140,10 @@ export class PgDatabase {
     onIdleError: (err: Error) => void,
     private readonly onCommitted: (changes: StoreChange[]) => void = () => undefined,
   ) {
-    this.pool = new pg.Pool({ ...connectionConfig(options), max: options.poolSize });
+    // Idle connections are kept (pg-pool closes them after 10 s by default): a
+    // new one costs a login 7-12 ms (a server process, SCRAM, preparing the
+    // statements again), which every login after a quiet spell would pay.
+    this.pool = new pg.Pool({ ...connectionConfig(options), max: options.poolSize, idleTimeoutMillis: 0 });
     // A pooled connection that dies while idle (the server restarted) is
     // dropped by the pool; without a listener the error would end the process.
     this.pool.on('error', onIdleError);

@@ -1,6 +1,8 @@
 /**
  * The login path on PostgreSQL: the shared CredentialVerifier over this
- * database's rows, and the records a login leaves, in one transaction.
+ * database's rows, and the records a login leaves, all or nothing: one
+ * statement for a repeat login, one transaction for a first one from its
+ * address. Its statements are prepared (database.ts says why).
  */
 import type { PasswordHasher } from '../hasher.js';
 import type { LoginRecord } from '../store.js';
@@ -10,10 +12,28 @@ import { CredentialVerifier } from '../verifier.js';
 import type { PgAccounts } from './accounts.js';
 import type { PgAppPasswords } from './app-passwords.js';
 import type { PgAudit } from './audit.js';
-import type { PgDatabase, Tx } from './database.js';
+import { prepared, type PgDatabase, type Sql, type Tx } from './database.js';
 
 /** Serialises the first-login look at the trail per app password and address (see recordSuccess). */
 const NEW_ADDRESS_LOCK = 'mailgate new-address';
+const LOCK_ADDRESS = prepared('SELECT pg_advisory_xact_lock(hashtext($1))');
+
+/**
+ * recordRepeat: whether the trail has a login-ok of the app password ($1)
+ * from the address ($2), and when it has, last use and login-ok written as
+ * recordUse and audit.record write them. The CTEs run on one snapshot, in
+ * one atomic statement.
+ */
+const RECORD_REPEAT = prepared(`WITH seen AS (
+    SELECT $2::text IS NULL OR EXISTS (SELECT 1 FROM audit WHERE app_password_id = $1 AND ip = $2 AND event = 'login-ok') AS yes
+  ), used AS (
+    UPDATE app_passwords SET last_used_at = $3, last_used_ip = $2, last_used_protocol = $4, last_used_client = $5
+     WHERE id = $1 AND (SELECT yes FROM seen)
+  ), logged AS (
+    INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail)
+    SELECT $3::bigint, 'login-ok', $6::text, $1::bigint, $2::text, $4::text, 'app-password' FROM seen WHERE yes
+  )
+  SELECT yes AS seen FROM seen`);
 
 export class PgLogins {
   private readonly verifier: CredentialVerifier;
@@ -24,7 +44,7 @@ export class PgLogins {
     private readonly appPasswords: PgAppPasswords,
     private readonly audit: PgAudit,
     hasher: PasswordHasher,
-    now: Clock,
+    private readonly now: Clock,
   ) {
     this.verifier = new CredentialVerifier(
       {
@@ -32,6 +52,7 @@ export class PgLogins {
         findAccountById: (id) => accounts.findById(db.sql, id),
         findCandidate: (accountId, selector) => appPasswords.findCandidate(db.sql, accountId, selector),
         findAppPasswordById: (id) => appPasswords.findById(db.sql, id),
+        findLogin: (accountId, appPasswordId) => appPasswords.findWithAccount(db.sql, accountId, appPasswordId),
       },
       hasher,
       now,
@@ -47,6 +68,28 @@ export class PgLogins {
   }
 
   /**
+   * The usual login, in one statement (one round trip, all or nothing by
+   * itself, no transaction to open and commit): when the trail already has
+   * a login with this app password from this address, no new-address can be
+   * due, and last use and login-ok are written as recordSuccess writes them.
+   * Otherwise it writes nothing and returns false, and recordSuccess runs,
+   * under its lock. (A login-ok already committed is seen by every later
+   * look; the lock is only for two first logins deciding at once.) Each
+   * round trip costs a login time on a loaded host: this path has one where
+   * the transaction has six.
+   */
+  async recordRepeat(sql: Sql, record: LoginRecord): Promise<boolean> {
+    const { account, appPassword, context } = record;
+    const username = account?.username ?? record.username;
+    if (appPassword === null) {
+      await this.audit.record(sql, 'login-ok', { username, appPasswordId: null, ip: context.clientIp, protocol: context.protocol, detail: 'upstream-password' });
+      return true;
+    }
+    const row = await sql.one<{ seen: boolean }>(RECORD_REPEAT, [appPassword.id, context.clientIp, this.now(), context.protocol, context.client ?? null, username]);
+    return row?.seen === true;
+  }
+
+  /**
    * Last use, login-ok, and new-address the first time the app password is
    * used from the address: one transaction. A transaction-scoped advisory
    * lock on (app password, address) makes two first logins at once, on any
@@ -57,7 +100,7 @@ export class PgLogins {
     const username = account?.username ?? record.username;
     let newAddress = false;
     if (appPassword !== null && context.clientIp !== null) {
-      await tx.run('SELECT pg_advisory_xact_lock(hashtext($1))', [`${NEW_ADDRESS_LOCK} ${appPassword.id} ${context.clientIp}`]);
+      await tx.run(LOCK_ADDRESS, [`${NEW_ADDRESS_LOCK} ${appPassword.id} ${context.clientIp}`]);
       newAddress = !(await this.audit.loginSeenFrom(tx, appPassword.id, context.clientIp));
     }
     if (appPassword) await this.appPasswords.recordUse(tx, appPassword.id, { ip: context.clientIp, protocol: context.protocol, client: context.client ?? null });

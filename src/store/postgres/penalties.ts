@@ -7,32 +7,34 @@
  * nodes counting at once add up instead of overwriting each other.
  */
 import { countedPenalty, currentPenalty } from '../penalty-counting.js';
-import { toPenaltyState, type PenaltyRow } from '../rows.js';
+import { PENALTY_COLUMNS, toPenaltyState, type PenaltyRow } from '../rows.js';
 import type { Clock, PenaltyKind, PenaltyRules, PenaltyState } from '../types.js';
-import type { Sql, Tx } from './database.js';
+import { prepared, type Sql, type Tx } from './database.js';
+
+// Every login reads two penalties, every failure counts two: prepared (database.ts says why).
+const GET = prepared(`SELECT ${PENALTY_COLUMNS} FROM penalties WHERE kind = $1 AND key = $2`);
+const MAKE = prepared('INSERT INTO penalties (kind, key, failures, repeats, window_start, last_failure) VALUES ($1, $2, 0, 0, $3, 0) ON CONFLICT (kind, key) DO NOTHING');
+const LOCK = prepared(`SELECT ${PENALTY_COLUMNS} FROM penalties WHERE kind = $1 AND key = $2 FOR UPDATE`);
+const SAVE = prepared(
+  'UPDATE penalties SET failures = $3, repeats = $4, window_start = $5, last_failure = $6, blocked_until = $7 WHERE kind = $1 AND key = $2',
+);
 
 export class PgPenalties {
   constructor(private readonly now: Clock) {}
 
   async get(sql: Sql, kind: PenaltyKind, key: string, windowMs: number): Promise<PenaltyState> {
-    const row = await sql.one<PenaltyRow>('SELECT * FROM penalties WHERE kind = $1 AND key = $2', [kind, key]);
+    const row = await sql.one<PenaltyRow>(GET, [kind, key]);
     return currentPenalty(row ? toPenaltyState(row) : null, kind, key, windowMs, this.now());
   }
 
   async count(tx: Tx, kind: PenaltyKind, key: string, rules: PenaltyRules, field: 'failures' | 'repeats'): Promise<{ state: PenaltyState; blockStarted: boolean }> {
     const now = this.now();
     // A fresh row is a fresh window (window_start now): the same as no row.
-    await tx.run(
-      'INSERT INTO penalties (kind, key, failures, repeats, window_start, last_failure) VALUES ($1, $2, 0, 0, $3, 0) ON CONFLICT (kind, key) DO NOTHING',
-      [kind, key, now],
-    );
-    const row = await tx.one<PenaltyRow>('SELECT * FROM penalties WHERE kind = $1 AND key = $2 FOR UPDATE', [kind, key]);
+    await tx.run(MAKE, [kind, key, now]);
+    const row = await tx.one<PenaltyRow>(LOCK, [kind, key]);
     const counted = countedPenalty(currentPenalty(row ? toPenaltyState(row) : null, kind, key, rules.windowMs, now), field, rules, now);
     const next = counted.state;
-    await tx.run(
-      'UPDATE penalties SET failures = $3, repeats = $4, window_start = $5, last_failure = $6, blocked_until = $7 WHERE kind = $1 AND key = $2',
-      [kind, key, next.failures, next.repeats, next.windowStart, next.lastFailure, next.blockedUntil],
-    );
+    await tx.run(SAVE, [kind, key, next.failures, next.repeats, next.windowStart, next.lastFailure, next.blockedUntil]);
     return counted;
   }
 

@@ -98,7 +98,11 @@ export class PostgresStore implements Store {
     this.logins = {
       check: (username, password, protocol) => this.read((r) => r.logins.check(username, password, protocol)),
       recheck: (login, protocol) => this.read((r) => r.logins.recheck(login, protocol)),
-      recordSuccess: (record) => this.write((r, tx) => r.logins.recordSuccess(tx, record)),
+      // A repeat login is one statement; a first one from its address, a transaction under a lock.
+      recordSuccess: (record) =>
+        this.guard(async () => {
+          if (!(await this.r.logins.recordRepeat(this.r.db.sql, record))) await this.r.db.transaction((tx) => this.r.logins.recordSuccess(tx, record));
+        }, true),
       recordFailure: (username, reason, context) => this.write((r, tx) => r.logins.recordFailure(tx, username, reason, context)),
     };
     this.recoveryCodes = {
