@@ -23,6 +23,8 @@ export interface CredentialRows {
    * this, and a cache hit costs it one read instead of two.
    */
   findLogin?(accountId: number, appPasswordId: number): Promise<{ account: Account; appPassword: AppPasswordInfo } | null>;
+  /** findAccount and then findCandidate, in one read where the backend has it (as findLogin). */
+  findAccountWithCandidate?(name: string, selector: string): Promise<{ account: Account | null; candidate: AppPasswordCandidate | null }>;
 }
 
 export class CredentialVerifier {
@@ -34,9 +36,8 @@ export class CredentialVerifier {
 
   /** Checks an app password without recording anything. */
   async check(username: string, password: string, protocol: Scope): Promise<VerifyResult> {
-    const account = await this.rows.findAccount(username);
     const canonical = canonicalAppPassword(password);
-    const candidate = account && canonical ? await this.rows.findCandidate(account.id, selectorOf(canonical)) : null;
+    const { account, candidate } = await this.accountAndCandidate(username, canonical);
     if (!account || !canonical || !candidate) {
       await this.hasher.verifyDummy(password);
       return { ok: false, reason: account ? 'wrong-password' : 'unknown-account', account };
@@ -63,6 +64,14 @@ export class CredentialVerifier {
     if (account.createdAt !== login.accountCreatedAt || account.totpChangedAt !== login.totpChangedAt) return null;
     if (appPassword.createdAt !== login.appPasswordCreatedAt) return null;
     return this.usable(account, appPassword, protocol);
+  }
+
+  /** The account, and the app password the selector points at (none without an app-password-shaped password). */
+  private async accountAndCandidate(username: string, canonical: string | null): Promise<{ account: Account | null; candidate: AppPasswordCandidate | null }> {
+    if (canonical && this.rows.findAccountWithCandidate) return this.rows.findAccountWithCandidate(username, selectorOf(canonical));
+    const account = await this.rows.findAccount(username);
+    const candidate = account && canonical ? await this.rows.findCandidate(account.id, selectorOf(canonical)) : null;
+    return { account, candidate };
   }
 
   /** The account and the app password of a verified login, when both exist and the one is the other's. */

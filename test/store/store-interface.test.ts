@@ -120,6 +120,15 @@ describe.each(ENGINES)('the Store interface (%s)', (engine) => {
     expect((await store.appPasswords.list('alice'))[0]!.lastUsed).toEqual(before);
   });
 
+  it('checks a password against the live app password when a revoked one shares its selector', async () => {
+    // Catches: a candidate lookup that takes the revoked row first (the live password then fails as wrong).
+    const old = (await store.appPasswords.create('alice', { name: 'old' })).info;
+    await store.appPasswords.revoke('alice', old.id);
+    const { info, password } = await store.appPasswords.create('alice', { name: 'new' });
+    await t.rows('UPDATE app_passwords SET selector = (SELECT selector FROM app_passwords WHERE id = ?) WHERE id = ?', [info.id, old.id]);
+    expect(await store.logins.check('alice', password, 'imap')).toMatchObject({ ok: true, appPassword: { id: info.id } });
+  });
+
   it('tells how the credentials of open sessions stand, by id and by name', async () => {
     const { info } = await store.appPasswords.create('alice', { name: 'phone' });
     await store.accounts.add('frank');

@@ -10,6 +10,7 @@ import { checkCanCreate, checkCodeCanBeChecked, CREATE_ATTEMPTS, newAppPassword,
 import type { PasswordHasher } from '../hasher.js';
 import { APP_PASSWORD_COLUMNS, toAccount, toAppPasswordInfo, type AppPasswordRow } from '../rows.js';
 import type { Account, AppPasswordCandidate, AppPasswordInfo, Clock, CreatedAppPassword, CreateOptions, TotpState } from '../types.js';
+import { tryNormaliseUsername } from '../username.js';
 import type { PgAccounts } from './accounts.js';
 import type { PgAudit } from './audit.js';
 import { prepared, type PgDatabase, type Sql, type Tx } from './database.js';
@@ -19,12 +20,30 @@ import type { PgTotp } from './totp.js';
 const CANDIDATE = prepared(
   `SELECT ${APP_PASSWORD_COLUMNS} FROM app_passwords WHERE account_id = $1 AND selector = $2 ORDER BY revoked_at IS NOT NULL, id DESC LIMIT 1`,
 );
-const WITH_ACCOUNT = prepared(
-  `SELECT ${APP_PASSWORD_COLUMNS.split(', ').map((column) => `p.${column}`).join(', ')},
-          a.username AS a_username, a.created_at AS a_created_at, a.totp_state AS a_totp_state, a.totp_changed_at AS a_totp_changed_at
-     FROM app_passwords p JOIN accounts a ON a.id = p.account_id
-    WHERE p.id = $1 AND a.id = $2`,
+const P_COLUMNS = APP_PASSWORD_COLUMNS.split(', ').map((column) => `p.${column}`).join(', ');
+const A_COLUMNS = 'a.id AS a_id, a.username AS a_username, a.created_at AS a_created_at, a.totp_state AS a_totp_state, a.totp_changed_at AS a_totp_changed_at';
+const WITH_ACCOUNT = prepared(`SELECT ${P_COLUMNS}, ${A_COLUMNS} FROM app_passwords p JOIN accounts a ON a.id = p.account_id WHERE p.id = $1 AND a.id = $2`);
+/** The account by name and CANDIDATE's row of it (all its columns null when there is none). */
+const ACCOUNT_WITH_CANDIDATE = prepared(
+  `SELECT ${A_COLUMNS}, ${P_COLUMNS}
+     FROM accounts a LEFT JOIN LATERAL (
+       SELECT ${APP_PASSWORD_COLUMNS} FROM app_passwords WHERE account_id = a.id AND selector = $2 ORDER BY revoked_at IS NOT NULL, id DESC LIMIT 1
+     ) p ON true
+    WHERE a.username = $1`,
 );
+
+/** The account's columns under the names A_COLUMNS gives them. */
+interface AccountColumns {
+  a_id: number;
+  a_username: string;
+  a_created_at: number;
+  a_totp_state: TotpState;
+  a_totp_changed_at: number | null;
+}
+
+function accountOf(row: AccountColumns): Account {
+  return toAccount({ id: row.a_id, username: row.a_username, created_at: row.a_created_at, totp_state: row.a_totp_state, totp_changed_at: row.a_totp_changed_at });
+}
 const RECORD_USE = prepared('UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3, last_used_client = $4 WHERE id = $5');
 
 export class PgAppPasswords {
@@ -116,13 +135,17 @@ export class PgAppPasswords {
 
   /** The app password with its account, in one read; null unless both exist and the one is the other's. */
   async findWithAccount(sql: Sql, accountId: number, id: number): Promise<{ account: Account; appPassword: AppPasswordInfo } | null> {
-    const row = await sql.one<AppPasswordRow & { a_username: string; a_created_at: number; a_totp_state: TotpState; a_totp_changed_at: number | null }>(WITH_ACCOUNT, [
-      id,
-      accountId,
-    ]);
-    if (!row) return null;
-    const account = toAccount({ id: row.account_id, username: row.a_username, created_at: row.a_created_at, totp_state: row.a_totp_state, totp_changed_at: row.a_totp_changed_at });
-    return { account, appPassword: toAppPasswordInfo(row) };
+    const row = await sql.one<AppPasswordRow & AccountColumns>(WITH_ACCOUNT, [id, accountId]);
+    return row ? { account: accountOf(row), appPassword: toAppPasswordInfo(row) } : null;
+  }
+
+  /** The account by name and the app password its selector points at (as findCandidate), in one read. */
+  async findAccountWithCandidate(sql: Sql, rawUsername: string, selector: string): Promise<{ account: Account | null; candidate: AppPasswordCandidate | null }> {
+    const username = tryNormaliseUsername(rawUsername);
+    const row = username === null ? undefined : await sql.one<AccountColumns & { [K in keyof AppPasswordRow]: AppPasswordRow[K] | null }>(ACCOUNT_WITH_CANDIDATE, [username, selector]);
+    if (!row) return { account: null, candidate: null };
+    const candidate = row.id === null ? null : { info: toAppPasswordInfo(row as AppPasswordRow), hash: row.hash! };
+    return { account: accountOf(row), candidate };
   }
 
   async findById(sql: Sql, id: number): Promise<AppPasswordInfo | null> {

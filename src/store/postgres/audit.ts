@@ -3,9 +3,8 @@ import { AUDIT_COLUMNS } from '../rows.js';
 import { ACTIVITY_EVENTS, type Account, type AuditEntry, type AuditListOptions, type AuditListRow, type AuditEvent, type AuditRow, type Clock } from '../types.js';
 import { prepared, type Sql } from './database.js';
 
-// Every login and every failure writes a row; a first login looks for an earlier one: prepared (database.ts says why).
+// Every login and every failure writes a row: prepared (database.ts says why). (Whether an address was seen: logins.ts.)
 const RECORD = prepared('INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)');
-const SEEN_FROM = prepared("SELECT 1 AS seen FROM audit WHERE app_password_id = $1 AND ip = $2 AND event = 'login-ok' LIMIT 1");
 
 export class PgAudit {
   constructor(private readonly now: Clock) {}
@@ -45,10 +44,5 @@ export class PgAudit {
       `SELECT ${AUDIT_COLUMNS} FROM audit WHERE username = $1 AND at >= $2 AND event = ANY($3::text[]) ORDER BY id DESC LIMIT $4`,
       [account.username, account.createdAt, ACTIVITY_EVENTS, Math.max(0, Math.floor(limit))],
     );
-  }
-
-  /** Whether a login with this app password from this address is in the trail. */
-  async loginSeenFrom(sql: Sql, appPasswordId: number, ip: string): Promise<boolean> {
-    return (await sql.one(SEEN_FROM, [appPasswordId, ip])) !== undefined;
   }
 }

@@ -35,6 +35,24 @@ const RECORD_REPEAT = prepared(`WITH seen AS (
   )
   SELECT yes AS seen FROM seen`);
 
+/**
+ * recordSuccess, under the lock: the same look at the trail, last use,
+ * login-ok, and new-address when the look found nothing (one INSERT, so
+ * new-address gets the later id, as the events happened).
+ */
+const RECORD_FIRST = prepared(`WITH seen AS (
+    SELECT EXISTS (SELECT 1 FROM audit WHERE app_password_id = $1 AND ip = $2 AND event = 'login-ok') AS yes
+  ), used AS (
+    UPDATE app_passwords SET last_used_at = $3, last_used_ip = $2, last_used_protocol = $4, last_used_client = $5 WHERE id = $1
+  ), logged AS (
+    INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail)
+    SELECT $3::bigint, e.event, $6::text, $1::bigint, $2::text, $4::text, e.detail
+      FROM (VALUES (1, 'login-ok', 'app-password'), (2, 'new-address', NULL)) AS e (n, event, detail), seen
+     WHERE e.n = 1 OR NOT seen.yes
+     ORDER BY e.n
+  )
+  SELECT yes AS seen FROM seen`);
+
 export class PgLogins {
   private readonly verifier: CredentialVerifier;
 
@@ -53,6 +71,7 @@ export class PgLogins {
         findCandidate: (accountId, selector) => appPasswords.findCandidate(db.sql, accountId, selector),
         findAppPasswordById: (id) => appPasswords.findById(db.sql, id),
         findLogin: (accountId, appPasswordId) => appPasswords.findWithAccount(db.sql, accountId, appPasswordId),
+        findAccountWithCandidate: (name, selector) => appPasswords.findAccountWithCandidate(db.sql, name, selector),
       },
       hasher,
       now,
@@ -93,20 +112,22 @@ export class PgLogins {
    * Last use, login-ok, and new-address the first time the app password is
    * used from the address: one transaction. A transaction-scoped advisory
    * lock on (app password, address) makes two first logins at once, on any
-   * nodes, give one new-address (SQLite gets this from its IMMEDIATE write lock).
+   * nodes, give one new-address (SQLite gets this from its IMMEDIATE write
+   * lock). The look at the trail is a statement after the lock's, so that it
+   * sees a login the lock waited for; it writes the rows too (one round trip).
    */
   async recordSuccess(tx: Tx, record: LoginRecord): Promise<void> {
     const { account, appPassword, context } = record;
     const username = account?.username ?? record.username;
-    let newAddress = false;
     if (appPassword !== null && context.clientIp !== null) {
       await tx.run(LOCK_ADDRESS, [`${NEW_ADDRESS_LOCK} ${appPassword.id} ${context.clientIp}`]);
-      newAddress = !(await this.audit.loginSeenFrom(tx, appPassword.id, context.clientIp));
+      await tx.run(RECORD_FIRST, [appPassword.id, context.clientIp, this.now(), context.protocol, context.client ?? null, username]);
+      return;
     }
+    // Without an address there is nothing new to tell (recordRepeat writes these in one statement).
     if (appPassword) await this.appPasswords.recordUse(tx, appPassword.id, { ip: context.clientIp, protocol: context.protocol, client: context.client ?? null });
     const entry = { username, appPasswordId: appPassword?.id ?? null, ip: context.clientIp, protocol: context.protocol };
     await this.audit.record(tx, 'login-ok', { ...entry, detail: appPassword ? 'app-password' : 'upstream-password' });
-    if (newAddress) await this.audit.record(tx, 'new-address', entry);
   }
 
   /** login-failed, under the normalised name when there is one (sqlite/logins.ts says why). */
