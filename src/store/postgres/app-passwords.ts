@@ -44,7 +44,6 @@ interface AccountColumns {
 function accountOf(row: AccountColumns): Account {
   return toAccount({ id: row.a_id, username: row.a_username, created_at: row.a_created_at, totp_state: row.a_totp_state, totp_changed_at: row.a_totp_changed_at });
 }
-const RECORD_USE = prepared('UPDATE app_passwords SET last_used_at = $1, last_used_ip = $2, last_used_protocol = $3, last_used_client = $4 WHERE id = $5');
 
 export class PgAppPasswords {
   constructor(
@@ -157,9 +156,5 @@ export class PgAppPasswords {
     if (ids.length === 0) return new Map();
     const rows = await sql.rows<AppPasswordRow>('SELECT * FROM app_passwords WHERE id = ANY($1::bigint[])', [[...new Set(ids)]]);
     return new Map(rows.map((row) => [row.id, toAppPasswordInfo(row)]));
-  }
-
-  async recordUse(tx: Tx, id: number, use: { ip: string | null; protocol: string; client?: string | null }): Promise<void> {
-    await tx.run(RECORD_USE, [this.now(), use.ip, use.protocol, use.client ?? null, id]);
   }
 }

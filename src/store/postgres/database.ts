@@ -155,13 +155,16 @@ export class PgDatabase {
    * changes it reports are counted and notified in the same commit, then
    * handed to `onCommitted` (this process's own listeners).
    */
-  async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
+  async transaction<T>(work: (tx: Tx) => Promise<T>, options: { lockKey?: bigint } = {}): Promise<T> {
     const client = await this.pool.connect();
     const changes: StoreChange[] = [];
     const tx: Tx = { ...sqlOver(client), changed: (change) => void changes.push(change) };
     let broken = false;
     try {
-      await client.query('BEGIN');
+      // `lockKey`: a transaction-scoped advisory lock taken with the BEGIN, in
+      // the same round trip (two statements in one simple query: the key is a
+      // bigint, so its digits are all the text there is to put in it).
+      await client.query(options.lockKey === undefined ? 'BEGIN' : `BEGIN; SELECT pg_advisory_xact_lock(${BigInt.asIntN(64, options.lockKey).toString()})`);
       const result = await work(tx);
       if (changes.length > 0) await this.announceIn(tx, changes);
       await client.query('COMMIT');

@@ -4,6 +4,7 @@
  * statement for a repeat login, one transaction for a first one from its
  * address. Its statements are prepared (database.ts says why).
  */
+import { createHash } from 'node:crypto';
 import type { PasswordHasher } from '../hasher.js';
 import type { LoginRecord } from '../store.js';
 import type { CachedLogin, Clock, LoginContext, Scope, VerifyResult } from '../types.js';
@@ -14,14 +15,13 @@ import type { PgAppPasswords } from './app-passwords.js';
 import type { PgAudit } from './audit.js';
 import { prepared, type PgDatabase, type Sql, type Tx } from './database.js';
 
-/** Serialises the first-login look at the trail per app password and address (see recordSuccess). */
+/** Serialises the first-login look at the trail per app password and address (see recordFirst). */
 const NEW_ADDRESS_LOCK = 'mailgate new-address';
-const LOCK_ADDRESS = prepared('SELECT pg_advisory_xact_lock(hashtext($1))');
 
 /**
  * recordRepeat: whether the trail has a login-ok of the app password ($1)
- * from the address ($2), and when it has, last use and login-ok written as
- * recordUse and audit.record write them. The CTEs run on one snapshot, in
+ * from the address ($2), and when it has, last use (app_passwords.last_used_*)
+ * and login-ok (an audit row, as audit.record writes it). The CTEs run on one snapshot, in
  * one atomic statement.
  */
 const RECORD_REPEAT = prepared(`WITH seen AS (
@@ -36,7 +36,7 @@ const RECORD_REPEAT = prepared(`WITH seen AS (
   SELECT yes AS seen FROM seen`);
 
 /**
- * recordSuccess, under the lock: the same look at the trail, last use,
+ * recordFirst, under the lock: the same look at the trail, last use,
  * login-ok, and new-address when the look found nothing (one INSERT, so
  * new-address gets the later id, as the events happened).
  */
@@ -59,7 +59,7 @@ export class PgLogins {
   constructor(
     db: PgDatabase,
     accounts: PgAccounts,
-    private readonly appPasswords: PgAppPasswords,
+    appPasswords: PgAppPasswords,
     private readonly audit: PgAudit,
     hasher: PasswordHasher,
     private readonly now: Clock,
@@ -91,8 +91,8 @@ export class PgLogins {
    * itself, no transaction to open and commit): when the trail already has
    * a login with this app password from this address, no new-address can be
    * due, and last use and login-ok are written as recordSuccess writes them.
-   * Otherwise it writes nothing and returns false, and recordSuccess runs,
-   * under its lock. (A login-ok already committed is seen by every later
+   * Otherwise (an app password, from an address) it writes nothing and
+   * returns false, and recordFirst runs, under its lock. (A login-ok already committed is seen by every later
    * look; the lock is only for two first logins deciding at once.) Each
    * round trip costs a login time on a loaded host: this path has one where
    * the transaction has six.
@@ -109,29 +109,35 @@ export class PgLogins {
   }
 
   /**
-   * Last use, login-ok, and new-address the first time the app password is
-   * used from the address: one transaction. A transaction-scoped advisory
-   * lock on (app password, address) makes two first logins at once, on any
-   * nodes, give one new-address (SQLite gets this from its IMMEDIATE write
-   * lock). The look at the trail is a statement after the lock's, so that it
-   * sees a login the lock waited for; it writes the rows too (one round trip).
+   * A login recordRepeat did not write (the app password's first from the
+   * address, as far as it saw): last use, login-ok, and new-address unless a
+   * login-ok is there after all, in one transaction. A transaction-scoped
+   * advisory lock on (app password, address) makes two first logins at once,
+   * on any nodes, give one new-address (SQLite gets this from its IMMEDIATE
+   * write lock); it is taken with the BEGIN, and the look at the trail is the
+   * next statement, so that it sees a login the lock waited for. Three round
+   * trips: BEGIN and the lock, the rows, COMMIT.
    */
-  async recordSuccess(tx: Tx, record: LoginRecord): Promise<void> {
+  async recordFirst(db: PgDatabase, record: LoginRecord): Promise<void> {
     const { account, appPassword, context } = record;
-    const username = account?.username ?? record.username;
-    if (appPassword !== null && context.clientIp !== null) {
-      await tx.run(LOCK_ADDRESS, [`${NEW_ADDRESS_LOCK} ${appPassword.id} ${context.clientIp}`]);
-      await tx.run(RECORD_FIRST, [appPassword.id, context.clientIp, this.now(), context.protocol, context.client ?? null, username]);
-      return;
-    }
-    // Without an address there is nothing new to tell (recordRepeat writes these in one statement).
-    if (appPassword) await this.appPasswords.recordUse(tx, appPassword.id, { ip: context.clientIp, protocol: context.protocol, client: context.client ?? null });
-    const entry = { username, appPasswordId: appPassword?.id ?? null, ip: context.clientIp, protocol: context.protocol };
-    await this.audit.record(tx, 'login-ok', { ...entry, detail: appPassword ? 'app-password' : 'upstream-password' });
+    const clientIp = context.clientIp;
+    if (appPassword === null || clientIp === null) throw new Error('recordFirst: recordRepeat records a login without an app password or an address');
+    const values = [appPassword.id, clientIp, this.now(), context.protocol, context.client ?? null, account?.username ?? record.username];
+    await db.transaction((tx) => tx.run(RECORD_FIRST, values), { lockKey: addressLockKey(appPassword.id, clientIp) });
   }
 
   /** login-failed, under the normalised name when there is one (sqlite/logins.ts says why). */
   recordFailure(tx: Tx, username: string, reason: string, context: LoginContext): Promise<void> {
     return this.audit.record(tx, 'login-failed', { username: tryNormaliseUsername(username) ?? username, ip: context.clientIp, protocol: context.protocol, detail: reason });
   }
+}
+
+/**
+ * The advisory lock's key for an app password and an address: 64 bits of a
+ * hash of both. (Before, the key was hashtext() of the same text, asked of
+ * the server: during an upgrade from such a version, a first login on an old
+ * node and one on a new node at the same moment could both add new-address.)
+ */
+export function addressLockKey(appPasswordId: number, clientIp: string): bigint {
+  return createHash('sha256').update(`${NEW_ADDRESS_LOCK} ${appPasswordId} ${clientIp}`).digest().readBigInt64BE(0);
 }

@@ -101,7 +101,7 @@ export class PostgresStore implements Store {
       // A repeat login is one statement; a first one from its address, a transaction under a lock.
       recordSuccess: (record) =>
         this.guard(async () => {
-          if (!(await this.r.logins.recordRepeat(this.r.db.sql, record))) await this.r.db.transaction((tx) => this.r.logins.recordSuccess(tx, record));
+          if (!(await this.r.logins.recordRepeat(this.r.db.sql, record))) await this.r.logins.recordFirst(this.r.db, record);
         }, true),
       recordFailure: (username, reason, context) => this.write((r, tx) => r.logins.recordFailure(tx, username, reason, context)),
     };
