@@ -100,13 +100,17 @@ export class AbuseGuard {
     const release = once(() => this.release(clientKey));
     try {
       const penalties = this.store.penalties;
-      const ip = await penalties.get('ip', clientKey, this.rules.ip.windowMs);
+      const account = tryNormaliseUsername(username);
+      // Both read at once: on a database across the network each read is a round trip of every login.
+      const [ip, accountState] = await Promise.all([
+        penalties.get('ip', clientKey, this.rules.ip.windowMs),
+        account === null ? null : penalties.get('account', account, this.rules.account.windowMs),
+      ]);
       if (this.isBlocked(ip)) {
         release();
         return { ok: false, blockedBy: 'ip' };
       }
-      const account = tryNormaliseUsername(username);
-      if (account !== null && this.isBlocked(await penalties.get('account', account, this.rules.account.windowMs))) {
+      if (accountState !== null && this.isBlocked(accountState)) {
         if (ip.failures > 0 || canonicalAppPassword(password.toString('utf8')) === null) {
           release();
           return { ok: false, blockedBy: 'account' };

@@ -104,6 +104,8 @@ export class PgLogins {
       await this.audit.record(sql, 'login-ok', { username, appPasswordId: null, ip: context.clientIp, protocol: context.protocol, detail: 'upstream-password' });
       return true;
     }
+    // Never used (as the login just read it): no login of it can be in the trail, from anywhere.
+    if (appPassword.lastUsed === null && context.clientIp !== null) return false;
     const row = await sql.one<{ seen: boolean }>(RECORD_REPEAT, [appPassword.id, context.clientIp, this.now(), context.protocol, context.client ?? null, username]);
     return row?.seen === true;
   }
