@@ -60,8 +60,8 @@ export interface ChangeMessage extends StoreChange {
  * backend, and its ROLLBACK queued behind it), so a lock held elsewhere
  * would pile up backends on every node. The server cancels the statement a
  * little before the client gives up, which leaves the connection usable.
- * (A pooler in transaction mode drops these start-up settings; set them on
- * the role there: docs/scaling.md.)
+ * (A pooler that drops start-up settings needs them set on the role:
+ * docs/scaling.md.)
  */
 export function connectionConfig(options: Pick<PostgresOptions, 'url' | 'passwordFile' | 'unboundedStatements'>): pg.ClientConfig {
   const timeoutMs = FIXED_LIMITS.postgres_timeout_seconds * 1000;
