@@ -337,12 +337,13 @@ describe('PostgreSQL down and back', () => {
 });
 
 describe('a connection lost or stuck under a write', () => {
-  it('a write whose connection is ended mid-statement fails as a database failure; the process does not crash, and the next write works', async () => {
-    // Catches: the pg client's 'error' event with no listener while the connection is checked out of
-    // the pool (an uncaught exception: the CLI dies with a stack trace, the gateway logs a crash).
+  /**
+   * A store with alice, whose account row another session (a DBA's, say)
+   * holds locked in an open transaction: writes to alice wait on it.
+   */
+  async function aliceLockedElsewhere() {
     const t = await store();
-    const node = t.api;
-    await node.accounts.add('alice');
+    await t.api.accounts.add('alice');
     const db = databaseOf(t.postgres!.url);
     const holder = new pg.Client({ connectionString: t.postgres!.url });
     holder.on('error', () => undefined);
@@ -350,37 +351,35 @@ describe('a connection lost or stuck under a write', () => {
     cleanups.push(() => holder.end().catch(() => undefined));
     await holder.query('BEGIN');
     await holder.query("SELECT * FROM accounts WHERE username = 'alice' FOR UPDATE");
+    const waiting = () => server.admin<{ pid: number }>(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'mailgate' AND wait_event_type = 'Lock'");
+    const release = async () => {
+      await holder.query('ROLLBACK');
+      await waitUntil(async () => t.api.writable().then(() => true, () => false), 'writes to work again', 5000);
+    };
+    return { node: t.api, db, waiting, release };
+  }
+
+  it('a write whose connection is ended mid-statement fails as a database failure; the process does not crash, and the next write works', async () => {
+    // Catches: the pg client's 'error' event with no listener while the connection is checked out of
+    // the pool (an uncaught exception: the CLI dies with a stack trace, the gateway logs a crash).
+    const { node, db, waiting, release } = await aliceLockedElsewhere();
     const stuck = node.totp.enroll('alice');
     stuck.catch(() => undefined);
-    const waiting = async () =>
-      server.admin<{ pid: number }>(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'mailgate' AND wait_event_type = 'Lock'");
     await waitUntil(async () => (await waiting()).length === 1, 'the write to wait on the lock', 3000);
     await server.admin(db, 'SELECT pg_terminate_backend($1)', [(await waiting())[0]!.pid]);
     await expect(stuck).rejects.toThrow();
-    await holder.query('ROLLBACK');
-    await waitUntil(async () => node.writable().then(() => true, () => false), 'writes to work again', 5000);
+    await release();
     await node.totp.enroll('alice');
   });
 
   it('a write stuck behind a lock held elsewhere is cancelled by the server: no backend is left waiting', async () => {
     // Catches: a client-side timeout alone, which leaves the statement (and its backend) waiting on the
     // server, so every retry piles up one more backend until the server's connections run out.
-    const t = await store();
-    const node = t.api;
-    await node.accounts.add('alice');
-    const db = databaseOf(t.postgres!.url);
-    const holder = new pg.Client({ connectionString: t.postgres!.url });
-    holder.on('error', () => undefined);
-    await holder.connect();
-    cleanups.push(() => holder.end().catch(() => undefined));
-    await holder.query('BEGIN');
-    await holder.query("SELECT * FROM accounts WHERE username = 'alice' FOR UPDATE");
+    const { node, waiting, release } = await aliceLockedElsewhere();
     const results = await Promise.allSettled([node.totp.enroll('alice'), node.totp.enroll('alice'), node.totp.enroll('alice')]);
     expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected']);
-    const left = await server.admin(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'mailgate' AND wait_event_type = 'Lock'");
-    expect(left).toEqual([]);
-    await holder.query('ROLLBACK');
-    await waitUntil(async () => node.writable().then(() => true, () => false), 'writes to work again', 5000);
+    expect(await waiting()).toEqual([]);
+    await release();
   }, 30_000);
 });
 
