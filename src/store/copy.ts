@@ -60,9 +60,12 @@ export async function copySqliteToPostgres(sourcePath: string, target: PgStoreOp
     if (version !== SQLITE_SCHEMA_VERSION) {
       throw new MailgateError(ErrorCodes.DB_CHECK_FAILED, `${sourcePath} has schema version ${version}, not ${SQLITE_SCHEMA_VERSION}; run "mailgate store migrate" on it first`);
     }
-    await migrate(db.pool, { url: target.url });
+    await migrate({ url: target.url, ...(target.passwordFile ? { passwordFile: target.passwordFile } : {}), upgrade: true });
     await refuseNonEmpty(db.sql, target.url);
     await checkedKey(db.sql, target);
+    // One read snapshot of the source for the copy and the comparison: a
+    // gateway still writing to it cannot make the tables disagree.
+    source.exec('BEGIN');
     await db.transaction(async (tx) => {
       for (const table of TABLES) await copyTable(source, tx, table);
     });
@@ -70,6 +73,7 @@ export async function copySqliteToPostgres(sourcePath: string, target: PgStoreOp
     for (const table of TABLES) tables.push(await compareTable(source, db.sql, table));
     return { source: sourcePath, target: safeUrl(target.url), tables, ok: tables.every((t) => t.same && t.source === t.target) };
   } finally {
+    if (source.inTransaction) source.exec('COMMIT');
     source.close();
     await db.close();
   }

@@ -70,6 +70,8 @@ export async function openStore(config: Config, options: OpenStoreOptions): Prom
         ...(options.argon2 ? { argon2: options.argon2 } : {}),
         ...(options.now ? { now: options.now } : {}),
         ...(options.mustExist ? { mustExist: true } : {}),
+        // As on SQLite, only the gateway (and `store migrate`) brings an older schema up to date.
+        ...(gateway ? { upgrade: true } : {}),
       }),
       { log: options.log, listen: gateway },
     );

@@ -23,14 +23,14 @@ import fastifyHelmet from '@fastify/helmet';
 import fastifySession from '@fastify/session';
 import { webSessionLimits } from '../config/schema.js';
 import type { Logger } from '../log/logger.js';
-import { page, type WebContext } from './context.js';
+import { signedIn, type WebContext } from './context.js';
 import { PageSessionStore } from './session-store.js';
 import type { PageTls } from './server.js';
 import { appPasswordRoutes } from './routes/app-passwords.js';
 import { reauthRoutes } from './routes/security.js';
 import { signInRoutes } from './routes/sign-in.js';
 import { twoStepRoutes } from './routes/two-step.js';
-import { WEB_ROOT } from './views.js';
+import { render, WEB_ROOT } from './views.js';
 
 /** Forms are a few fields; anything bigger is not one of ours. */
 const BODY_LIMIT = 16 * 1024;
@@ -148,10 +148,20 @@ function assets(app: FastifyInstance): void {
   app.get('/favicon.ico', async (_request, reply) => reply.code(204).header('cache-control', 'public, max-age=86400').send());
 }
 
+/**
+ * An error answer keeps no session change: what the failed request changed
+ * is not kept, and when the store is what failed, saving the session on the
+ * way out would fail again, leaving fastify to answer with its own JSON,
+ * which names the error. Only a signed-in user gets the sign-out form (with
+ * the token of the session as it is stored).
+ */
 function errorPage(request: FastifyRequest, reply: FastifyReply, status: number, heading: string, message: string): FastifyReply {
-  // A page without a session (a refused cross-site POST, say) gets no form: only the link back.
-  if (!request.session) return reply.code(status).type('text/plain; charset=utf-8').send(`${heading}: ${message}\n`);
-  return page(request, reply, 'error', { title: heading, heading, message }, status);
+  const user = request.session ? signedIn(request)?.username : undefined;
+  const csrf = user ? reply.generateCsrf() : '';
+  // @fastify/session saves request.session in its onSend hook; without one there is nothing to save.
+  (request as unknown as { session: null }).session = null;
+  const html = render('error', { title: heading, heading, message, csrf, ...(user ? { user } : {}) });
+  return reply.code(status).header('cache-control', 'no-store').type('text/html; charset=utf-8').send(html);
 }
 
 /** Every error gets a page that says what the user can do, never how the server failed. */

@@ -7,6 +7,8 @@
  *  - a revocation made by another node (a third Store) or by the CLI closes
  *    an IDLE session within 1 s, on the node that holds it, although the
  *    nodes poll only every 5 s: the NOTIFY is what reaches them;
+ *  - a revocation whose notification never arrives closes the session by
+ *    polling, within the 5-second promise;
  *  - PostgreSQL stopped: logins fail closed (NO [UNAVAILABLE], -ERR
  *    [SYS/TEMP]), a session already relaying goes on; started again: logins
  *    work, with no restart.
@@ -24,7 +26,7 @@ import { startDovecot, type DovecotHandle } from '../support/dovecot.js';
 import { logLines, startGateway, type GatewayHandle } from '../support/gateway.js';
 import { taggedLine, type ImapClient } from '../support/imap-client.js';
 import { pop3s } from '../support/pop3-client.js';
-import type { PostgresHandle } from '../support/postgres.js';
+import { databaseOf, type PostgresHandle } from '../support/postgres.js';
 import { FAST_ARGON2, postgresServer, useEngine } from '../support/store.js';
 import { sleep, waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
@@ -113,6 +115,25 @@ describe('two gateway nodes on one PostgreSQL store', () => {
     expect(Date.now() - since).toBeLessThan(1000);
     expect(logLines(nodeA, 'closing a session whose credentials are no longer valid', { user: 'bob' })).toHaveLength(1);
     expect(logLines(nodeB, 'closing a session whose credentials are no longer valid', { user: 'bob' })).toHaveLength(1);
+  }, 60_000);
+
+  it('a revocation whose notification never arrives (a node whose LISTEN was down) still closes the session, by polling, within 5 s', async () => {
+    // Catches: a watcher that relies on NOTIFY alone, or a change token that does not move for a change
+    // committed by another node. The revocation is committed the way a node commits one, minus the NOTIFY.
+    const { info, password } = await nodeA.gateway.store.appPasswords.create('carol', { name: 'old phone' });
+    const onB = await login(nodeB, 'carol', password);
+    await idle(onB);
+    await sleep(3 * POLL_SECONDS * 1000 + 1000);
+    const since = Date.now();
+    await pg.admin(
+      databaseOf(url),
+      `BEGIN;
+       UPDATE app_passwords SET revoked_at = ${Date.now()} WHERE id = ${info.id};
+       INSERT INTO store_changes (node, n, at) VALUES ('a node whose NOTIFY was lost', 1, ${Date.now()});
+       COMMIT;`,
+    );
+    expect(await onB.waitClosed(POLL_SECONDS * 1000 + 2_000)).toContain(REVOKED_BYE);
+    expect(Date.now() - since).toBeLessThanOrEqual(POLL_SECONDS * 1000 + 500);
   }, 60_000);
 
   it('PostgreSQL stopped: logins fail closed, a relaying session goes on; started again: logins work, no restart', async () => {

@@ -9,12 +9,14 @@
 import { writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { generateSync } from 'otplib';
+import pg from 'pg';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCodes } from '../../src/errors.js';
 import { silentLogger } from '../../src/log/logger.js';
 import { copySqliteToPostgres } from '../../src/store/copy.js';
 import { checkPostgres, migratePostgres } from '../../src/store/postgres/maintenance.js';
 import { SCHEMA_VERSION } from '../../src/store/postgres/migrations.js';
+import { safeUrl } from '../../src/store/postgres/database.js';
 import { PostgresStore } from '../../src/store/postgres/postgres-store.js';
 import { loadOrCreateKey } from '../../src/store/secret-box.js';
 import type { PgStoreOptions } from '../../src/store/postgres/repositories.js';
@@ -26,6 +28,15 @@ import { sleep, waitUntil } from '../support/timing.js';
 import { makeTempDir, removeTempDir } from '../support/tmp.js';
 
 useEngine('postgres');
+
+/** migrations.ts's advisory lock key ("mailgate" in ASCII). */
+const MIGRATION_LOCK_KEY = (0x6d61696c67617465n).toString();
+
+it('never shows a password of the URL, in the authority or in the query', () => {
+  // Catches: postgres://u@h/db?password=... (which libpq and node-postgres honour) printed in logs and errors.
+  expect(safeUrl('postgres://mailgate:s3cret@db:5432/mg?sslmode=verify-full')).toBe('postgres://mailgate:***@db:5432/mg?sslmode=verify-full');
+  expect(safeUrl('postgres://mailgate@db/mg?password=s3cret&sslpassword=k3y')).not.toMatch(/s3cret|k3y/);
+});
 
 let server: PostgresHandle;
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -231,6 +242,27 @@ describe('nodes on one PostgreSQL store', () => {
     expect(await t.api.foreignChangeToken()).not.toBe(before);
     await waitUntil(() => heard.some((c) => c.kind === 'account'), 'the CLI\'s change to be heard', 1000);
   });
+
+  it("the token still moves when housekeeping folds a stale node's count in the same poll as a new change", async () => {
+    // Catches: a token of (sum, count of rows) that a pruned row and a new row of the same count leave
+    // unchanged, so a node whose LISTEN is down never checks its sessions again.
+    const t = await store();
+    const a = t.api;
+    const b = (await t.open()) as PostgresStore;
+    const db = databaseOf(t.postgres!.url);
+    // Yesterday's CLI run, one change.
+    await server.admin(db, "INSERT INTO store_changes (node, n, at) VALUES ('cli/yesterday', 1, 0)");
+    const before = await b.foreignChangeToken();
+    await b.prune({ penaltiesOlderThanMs: 60_000, auditMaxAgeMs: 0 });
+    expect(await b.foreignChangeToken()).toBe(before);
+    // Today's CLI run, one change: the token must move although the number of rows did not.
+    await server.admin(db, "INSERT INTO store_changes (node, n, at) VALUES ('cli/today', 1, $1)", [Date.now()]);
+    expect(await b.foreignChangeToken()).not.toBe(before);
+    const rows = await server.admin<{ node: string; n: number }>(db, 'SELECT node, n::int AS n FROM store_changes ORDER BY node');
+    expect(rows.filter((r) => r.node.startsWith('cli/')).map((r) => r.node)).toEqual(['cli/today']);
+    expect(rows.find((r) => r.node === '(pruned)')?.n).toBe(1);
+    await a.writable();
+  });
 });
 
 describe('migrations', () => {
@@ -254,6 +286,40 @@ describe('migrations', () => {
     await expect(refused).rejects.toMatchObject({ code: ErrorCodes.DB_NEWER });
     await expect(refused).rejects.toThrow(/^postgres:\/\/mailgate:\*\*\*@127\.0\.0\.1:\d+\/\w+ has schema version 7, newer than this mailgate understands \(4\); upgrade mailgate$/);
   });
+
+  it('an older schema is migrated by a gateway and by store migrate, and refused by any other open, which changes nothing', async () => {
+    // Catches: a CLI of a new version changing the shared schema under nodes still running the old one.
+    const t = await store();
+    const db = databaseOf(t.postgres!.url);
+    await server.admin(db, 'DELETE FROM schema_migrations WHERE version = 4');
+    const options = { ...(await optionsFor(t.postgres!.url, t.keyFile)), mustExist: true };
+    const cli = PostgresStore.open(options, { log: silentLogger(), listen: false });
+    await expect(cli).rejects.toMatchObject({ code: ErrorCodes.DB_OLDER });
+    await expect(cli).rejects.toThrow(/has schema version 3, older than this mailgate's \(4\): run "mailgate store migrate" or start a gateway of this version/);
+    expect((await server.admin<{ v: number }>(db, 'SELECT max(version) AS v FROM schema_migrations'))[0]!.v).toBe(3);
+    // Undo what version 4 made, so that store migrate can apply it again.
+    await server.admin(db, 'DROP INDEX IF EXISTS audit_by_username; DROP INDEX IF EXISTS audit_by_app_password_ip; DROP TABLE IF EXISTS web_sessions; DROP TABLE IF EXISTS recovery_codes');
+    expect(await migratePostgres(options)).toEqual({ from: 3, to: 4 });
+    expect((await checkPostgres(options)).ok).toBe(true);
+  });
+
+  it('waits for another node\'s migration however long it holds the lock (beyond the statement timeout)', async () => {
+    // Catches: the advisory lock taken under the store's 5 s statement timeout, so a node starting
+    // while a long migration runs elsewhere fails to start.
+    const url = await server.createDatabase();
+    const holder = new pg.Client({ connectionString: url });
+    holder.on('error', () => undefined);
+    await holder.connect();
+    cleanups.push(() => holder.end());
+    await holder.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
+    const started = Date.now();
+    const opening = open(await optionsFor(url));
+    await sleep(6000);
+    await holder.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]);
+    const node = await opening;
+    expect(Date.now() - started).toBeGreaterThan(6000);
+    await node.accounts.add('alice');
+  }, 20_000);
 
   it('store migrate makes the schema in an empty database and records the key file; store check passes, and names a wrong key file', async () => {
     const url = await server.createDatabase();
@@ -322,6 +388,53 @@ describe('PostgreSQL down and back', () => {
       return heard.length > 0;
     }, 'a notification after the restart', 10_000);
   });
+});
+
+describe('a connection lost or stuck under a write', () => {
+  /**
+   * A store with alice, whose account row another session (a DBA's, say)
+   * holds locked in an open transaction: writes to alice wait on it.
+   */
+  async function aliceLockedElsewhere() {
+    const t = await store();
+    await t.api.accounts.add('alice');
+    const db = databaseOf(t.postgres!.url);
+    const holder = new pg.Client({ connectionString: t.postgres!.url });
+    holder.on('error', () => undefined);
+    await holder.connect();
+    cleanups.push(() => holder.end().catch(() => undefined));
+    await holder.query('BEGIN');
+    await holder.query("SELECT * FROM accounts WHERE username = 'alice' FOR UPDATE");
+    const waiting = () => server.admin<{ pid: number }>(db, "SELECT pid FROM pg_stat_activity WHERE application_name = 'mailgate' AND wait_event_type = 'Lock'");
+    const release = async () => {
+      await holder.query('ROLLBACK');
+      await waitUntil(async () => t.api.writable().then(() => true, () => false), 'writes to work again', 5000);
+    };
+    return { node: t.api, db, waiting, release };
+  }
+
+  it('a write whose connection is ended mid-statement fails as a database failure; the process does not crash, and the next write works', async () => {
+    // Catches: the pg client's 'error' event with no listener while the connection is checked out of
+    // the pool (an uncaught exception: the CLI dies with a stack trace, the gateway logs a crash).
+    const { node, db, waiting, release } = await aliceLockedElsewhere();
+    const stuck = node.totp.enroll('alice');
+    stuck.catch(() => undefined);
+    await waitUntil(async () => (await waiting()).length === 1, 'the write to wait on the lock', 3000);
+    await server.admin(db, 'SELECT pg_terminate_backend($1)', [(await waiting())[0]!.pid]);
+    await expect(stuck).rejects.toThrow();
+    await release();
+    await node.totp.enroll('alice');
+  });
+
+  it('a write stuck behind a lock held elsewhere is cancelled by the server: no backend is left waiting', async () => {
+    // Catches: a client-side timeout alone, which leaves the statement (and its backend) waiting on the
+    // server, so every retry piles up one more backend until the server's connections run out.
+    const { node, waiting, release } = await aliceLockedElsewhere();
+    const results = await Promise.allSettled([node.totp.enroll('alice'), node.totp.enroll('alice'), node.totp.enroll('alice')]);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected']);
+    expect(await waiting()).toEqual([]);
+    await release();
+  }, 30_000);
 });
 
 describe('store copy from SQLite', () => {

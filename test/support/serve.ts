@@ -29,8 +29,9 @@ export interface ServeProcess {
  * The TOML for a gateway in front of `dc`: its certificate, one implicit-TLS
  * IMAP listener on a free loopback port (more can follow in `extra`), both
  * upstreams over verified STARTTLS, and Dovecot's master user.
+ * `proxyProtocol`: that listener expects a PROXY header (behind HAProxy).
  */
-export function dovecotServeToml(dc: DovecotHandle, extra = ''): string {
+export function dovecotServeToml(dc: DovecotHandle, extra = '', options: { proxyProtocol?: boolean } = {}): string {
   return `[tls]
 cert = ${JSON.stringify(dc.pki.serverCert)}
 key = ${JSON.stringify(dc.pki.serverKey)}
@@ -41,7 +42,7 @@ protocol = "imap"
 host = "127.0.0.1"
 port = 0
 tls = "implicit"
-
+${options.proxyProtocol ? 'proxy_protocol = true\n' : ''}
 [upstream.imap]
 host = "127.0.0.1"
 port = ${dc.imapPort}

@@ -20,6 +20,9 @@ export interface PageGateway extends GatewayHandle {
   url: string;
 }
 
+/** Where a request goes: an in-process gateway's page, or a `mailgate serve` node's (its URL and the test CA). */
+export type PageTarget = Pick<PageGateway, 'url' | 'caCert'>;
+
 /** A gateway with the page on (a free loopback port), everything else as startGateway makes it. */
 export async function startPageGateway(dc: DovecotHandle, options: GatewayTestOptions = {}): Promise<PageGateway> {
   const extra = options.config ?? {};
@@ -123,7 +126,7 @@ export interface RequestOptions {
 }
 
 /** One request to the page (HTTPS trusting the test CA, or HTTP); nothing is followed or remembered. */
-export function request(gw: PageGateway, method: string, pathName: string, options: RequestOptions = {}): Promise<HttpAnswer> {
+export function request(gw: PageTarget, method: string, pathName: string, options: RequestOptions = {}): Promise<HttpAnswer> {
   const url = new URL(pathName, gw.url);
   return new Promise((resolve, reject) => {
     const tls = url.protocol === 'https:';
@@ -162,7 +165,7 @@ export class PageClient {
   csrf: string | null = null;
 
   constructor(
-    private readonly gw: PageGateway,
+    private readonly gw: PageTarget,
     private readonly from?: string,
   ) {}
 

@@ -73,17 +73,40 @@ export interface ChangeMessage extends StoreChange {
   node: string;
 }
 
-/** The settings of every connection to the store: the URL, the password, the timeouts. */
+/**
+ * The settings of every connection to the store: the URL, the password, the
+ * timeouts. The server's own timeouts come first: node-postgres's
+ * query_timeout only stops waiting, while the statement runs on (holding a
+ * backend, and its ROLLBACK queued behind it), so a lock held elsewhere
+ * would pile up backends on every node. The server cancels the statement a
+ * little before the client gives up, which leaves the connection usable.
+ * (A pooler that drops start-up settings needs them set on the role:
+ * docs/scaling.md.)
+ */
 export function connectionConfig(options: Pick<PostgresOptions, 'url' | 'passwordFile' | 'unboundedStatements'>): pg.ClientConfig {
   const timeoutMs = FIXED_LIMITS.postgres_timeout_seconds * 1000;
+  const serverMs = timeoutMs - 500;
   return {
     connectionString: options.passwordFile ? withPassword(options.url, readPassword(options.passwordFile)) : options.url,
     connectionTimeoutMillis: timeoutMs,
-    ...(options.unboundedStatements ? {} : { query_timeout: timeoutMs }),
+    ...(options.unboundedStatements
+      ? {}
+      : { query_timeout: timeoutMs, statement_timeout: serverMs, lock_timeout: serverMs, idle_in_transaction_session_timeout: 2 * timeoutMs }),
     keepAlive: true,
+    // A connection whose peer vanished without a reset (a lost network) is noticed in seconds, not the kernel's two hours.
+    keepAliveInitialDelayMillis: 10_000,
     application_name: 'mailgate',
     types: TYPES,
   };
+}
+
+/**
+ * Keeps a connection's 'error' event from ending the process. node-postgres
+ * emits it (besides rejecting the query) when the server goes away, and the
+ * pool only listens while a connection is idle in it; `onError` marks it.
+ */
+export function guardClient(client: pg.ClientBase, onError: (err: Error) => void): void {
+  client.on('error', onError);
 }
 
 /** The URL with the password in it: node-postgres takes every field of a connection string over the separate ones. */
@@ -105,11 +128,15 @@ function readPassword(file: string): string {
   }
 }
 
-/** The URL without its password, for messages and logs. */
+/** Query parameters libpq reads a password from. */
+const PASSWORD_PARAMETERS = ['password', 'sslpassword'];
+
+/** The URL without its password (in the authority or the query), for messages and logs. */
 export function safeUrl(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password) parsed.password = '***';
+    for (const name of PASSWORD_PARAMETERS) if (parsed.searchParams.has(name)) parsed.searchParams.set(name, '***');
     return parsed.toString();
   } catch {
     return 'the configured store.url';
@@ -147,8 +174,19 @@ export class PgDatabase {
     // A pooled connection that dies while idle (the server restarted) is
     // dropped by the pool; without a listener the error would end the process.
     this.pool.on('error', onIdleError);
+    // One that dies while checked out (a write in flight) emits it with no pool
+    // listener attached: it is marked, and its transaction does not return it.
+    this.pool.on('connect', (client) =>
+      guardClient(client, (err) => {
+        this.broken.add(client);
+        onIdleError(err);
+      }),
+    );
     this.sql = sqlOver(this.pool);
   }
+
+  /** Connections that reported an error: never handed back to the pool. */
+  private readonly broken = new WeakSet<pg.ClientBase>();
 
   /**
    * Runs `work` in one transaction on one connection: all or nothing. The
@@ -160,17 +198,22 @@ export class PgDatabase {
     const changes: StoreChange[] = [];
     const tx: Tx = { ...sqlOver(client), changed: (change) => void changes.push(change) };
     let broken = false;
+    let committing = false;
+    let result: T;
     try {
       // `lockKey`: a transaction-scoped advisory lock taken with the BEGIN, in
       // the same round trip (two statements in one simple query: the key is a
       // bigint, so its digits are all the text there is to put in it).
       await client.query(options.lockKey === undefined ? 'BEGIN' : `BEGIN; SELECT pg_advisory_xact_lock(${BigInt.asIntN(64, options.lockKey).toString()})`);
-      const result = await work(tx);
+      result = await work(tx);
       if (changes.length > 0) await this.announceIn(tx, changes);
+      committing = true;
       await client.query('COMMIT');
-      this.onCommitted(changes);
-      return result;
     } catch (err) {
+      // A COMMIT whose answer was lost may have committed: this node's own
+      // sessions are checked again as if it had (an extra check is harmless;
+      // a missed revocation is not).
+      if (committing) this.announceLocally(changes);
       try {
         await client.query('ROLLBACK');
       } catch {
@@ -179,7 +222,19 @@ export class PgDatabase {
       }
       throw err;
     } finally {
-      client.release(broken);
+      client.release(broken || this.broken.has(client));
+    }
+    this.announceLocally(changes);
+    return result;
+  }
+
+  /** This process's listeners, after the commit: a listener that throws does not make a committed write look failed. */
+  private announceLocally(changes: StoreChange[]): void {
+    if (changes.length === 0) return;
+    try {
+      this.onCommitted(changes);
+    } catch {
+      // The listeners are the store's own event emitter; they log their own failures.
     }
   }
 

@@ -56,7 +56,7 @@ async function keyProblems(db: PgDatabase, keyFile: string): Promise<string[]> {
 export async function migratePostgres(options: PgStoreOptions): Promise<{ from: number; to: number }> {
   const db = new PgDatabase(options, 'store migrate', () => undefined);
   try {
-    const result = await migrate(db.pool, { url: options.url });
+    const result = await migrate({ url: options.url, ...(options.passwordFile ? { passwordFile: options.passwordFile } : {}), upgrade: true });
     await checkedKey(db.sql, options);
     return result;
   } finally {

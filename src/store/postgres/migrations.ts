@@ -14,10 +14,10 @@
  * and `store_meta` (a check value of the key file, so a node started with
  * another key file is refused instead of failing every TOTP code).
  */
-import type pg from 'pg';
+import pg from 'pg';
 import { ErrorCodes, MailgateError } from '../../errors.js';
 import type { Migration } from '../sqlite/migrations.js';
-import { safeUrl } from './database.js';
+import { connectionConfig, guardClient, safeUrl, type PostgresOptions } from './database.js';
 
 export const MIGRATIONS: readonly Migration[] = [
   {
@@ -150,38 +150,60 @@ export async function schemaVersion(client: pg.ClientBase): Promise<number> {
   return result.rows[0]?.version ?? 0;
 }
 
-export interface MigrateOptions {
-  url: string;
+export interface MigrateOptions extends Pick<PostgresOptions, 'url' | 'passwordFile'> {
   /** Refuse a database without a mailgate schema instead of creating one. */
   mustExist?: boolean;
+  /**
+   * Bring an older schema to this version (the gateway, and `store migrate`).
+   * Other commands refuse it: a CLI of a new version must not change the
+   * schema under nodes still running the old one.
+   */
+  upgrade?: boolean;
 }
 
 /**
  * Applies the pending migrations, each in its own transaction, under the
  * advisory lock; refuses a newer schema. Returns the versions before and after.
+ *
+ * It runs on a connection of its own without the store's statement
+ * timeouts: waiting for another node's migration, or building an index on a
+ * large table, may take longer than a login statement may.
  */
-export async function migrate(pool: pg.Pool, options: MigrateOptions): Promise<{ from: number; to: number }> {
-  const client = await pool.connect();
+export async function migrate(options: MigrateOptions): Promise<{ from: number; to: number }> {
+  const client = new pg.Client(connectionConfig({ ...options, unboundedStatements: true }));
+  // A lost connection rejects the statement in flight; the event must not also end the process.
+  guardClient(client, () => undefined);
+  await client.connect();
   try {
     await client.query('SELECT pg_advisory_lock($1)', [MIGRATION_LOCK.toString()]);
     try {
       const from = await schemaVersion(client);
-      if (from > SCHEMA_VERSION) {
-        throw new MailgateError(
-          ErrorCodes.DB_NEWER,
-          `${safeUrl(options.url)} has schema version ${from}, newer than this mailgate understands (${SCHEMA_VERSION}); upgrade mailgate`,
-        );
-      }
-      if (from === 0 && options.mustExist) {
-        throw new MailgateError(ErrorCodes.DB_UNAVAILABLE, `${safeUrl(options.url)} holds no mailgate store; run "mailgate store migrate" or start the gateway first`);
-      }
+      refuseVersion(from, options);
       for (const migration of MIGRATIONS.filter((m) => m.version > from)) await apply(client, migration);
       return { from, to: Math.max(from, SCHEMA_VERSION) };
     } finally {
       await client.query('SELECT pg_advisory_unlock($1)', [MIGRATION_LOCK.toString()]);
     }
   } finally {
-    client.release();
+    // Ending the session also releases the lock, should the unlock have failed.
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** A schema this open may not use as it is, or may not migrate. */
+function refuseVersion(from: number, options: MigrateOptions): void {
+  const url = safeUrl(options.url);
+  if (from > SCHEMA_VERSION) {
+    throw new MailgateError(ErrorCodes.DB_NEWER, `${url} has schema version ${from}, newer than this mailgate understands (${SCHEMA_VERSION}); upgrade mailgate`);
+  }
+  if (from === 0 && options.mustExist) {
+    throw new MailgateError(ErrorCodes.DB_UNAVAILABLE, `${url} holds no mailgate store; run "mailgate store migrate" or start the gateway first`);
+  }
+  if (from > 0 && from < SCHEMA_VERSION && !options.upgrade) {
+    throw new MailgateError(
+      ErrorCodes.DB_OLDER,
+      `${url} has schema version ${from}, older than this mailgate's (${SCHEMA_VERSION}): run "mailgate store migrate" or start a gateway of this version, then run this again`,
+    );
   }
 }
 

@@ -14,6 +14,8 @@ import type { StoreChange } from '../store.js';
 import { CHANNEL, connectionConfig, type ChangeMessage, type PostgresOptions } from './database.js';
 
 const FIRST_RETRY_MS = 250;
+/** How often the LISTEN connection is asked whether it is still there. */
+const HEARTBEAT_MS = 10_000;
 const KINDS: ReadonlySet<string> = new Set<StoreChange['kind']>(['account', 'app-password', 'totp', 'block', 'penalties-cleared', 'web-sessions']);
 
 export interface ListenerEvents {
@@ -29,6 +31,7 @@ export class ChangeListener {
   private listening = false;
   private retryMs = FIRST_RETRY_MS;
   private timer: NodeJS.Timeout | null = null;
+  private beat: NodeJS.Timeout | null = null;
   private stopped = false;
   /** Whether the last loss was logged: one line per outage, not per attempt. */
   private down = false;
@@ -69,13 +72,29 @@ export class ChangeListener {
       return;
     }
     this.listening = true;
+    this.heartbeat(client);
     this.retryMs = FIRST_RETRY_MS;
     if (this.down) this.log.info('listening for other nodes\' changes again');
     this.down = false;
   }
 
+  /**
+   * A LISTEN connection only receives, so a peer gone without a reset (a
+   * lost network, a failover) would go unnoticed: a statement now and then
+   * (under the store's query timeout) finds it, and the reconnect begins.
+   */
+  private heartbeat(client: pg.Client): void {
+    this.beat = setInterval(() => {
+      if (this.current !== client) return;
+      client.query('SELECT 1').catch((err: unknown) => this.lose(client, err));
+    }, HEARTBEAT_MS);
+    this.beat.unref();
+  }
+
   private lose(client: pg.Client, err: unknown): void {
     if (this.current !== client) return;
+    if (this.beat) clearInterval(this.beat);
+    this.beat = null;
     this.current = null;
     this.listening = false;
     client.removeAllListeners('end');
@@ -109,6 +128,8 @@ export class ChangeListener {
     this.stopped = true;
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    if (this.beat) clearInterval(this.beat);
+    this.beat = null;
     const client = this.current;
     this.current = null;
     this.listening = false;

@@ -2,9 +2,10 @@
  * Failed-login counters and blocks on PostgreSQL, shared by every node: a
  * failure counted on one node counts on all. The arithmetic is
  * penalty-counting.ts's; the row is counted under its own lock. The row is
- * made first (INSERT ... ON CONFLICT DO NOTHING: no two nodes can both make
- * it), then read FOR UPDATE and written back in the same transaction, so two
- * nodes counting at once add up instead of overwriting each other.
+ * made or locked in one statement (INSERT ... ON CONFLICT DO UPDATE ...
+ * RETURNING: no two nodes can both make it), then written back in the same
+ * transaction, so two nodes counting at once add up instead of overwriting
+ * each other.
  */
 import { countedPenalty, currentPenalty } from '../penalty-counting.js';
 import { PENALTY_COLUMNS, toPenaltyState, type PenaltyRow } from '../rows.js';
@@ -13,8 +14,10 @@ import { prepared, type Sql, type Tx } from './database.js';
 
 // Every login reads two penalties, every failure counts two: prepared (database.ts says why).
 const GET = prepared(`SELECT ${PENALTY_COLUMNS} FROM penalties WHERE kind = $1 AND key = $2`);
-const MAKE = prepared('INSERT INTO penalties (kind, key, failures, repeats, window_start, last_failure) VALUES ($1, $2, 0, 0, $3, 0) ON CONFLICT (kind, key) DO NOTHING');
-const LOCK = prepared(`SELECT ${PENALTY_COLUMNS} FROM penalties WHERE kind = $1 AND key = $2 FOR UPDATE`);
+const MAKE_OR_LOCK = prepared(
+  `INSERT INTO penalties (kind, key, failures, repeats, window_start, last_failure) VALUES ($1, $2, 0, 0, $3, 0)
+   ON CONFLICT (kind, key) DO UPDATE SET kind = excluded.kind RETURNING ${PENALTY_COLUMNS}`,
+);
 const SAVE = prepared(
   'UPDATE penalties SET failures = $3, repeats = $4, window_start = $5, last_failure = $6, blocked_until = $7 WHERE kind = $1 AND key = $2',
 );
@@ -30,8 +33,11 @@ export class PgPenalties {
   async count(tx: Tx, kind: PenaltyKind, key: string, rules: PenaltyRules, field: 'failures' | 'repeats'): Promise<{ state: PenaltyState; blockStarted: boolean }> {
     const now = this.now();
     // A fresh row is a fresh window (window_start now): the same as no row.
-    await tx.run(MAKE, [kind, key, now]);
-    const row = await tx.one<PenaltyRow>(LOCK, [kind, key]);
+    // One statement makes the row or locks the one there (the no-op update
+    // takes the row lock): between a separate insert and SELECT ... FOR
+    // UPDATE, another node's clear or prune could delete it, and the
+    // failure would be lost.
+    const row = await tx.one<PenaltyRow>(MAKE_OR_LOCK, [kind, key, now]);
     const counted = countedPenalty(currentPenalty(row ? toPenaltyState(row) : null, kind, key, rules.windowMs, now), field, rules, now);
     const next = counted.state;
     await tx.run(SAVE, [kind, key, next.failures, next.repeats, next.windowStart, next.lastFailure, next.blockedUntil]);

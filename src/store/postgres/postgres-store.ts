@@ -48,11 +48,12 @@ const RETRY_MS = FIXED_LIMITS.store_retry_seconds * 1000;
 const WRITE_PROBE = 'DELETE FROM penalties WHERE false';
 
 /**
- * Other nodes' change counters unused this long are dropped by housekeeping
- * (each CLI run is a node): the token moves once when they go, which costs
- * one extra check of the sessions.
+ * Other nodes' change counters unused this long are folded by housekeeping
+ * into one row, PRUNED_NODES (each CLI run is a node, so rows would pile up):
+ * the sum of the counts stays as it was.
  */
 const STALE_NODE_MS = 24 * 60 * 60 * 1000;
+const PRUNED_NODES = '(pruned)';
 
 export interface PostgresStoreSettings {
   log: Logger;
@@ -175,17 +176,28 @@ export class PostgresStore implements Store {
     return () => this.changes.off('change', listener);
   }
 
-  /** The other nodes' change counts: moves when another node (or the CLI) commits a change, never for this one's. */
+  /**
+   * The other nodes' change counts: moves when another node (or the CLI)
+   * commits a change, never for this one's. The sum only grows: the rows of
+   * nodes long gone are folded into one `(pruned)` row, never dropped.
+   */
   foreignChangeToken(): Promise<string> {
     return this.read(async (_r, sql) => {
-      const row = await sql.one<{ n: number; nodes: number }>('SELECT coalesce(sum(n), 0)::bigint AS n, count(*) AS nodes FROM store_changes WHERE node <> $1', [this.node]);
-      return `${row?.n ?? 0}:${row?.nodes ?? 0}`;
+      const row = await sql.one<{ n: number }>('SELECT coalesce(sum(n), 0)::bigint AS n FROM store_changes WHERE node <> $1', [this.node]);
+      return String(row?.n ?? 0);
     });
   }
 
   prune(options: { penaltiesOlderThanMs: number; auditMaxAgeMs: number; webSessions?: WebSessionLimits }): Promise<{ penalties: number; audit: number; webSessions: number }> {
     return this.write(async (r, tx) => {
-      await tx.run('DELETE FROM store_changes WHERE at < $1 AND node <> $2', [Date.now() - STALE_NODE_MS, this.node]);
+      // Dropping a count would let the sum stand still while a new change is
+      // made: a node whose LISTEN is down would then miss it. Folded instead.
+      await tx.run(
+        `WITH gone AS (DELETE FROM store_changes WHERE at < $1 AND node <> $2 AND node <> $3 RETURNING n)
+         INSERT INTO store_changes (node, n, at) SELECT $3, coalesce(sum(n), 0), $4 FROM gone
+         ON CONFLICT (node) DO UPDATE SET n = store_changes.n + excluded.n, at = excluded.at`,
+        [Date.now() - STALE_NODE_MS, this.node, PRUNED_NODES, Date.now()],
+      );
       return {
         penalties: await r.penalties.prune(tx, options.penaltiesOlderThanMs),
         audit: options.auditMaxAgeMs > 0 ? await r.audit.prune(tx, options.auditMaxAgeMs) : 0,

@@ -33,6 +33,8 @@ export interface PgStoreOptions extends PostgresOptions {
   hasher?: PasswordHasher;
   /** Refuse a database without a mailgate schema (and a missing key file) instead of making them. */
   mustExist?: boolean;
+  /** Migrate an older schema (the gateway); others refuse it (migrations.ts says why). */
+  upgrade?: boolean;
   masterSeparator?: string;
 }
 
@@ -79,7 +81,12 @@ export class PgRepositories {
   ): Promise<PgRepositories> {
     const db = new PgDatabase(options, node, events.onIdleError, events.onCommitted);
     try {
-      const migrated = await migrate(db.pool, { url: options.url, ...(options.mustExist ? { mustExist: true } : {}) });
+      const migrated = await migrate({
+        url: options.url,
+        ...(options.passwordFile ? { passwordFile: options.passwordFile } : {}),
+        ...(options.mustExist ? { mustExist: true } : {}),
+        ...(options.upgrade ? { upgrade: true } : {}),
+      });
       const key = await checkedKey(db.sql, options);
       const hasher =
         options.hasher ??

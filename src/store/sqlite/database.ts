@@ -226,7 +226,7 @@ function freeBackupName(file: string, version: number): string {
 }
 
 /** A new, empty file that is 0600 before SQLite writes a byte to it (whatever the umask). */
-function createPrivate(file: string): void {
+export function createPrivate(file: string): void {
   const fd = openSync(file, 'wx', 0o600);
   try {
     fchmodSync(fd, 0o600);

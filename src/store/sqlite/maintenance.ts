@@ -7,12 +7,12 @@
  * copy taken during a write or checkpoint can be torn. SQLite's backup API
  * copies a consistent snapshot instead, without stopping the gateway.
  */
-import { closeSync, fchmodSync, fsyncSync, openSync, realpathSync, renameSync, rmSync, statSync, type Stats } from 'node:fs';
+import { closeSync, fsyncSync, openSync, realpathSync, renameSync, rmSync, statSync, type Stats } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { ErrorCodes, errorMessage, MailgateError } from '../../errors.js';
-import { openExistingReadOnly, unavailable } from './database.js';
+import { createPrivate, openExistingReadOnly, unavailable } from './database.js';
 import type { BackupResult, CheckResult } from '../types.js';
 
 /**
@@ -114,16 +114,6 @@ function canonical(file: string): string {
     } catch {
       return path.resolve(file);
     }
-  }
-}
-
-/** A new, empty file that is 0600 before SQLite writes a byte to it (whatever the umask). */
-function createPrivate(file: string): void {
-  const fd = openSync(file, 'wx', 0o600);
-  try {
-    fchmodSync(fd, 0o600);
-  } finally {
-    closeSync(fd);
   }
 }
 
