@@ -53,6 +53,25 @@ const RECORD_FIRST = prepared(`WITH seen AS (
   )
   SELECT yes AS seen FROM seen`);
 
+/**
+ * recordRepeat for an app password never used (as the login read it): in one
+ * statement, last use (only while there is none: under the row lock, so of
+ * logins at once, on any nodes, only one finds it empty), login-ok and
+ * new-address (no login of it can be in the trail, from anywhere). When
+ * another login used it first, nothing is written and recordFirst decides.
+ */
+const RECORD_FIRST_USE = prepared(`WITH used AS (
+    UPDATE app_passwords SET last_used_at = $3, last_used_ip = $2, last_used_protocol = $4, last_used_client = $5
+     WHERE id = $1 AND last_used_at IS NULL
+    RETURNING id
+  ), logged AS (
+    INSERT INTO audit (at, event, username, app_password_id, ip, protocol, detail)
+    SELECT $3::bigint, e.event, $6::text, $1::bigint, $2::text, $4::text, e.detail
+      FROM (VALUES (1, 'login-ok', 'app-password'), (2, 'new-address', NULL)) AS e (n, event, detail), used
+     ORDER BY e.n
+  )
+  SELECT count(*)::int AS first FROM used`);
+
 export class PgLogins {
   private readonly verifier: CredentialVerifier;
 
@@ -93,9 +112,10 @@ export class PgLogins {
    * due, and last use and login-ok are written as recordSuccess writes them.
    * Otherwise (an app password, from an address) it writes nothing and
    * returns false, and recordFirst runs, under its lock. (A login-ok already committed is seen by every later
-   * look; the lock is only for two first logins deciding at once.) Each
-   * round trip costs a login time on a loaded host: this path has one where
-   * the transaction has six.
+   * look; the lock is only for two first logins deciding at once.) The very
+   * first login of an app password is one statement too (RECORD_FIRST_USE).
+   * Each round trip costs a login time on a loaded host: this path has one
+   * where the transaction has three.
    */
   async recordRepeat(sql: Sql, record: LoginRecord): Promise<boolean> {
     const { account, appPassword, context } = record;
@@ -104,9 +124,13 @@ export class PgLogins {
       await this.audit.record(sql, 'login-ok', { username, appPasswordId: null, ip: context.clientIp, protocol: context.protocol, detail: 'upstream-password' });
       return true;
     }
-    // Never used (as the login just read it): no login of it can be in the trail, from anywhere.
-    if (appPassword.lastUsed === null && context.clientIp !== null) return false;
-    const row = await sql.one<{ seen: boolean }>(RECORD_REPEAT, [appPassword.id, context.clientIp, this.now(), context.protocol, context.client ?? null, username]);
+    const values = [appPassword.id, context.clientIp, this.now(), context.protocol, context.client ?? null, username];
+    if (appPassword.lastUsed === null && context.clientIp !== null) {
+      // Never used (as the login just read it): its first login, unless another one got there first.
+      const row = await sql.one<{ first: number }>(RECORD_FIRST_USE, values);
+      return row?.first === 1;
+    }
+    const row = await sql.one<{ seen: boolean }>(RECORD_REPEAT, values);
     return row?.seen === true;
   }
 
