@@ -18,7 +18,7 @@ import { ErrorCodes, errorMessage, isMailgateError } from '../errors.js';
 import { canonicalAppPassword } from '../store/app-password-format.js';
 import type { PasswordHasher } from '../store/hasher.js';
 import type { Store } from '../store/store.js';
-import type { Account, AppPasswordInfo, Channel, Scope, VerifyResult } from '../store/types.js';
+import type { Account, AppPasswordInfo, Channel, CredentialLookup, Scope, VerifyResult } from '../store/types.js';
 import { tryNormaliseUsername } from '../store/username.js';
 import type { UpstreamCredentials } from '../upstream/credentials.js';
 import type { LoginCache } from './login-cache.js';
@@ -227,7 +227,11 @@ export class AuthPolicy {
   }
 
   private async decideForAccount(attempt: AuthAttempt, protocol: Scope, name: string, canonical: string | null, cacheKey: string | null, stale: boolean): Promise<AuthDecision> {
-    const account = await this.store.accounts.find(name);
+    // An app-password-shaped password: the account comes with the app password its
+    // selector points at, in the one read the check needs anyway (one round trip, where
+    // a database is another process).
+    const found = canonical !== null ? await this.store.logins.lookup(name, canonical) : null;
+    const account = found ? found.account : await this.store.accounts.find(name);
     if (canonical === null && attempt.appPasswordsOnly) {
       // AbuseGuard turns these away before they get here; never check one anyway.
       return { outcome: 'temporary', reason: 'blocked', username: name };
@@ -243,8 +247,8 @@ export class AuthPolicy {
       return { outcome: 'refuse', reason: 'unknown-account', username: name };
     }
 
-    if (canonical !== null) {
-      const result = await this.checkAppPassword(account, name, canonical, protocol, cacheKey, stale);
+    if (found !== null && canonical !== null) {
+      const result = await this.checkAppPassword(account, found, canonical, protocol, cacheKey, stale);
       if (result.ok) return this.master(result.account, result.appPassword);
       // The password matched an app password that may not be used: say why in the log.
       if (result.reason !== 'wrong-password' || account.totpState === 'enabled' || attempt.appPasswordsOnly) {
@@ -319,7 +323,7 @@ export class AuthPolicy {
   }
 
   /** An app password check through the negative cache, then argon2 (`stale`: the verified entry was just dropped). */
-  private async checkAppPassword(account: Account, name: string, canonical: string, protocol: Scope, cacheKey: string | null, stale: boolean): Promise<VerifyResult> {
+  private async checkAppPassword(account: Account, found: CredentialLookup, canonical: string, protocol: Scope, cacheKey: string | null, stale: boolean): Promise<VerifyResult> {
     const cache = this.options.cache;
     if (cache && cacheKey) {
       const known = cache.knownFailure(cacheKey);
@@ -329,7 +333,7 @@ export class AuthPolicy {
       }
       if (!stale) this.report('miss');
     }
-    const result = await this.store.logins.check(name, canonical, protocol);
+    const result = await this.store.logins.verifyFound(found, canonical, protocol);
     if (cache && cacheKey) {
       if (result.ok) {
         cache.rememberVerified(cacheKey, {

@@ -28,6 +28,7 @@ import type {
   Scope,
   TotpState,
   VerifyResult,
+  CredentialLookup,
   WebSessionInfo,
   WebSessionLimits,
   WebSessionRecord,
@@ -129,8 +130,16 @@ export interface LoginRecord {
 
 /** What the login path reads and writes. */
 export interface LoginStore {
-  /** Checks an app password (one argon2 run on every path), recording nothing. */
+  /** Checks an app password (one argon2 run on every path), recording nothing: lookup, then verifyFound. */
   check(username: string, password: string, protocol: Scope): Promise<VerifyResult>;
+  /**
+   * check's one read: the account, and the app password the password's
+   * selector points at. A login that needs the account anyway (the policy)
+   * reads it here, not twice.
+   */
+  lookup(username: string, password: string): Promise<CredentialLookup>;
+  /** check's decision on what lookup read: one argon2 run (or a dummy one), no read. */
+  verifyFound(found: CredentialLookup, password: string, protocol: Scope): Promise<VerifyResult>;
   /** Re-reads an app password verified before; null when the rows are not the ones verified. */
   recheck(login: CachedLogin, protocol: Scope): Promise<VerifyResult | null>;
   /** Last use and the login-ok audit event, in one commit; rejects when it cannot be committed. */

@@ -156,6 +156,16 @@ export interface CachedLogin {
 
 export type VerifyFailureReason = 'unknown-account' | 'wrong-password' | 'revoked' | 'expired' | 'out-of-scope';
 
+/**
+ * What a login's first look at the store found: the account, and the app
+ * password the typed password's selector points at. Only LoginStore.verify
+ * reads it (the hash is in it): callers hand it back as it is.
+ */
+export interface CredentialLookup {
+  account: Account | null;
+  candidate: AppPasswordCandidate | null;
+}
+
 export type VerifyResult =
   | { ok: true; account: Account; appPassword: AppPasswordInfo }
   | { ok: false; reason: VerifyFailureReason; account: Account | null };

@@ -8,7 +8,7 @@
  */
 import { canonicalAppPassword, selectorOf } from './app-password-format.js';
 import type { PasswordHasher } from './hasher.js';
-import { appPasswordStatus, type Account, type AppPasswordCandidate, type AppPasswordInfo, type CachedLogin, type Clock, type Scope, type VerifyResult } from './types.js';
+import { appPasswordStatus, type Account, type AppPasswordCandidate, type AppPasswordInfo, type CachedLogin, type Clock, type CredentialLookup, type Scope, type VerifyResult } from './types.js';
 
 /** The reads a credential check needs, by name, id and selector. */
 export interface CredentialRows {
@@ -36,8 +36,18 @@ export class CredentialVerifier {
 
   /** Checks an app password without recording anything. */
   async check(username: string, password: string, protocol: Scope): Promise<VerifyResult> {
+    return this.verifyFound(await this.lookup(username, password), password, protocol);
+  }
+
+  /** The account and the candidate app password, in one read where the backend has it: check's read, alone. */
+  lookup(username: string, password: string): Promise<CredentialLookup> {
+    return this.accountAndCandidate(username, canonicalAppPassword(password));
+  }
+
+  /** check's decision on what lookup read: one argon2 run (or a dummy one), no read. */
+  async verifyFound(found: CredentialLookup, password: string, protocol: Scope): Promise<VerifyResult> {
     const canonical = canonicalAppPassword(password);
-    const { account, candidate } = await this.accountAndCandidate(username, canonical);
+    const { account, candidate } = found;
     if (!account || !canonical || !candidate) {
       await this.hasher.verifyDummy(password);
       return { ok: false, reason: account ? 'wrong-password' : 'unknown-account', account };

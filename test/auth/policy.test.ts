@@ -26,6 +26,21 @@ describe('AuthPolicy', () => {
     expect(decision).toMatchObject({ outcome: 'accept', mode: 'app-password', upstream: { kind: 'master', user: 'tfa', masterUser: 'gwmaster', style: 'authzid' } });
   });
 
+  it('reads the store once before argon2 for an app password: the account comes with its candidate', async () => {
+    // Catches: the policy reading the account, then the credential check reading it again (a round
+    // trip more on every cold login, where the store is another process).
+    const created = await t.store.appPasswords.create('tfa', { name: 'tb' });
+    const find = vi.spyOn(t.api.accounts, 'find');
+    const lookup = vi.spyOn(t.api.logins, 'lookup');
+    const check = vi.spyOn(t.api.logins, 'check');
+    expect(await policy().decide(loginAttempt('tfa', created.password))).toMatchObject({ outcome: 'accept', mode: 'app-password' });
+    expect(await policy().decide(loginAttempt('tfa', 'abcd efgh ijkl mnop'))).toMatchObject({ outcome: 'refuse', reason: 'wrong-password' });
+    expect(await policy().decide(loginAttempt('nobody', 'abcd efgh ijkl mnop'))).toMatchObject({ outcome: 'refuse', reason: 'unknown-account' });
+    expect(lookup).toHaveBeenCalledTimes(3);
+    expect(find).not.toHaveBeenCalled();
+    expect(check).not.toHaveBeenCalled();
+  });
+
   it('refuses the main password of an account with 2FA, and any wrong app password', async () => {
     expect(await policy().decide(loginAttempt('tfa', 'main-password'))).toMatchObject({ outcome: 'refuse', reason: 'two-factor-required' });
     expect(await policy().decide(loginAttempt('tfa', 'abcd efgh ijkl mnop'))).toMatchObject({ outcome: 'refuse', reason: 'wrong-password' });

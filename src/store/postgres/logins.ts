@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import type { PasswordHasher } from '../hasher.js';
 import type { LoginRecord } from '../store.js';
-import type { CachedLogin, Clock, LoginContext, Scope, VerifyResult } from '../types.js';
+import type { CachedLogin, Clock, CredentialLookup, LoginContext, Scope, VerifyResult } from '../types.js';
 import { tryNormaliseUsername } from '../username.js';
 import { CredentialVerifier } from '../verifier.js';
 import type { PgAccounts } from './accounts.js';
@@ -99,6 +99,14 @@ export class PgLogins {
 
   check(username: string, password: string, protocol: Scope): Promise<VerifyResult> {
     return this.verifier.check(username, password, protocol);
+  }
+
+  lookup(username: string, password: string): Promise<CredentialLookup> {
+    return this.verifier.lookup(username, password);
+  }
+
+  verifyFound(found: CredentialLookup, password: string, protocol: Scope): Promise<VerifyResult> {
+    return this.verifier.verifyFound(found, password, protocol);
   }
 
   recheck(login: CachedLogin, protocol: Scope): Promise<VerifyResult | null> {

@@ -98,6 +98,9 @@ export class PostgresStore implements Store {
     };
     this.logins = {
       check: (username, password, protocol) => this.read((r) => r.logins.check(username, password, protocol)),
+      lookup: (username, password) => this.read((r) => r.logins.lookup(username, password)),
+      // No read: argon2 on what lookup read.
+      verifyFound: (found, password, protocol) => this.r.logins.verifyFound(found, password, protocol),
       recheck: (login, protocol) => this.read((r) => r.logins.recheck(login, protocol)),
       // A repeat login is one statement; a first one from its address, a transaction under a lock.
       recordSuccess: (record) =>

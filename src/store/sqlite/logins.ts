@@ -5,7 +5,7 @@
  */
 import type { LoginRecord } from '../store.js';
 import type { PasswordHasher } from '../hasher.js';
-import type { CachedLogin, Clock, LoginContext, Scope, VerifyResult } from '../types.js';
+import type { CachedLogin, Clock, CredentialLookup, LoginContext, Scope, VerifyResult } from '../types.js';
 import { tryNormaliseUsername } from '../username.js';
 import { CredentialVerifier } from '../verifier.js';
 import type { AccountRepository } from './accounts.js';
@@ -39,6 +39,14 @@ export class SqliteLogins {
 
   check(username: string, password: string, protocol: Scope): Promise<VerifyResult> {
     return this.verifier.check(username, password, protocol);
+  }
+
+  lookup(username: string, password: string): Promise<CredentialLookup> {
+    return this.verifier.lookup(username, password);
+  }
+
+  verifyFound(found: CredentialLookup, password: string, protocol: Scope): Promise<VerifyResult> {
+    return this.verifier.verifyFound(found, password, protocol);
   }
 
   recheck(login: CachedLogin, protocol: Scope): Promise<VerifyResult | null> {

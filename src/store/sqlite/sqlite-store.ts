@@ -31,7 +31,7 @@ import type {
   TotpStore,
   WebSessionStore,
 } from '../store.js';
-import type { CachedLogin, LoginContext, PenaltyKind, PenaltyRules, Scope, WebSessionLimits } from '../types.js';
+import type { CachedLogin, CredentialLookup, LoginContext, PenaltyKind, PenaltyRules, Scope, WebSessionLimits } from '../types.js';
 import { Checkpointer } from './checkpointer.js';
 import type { SqliteRepositories, StoreOptions } from './repositories.js';
 import { StoreHandle } from './store-handle.js';
@@ -242,6 +242,16 @@ export class SqliteStore implements Store {
           throw this.failure(err, false);
         }
       },
+      lookup: async (username: string, password: string) => {
+        const repositories = this.repositories();
+        try {
+          return await repositories.verifier.lookup(username, password);
+        } catch (err) {
+          throw this.failure(err, false);
+        }
+      },
+      // No read (argon2 on what lookup read), but still refused while the database is unusable.
+      verifyFound: async (found: CredentialLookup, password: string, protocol: Scope) => this.repositories().verifier.verifyFound(found, password, protocol),
       recheck: async (login: CachedLogin, protocol: Scope) => {
         const repositories = this.repositories();
         try {
