@@ -31,7 +31,8 @@ export class CredentialVerifier {
   constructor(
     private readonly rows: CredentialRows,
     private readonly hasher: PasswordHasher,
-    private readonly now: Clock,
+    /** The engines' logins (which extend this) time their records by it too. */
+    protected readonly now: Clock,
   ) {}
 
   /** Checks an app password without recording anything. */

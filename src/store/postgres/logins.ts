@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto';
 import type { PasswordHasher } from '../hasher.js';
 import type { LoginRecord } from '../store.js';
-import type { CachedLogin, Clock, CredentialLookup, LoginContext, Scope, VerifyResult } from '../types.js';
+import type { Clock, LoginContext } from '../types.js';
 import { tryNormaliseUsername } from '../username.js';
 import { CredentialVerifier } from '../verifier.js';
 import type { PgAccounts } from './accounts.js';
@@ -72,18 +72,17 @@ const RECORD_FIRST_USE = prepared(`WITH used AS (
   )
   SELECT count(*)::int AS first FROM used`);
 
-export class PgLogins {
-  private readonly verifier: CredentialVerifier;
-
+/** The shared credential check (check, lookup, verifyFound, recheck) over this database's rows, and the records a login leaves. */
+export class PgLogins extends CredentialVerifier {
   constructor(
     db: PgDatabase,
     accounts: PgAccounts,
     appPasswords: PgAppPasswords,
     private readonly audit: PgAudit,
     hasher: PasswordHasher,
-    private readonly now: Clock,
+    now: Clock,
   ) {
-    this.verifier = new CredentialVerifier(
+    super(
       {
         findAccount: (name) => accounts.find(db.sql, name),
         findAccountById: (id) => accounts.findById(db.sql, id),
@@ -95,22 +94,6 @@ export class PgLogins {
       hasher,
       now,
     );
-  }
-
-  check(username: string, password: string, protocol: Scope): Promise<VerifyResult> {
-    return this.verifier.check(username, password, protocol);
-  }
-
-  lookup(username: string, password: string): Promise<CredentialLookup> {
-    return this.verifier.lookup(username, password);
-  }
-
-  verifyFound(found: CredentialLookup, password: string, protocol: Scope): Promise<VerifyResult> {
-    return this.verifier.verifyFound(found, password, protocol);
-  }
-
-  recheck(login: CachedLogin, protocol: Scope): Promise<VerifyResult | null> {
-    return this.verifier.recheck(login, protocol);
   }
 
   /**

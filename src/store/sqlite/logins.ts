@@ -5,7 +5,7 @@
  */
 import type { LoginRecord } from '../store.js';
 import type { PasswordHasher } from '../hasher.js';
-import type { CachedLogin, Clock, CredentialLookup, LoginContext, Scope, VerifyResult } from '../types.js';
+import type { Clock, LoginContext, Scope, VerifyResult } from '../types.js';
 import { tryNormaliseUsername } from '../username.js';
 import { CredentialVerifier } from '../verifier.js';
 import type { AccountRepository } from './accounts.js';
@@ -13,9 +13,8 @@ import type { AppPasswordRepository } from './app-passwords.js';
 import type { AuditLog } from './audit.js';
 import type { Db } from './database.js';
 
-export class SqliteLogins {
-  private readonly verifier: CredentialVerifier;
-
+/** The shared credential check (check, lookup, verifyFound, recheck) over this database's rows, and the records a login leaves. */
+export class SqliteLogins extends CredentialVerifier {
   constructor(
     private readonly db: Db,
     accounts: AccountRepository,
@@ -25,7 +24,7 @@ export class SqliteLogins {
     now: Clock,
   ) {
     // Synchronous reads, handed to the shared verifier as the promises it expects.
-    this.verifier = new CredentialVerifier(
+    super(
       {
         findAccount: async (name) => accounts.find(name),
         findAccountById: async (id) => accounts.findById(id),
@@ -35,22 +34,6 @@ export class SqliteLogins {
       hasher,
       now,
     );
-  }
-
-  check(username: string, password: string, protocol: Scope): Promise<VerifyResult> {
-    return this.verifier.check(username, password, protocol);
-  }
-
-  lookup(username: string, password: string): Promise<CredentialLookup> {
-    return this.verifier.lookup(username, password);
-  }
-
-  verifyFound(found: CredentialLookup, password: string, protocol: Scope): Promise<VerifyResult> {
-    return this.verifier.verifyFound(found, password, protocol);
-  }
-
-  recheck(login: CachedLogin, protocol: Scope): Promise<VerifyResult | null> {
-    return this.verifier.recheck(login, protocol);
   }
 
   /**
