@@ -3,7 +3,7 @@
  * their mapping to the shapes the rest of mailgate sees: one definition, so
  * the engines cannot drift apart in what a row means.
  */
-import { SCOPES, type Account, type AppPasswordInfo, type PenaltyKind, type PenaltyState, type Scope, type TotpState, type WebSessionRecord } from './types.js';
+import { SCOPES, type Account, type AppPasswordInfo, type AuditEntry, type AuditEvent, type PenaltyKind, type PenaltyState, type Scope, type TotpState, type WebSessionRecord } from './types.js';
 
 export interface AccountRow {
   id: number;
@@ -112,4 +112,9 @@ export function toWebSessionRecord(row: WebSessionRow): WebSessionRecord {
 }
 
 /** The audit columns as AuditRow names them. */
+/** An audit row's values, in the order of both engines' INSERT (at, event, username, app_password_id, ip, protocol, detail). */
+export function auditValues(at: number, event: AuditEvent, entry: AuditEntry): [number, AuditEvent, string | null, number | null, string | null, string | null, string | null] {
+  return [at, event, entry.username ?? null, entry.appPasswordId ?? null, entry.ip ?? null, entry.protocol ?? null, entry.detail ?? null];
+}
+
 export const AUDIT_COLUMNS = 'id, at, event, username, app_password_id AS "appPasswordId", ip, protocol, detail';

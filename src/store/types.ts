@@ -1,4 +1,24 @@
 /** Shapes shared by the store's repositories and its callers. */
+import type { PasswordHasher } from './hasher.js';
+
+/** What every engine is opened with, besides where its data is. */
+export interface EngineOptions {
+  keyFile: string;
+  argon2: { memoryKib: number; iterations: number; parallelism: number };
+  hashConcurrency?: number;
+  hashQueue?: number;
+  maxAppPasswords: number;
+  totpIssuer?: string;
+  now?: Clock;
+  /** Share one hasher (and its concurrency limit) across reopened stores. */
+  hasher?: PasswordHasher;
+  /** Refuse a store that does not exist yet (and a missing key file) instead of making it. */
+  mustExist?: boolean;
+  /** Bring an older schema up to date (the gateway, and `store migrate`); other opens refuse it. */
+  upgrade?: boolean;
+  /** upstream.login.separator, which new account names may not contain; default `*` (Dovecot's usual). */
+  masterSeparator?: string;
+}
 
 export type TotpState = 'none' | 'pending' | 'enabled';
 

@@ -1,5 +1,5 @@
 /** The audit trail on PostgreSQL: the same events and columns as SQLite's (sqlite/audit.ts says what they hold). */
-import { AUDIT_COLUMNS } from '../rows.js';
+import { AUDIT_COLUMNS, auditValues } from '../rows.js';
 import { ACTIVITY_EVENTS, type Account, type AuditEntry, type AuditListOptions, type AuditListRow, type AuditEvent, type AuditRow, type Clock } from '../types.js';
 import { prepared, type Sql } from './database.js';
 
@@ -10,15 +10,7 @@ export class PgAudit {
   constructor(private readonly now: Clock) {}
 
   async record(sql: Sql, event: AuditEvent, entry: AuditEntry = {}): Promise<void> {
-    await sql.run(RECORD, [
-      this.now(),
-      event,
-      entry.username ?? null,
-      entry.appPasswordId ?? null,
-      entry.ip ?? null,
-      entry.protocol ?? null,
-      entry.detail ?? null,
-    ]);
+    await sql.run(RECORD, auditValues(this.now(), event, entry));
   }
 
   /** Drops events older than `maxAgeMs`; returns how many. */

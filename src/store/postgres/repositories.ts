@@ -10,7 +10,7 @@ import { PasswordHasher } from '../hasher.js';
 import { RECOVERY_CODE_KEY_LABEL } from '../recovery-code-format.js';
 import { deriveKey, loadKey, loadOrCreateKey } from '../secret-box.js';
 import type { StoreChange } from '../store.js';
-import type { Clock } from '../types.js';
+import type { EngineOptions } from '../types.js';
 import { PgAccounts } from './accounts.js';
 import { PgAppPasswords } from './app-passwords.js';
 import { PgAudit } from './audit.js';
@@ -22,21 +22,8 @@ import { PgRecoveryCodes } from './recovery-codes.js';
 import { PgTotp } from './totp.js';
 import { PgWebSessions } from './web-sessions.js';
 
-export interface PgStoreOptions extends PostgresOptions {
-  keyFile: string;
-  argon2: { memoryKib: number; iterations: number; parallelism: number };
-  hashConcurrency?: number;
-  hashQueue?: number;
-  maxAppPasswords: number;
-  totpIssuer?: string;
-  now?: Clock;
-  hasher?: PasswordHasher;
-  /** Refuse a database without a mailgate schema (and a missing key file) instead of making them. */
-  mustExist?: boolean;
-  /** Migrate an older schema (the gateway); others refuse it (migrations.ts says why). */
-  upgrade?: boolean;
-  masterSeparator?: string;
-}
+/** PostgreSQL: `mustExist` refuses a database without a mailgate schema; migrations.ts says why `upgrade` is the gateway's. */
+export interface PgStoreOptions extends PostgresOptions, EngineOptions {}
 
 /** The label of the key check value kept in store_meta. */
 const KEY_CHECK_LABEL = 'mailgate key check';

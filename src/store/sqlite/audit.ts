@@ -10,7 +10,7 @@
  * `recovery-code-used` how many are left.
  */
 import type { Db } from './database.js';
-import { AUDIT_COLUMNS } from '../rows.js';
+import { AUDIT_COLUMNS, auditValues } from '../rows.js';
 import { ACTIVITY_EVENTS, type Account, type AuditListOptions, type AuditListRow, type Clock, type AuditEvent, type AuditEntry, type AuditRow } from '../types.js';
 
 const COLUMNS = AUDIT_COLUMNS;
@@ -49,15 +49,7 @@ export class AuditLog {
   }
 
   record(event: AuditEvent, entry: AuditEntry = {}): void {
-    this.insert.run(
-      this.now(),
-      event,
-      entry.username ?? null,
-      entry.appPasswordId ?? null,
-      entry.ip ?? null,
-      entry.protocol ?? null,
-      entry.detail ?? null,
-    );
+    this.insert.run(...auditValues(this.now(), event, entry));
   }
 
   /** Drops events older than `maxAgeMs`; returns how many. */

@@ -17,30 +17,17 @@ import { PenaltyRepository } from './penalties.js';
 import { deriveKey, loadKey, loadOrCreateKey } from '../secret-box.js';
 import { RECOVERY_CODE_KEY_LABEL } from '../recovery-code-format.js';
 import { TotpService } from './totp.js';
-import type { Clock } from '../types.js';
+import type { EngineOptions } from '../types.js';
 import { SqliteLogins } from './logins.js';
 import { RecoveryCodeRepository } from './recovery-codes.js';
 import { WebSessionRepository } from './web-sessions.js';
 
-export interface StoreOptions {
+/** SQLite: an older schema is upgraded (`upgrade`) after a backup beside the file. */
+export interface StoreOptions extends EngineOptions {
   path: string;
-  keyFile: string;
   busyTimeoutMs?: number;
-  argon2: { memoryKib: number; iterations: number; parallelism: number };
-  hashConcurrency?: number;
-  hashQueue?: number;
-  maxAppPasswords: number;
-  totpIssuer?: string;
-  now?: Clock;
-  /** Share one hasher (and its concurrency limit) across reopened stores. */
-  hasher?: PasswordHasher;
-  mustExist?: boolean;
   autoCheckpoint?: boolean;
-  /** Upgrade a store at an older schema version, after a backup beside it (the gateway); otherwise refuse it. */
-  upgrade?: boolean;
   onUpgrade?: (upgrade: SchemaUpgrade) => void;
-  /** upstream.login.separator, which new account names may not contain; default `*` (Dovecot's usual). */
-  masterSeparator?: string;
 }
 
 /** The default of upstream.login.separator, for stores opened without a configuration. */
