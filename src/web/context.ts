@@ -57,3 +57,19 @@ export function clientOf(request: FastifyRequest): Pick<LoginRequest, 'client' |
     signal: new AbortController().signal,
   };
 }
+
+/** The body of a form with nothing but its CSRF token (a button): anything else is refused. */
+export const csrfOnly = {
+  type: 'object',
+  required: ['_csrf'],
+  additionalProperties: false,
+  properties: { _csrf: { type: 'string', maxLength: 256 } },
+} as const;
+
+/** The body of a form that sends a code (TOTP or recovery) and its CSRF token. */
+export const codeBody = {
+  type: 'object',
+  required: ['code', '_csrf'],
+  additionalProperties: false,
+  properties: { code: { type: 'string', maxLength: 64 }, _csrf: { type: 'string', maxLength: 256 } },
+} as const;

@@ -8,7 +8,7 @@ import type { FastifyInstance } from 'fastify';
 import { ErrorCodes, isMailgateError } from '../../errors.js';
 import { MAX_NAME_LENGTH } from '../../store/app-password-format.js';
 import type { Scope } from '../../store/types.js';
-import { page, type WebContext } from '../context.js';
+import { csrfOnly, page, type WebContext } from '../context.js';
 import { access, grouped } from '../views.js';
 import { notify, requireRecentPassword } from './security.js';
 
@@ -33,13 +33,6 @@ const createBody = {
     expires: { type: 'string', enum: EXPIRIES.map((e) => e.value) },
     _csrf: { type: 'string', maxLength: 256 },
   },
-} as const;
-
-const csrfOnly = {
-  type: 'object',
-  required: ['_csrf'],
-  additionalProperties: false,
-  properties: { _csrf: { type: 'string', maxLength: 256 } },
 } as const;
 
 const idParams = { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^[0-9]{1,15}$' } } } as const;

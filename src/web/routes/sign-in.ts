@@ -5,7 +5,7 @@
  * Every failure gets the same words; the service makes them take as long.
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { clientOf, page, signedIn, type WebContext } from '../context.js';
+import { clientOf, codeBody, page, signedIn, type WebContext } from '../context.js';
 import { webSessionLimits } from '../../config/schema.js';
 import { sessionIdHash } from '../session-store.js';
 import { securityPage } from './security.js';
@@ -19,13 +19,6 @@ const signInBody = {
   required: ['username', 'password', '_csrf'],
   additionalProperties: false,
   properties: { username: { type: 'string', maxLength: 255 }, password: { type: 'string', maxLength: 1024 }, _csrf: { type: 'string', maxLength: 256 } },
-} as const;
-
-const codeBody = {
-  type: 'object',
-  required: ['code', '_csrf'],
-  additionalProperties: false,
-  properties: { code: { type: 'string', maxLength: 64 }, _csrf: { type: 'string', maxLength: 256 } },
 } as const;
 
 export function signInRoutes(app: FastifyInstance, ctx: WebContext): void {

@@ -7,24 +7,10 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import QRCode from 'qrcode';
 import { ErrorCodes, isMailgateError } from '../../errors.js';
-import { clientOf, page, type WebContext } from '../context.js';
+import { clientOf, codeBody, csrfOnly, page, type WebContext } from '../context.js';
 import { sessionIdHash } from '../session-store.js';
 import { fresh, CODE_FAILED } from './sign-in.js';
 import { notify, requireRecentPassword } from './security.js';
-
-const codeBody = {
-  type: 'object',
-  required: ['code', '_csrf'],
-  additionalProperties: false,
-  properties: { code: { type: 'string', maxLength: 64 }, _csrf: { type: 'string', maxLength: 256 } },
-} as const;
-
-const csrfOnly = {
-  type: 'object',
-  required: ['_csrf'],
-  additionalProperties: false,
-  properties: { _csrf: { type: 'string', maxLength: 256 } },
-} as const;
 
 export function twoStepRoutes(app: FastifyInstance, ctx: WebContext): void {
   // Turning it on is sensitive too: with only a stolen cookie, someone could lock the owner out
